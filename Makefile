@@ -1,0 +1,53 @@
+# dicom-edge-gateway — every target sets up what it needs on a fresh Debian 12 /
+# Raspberry Pi OS machine (apt-get as root, or through sudo).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := dcmtk dicom3tools libsystemd-dev pkg-config lrzsz stunnel4 chromium \
+                systemd
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help deps venv test lint typecheck demo bench clean
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the gateway and its tests use
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "need root (or sudo) to install: $$missing" >&2; exit 1; fi; \
+	  echo "installing Debian packages: $$missing"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: deps $(STAMP) ## create the virtual environment with the gateway and test tools
+
+test: venv ## run the tests, ruff and mypy (what CI runs)
+	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check gateway drivers tests
+	$(BIN)/mypy
+
+lint: venv ## ruff and mypy only
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+demo: venv ## end-to-end demo on loopback: test pattern → queue → TLS C-STORE
+	$(BIN)/dicom-gateway demo
+
+bench: venv ## benchmarks against DCMTK (never part of make test)
+	$(BIN)/python -m tests.benchmarks
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info test-artifacts

@@ -1,0 +1,309 @@
+"""`dicom-gateway`: the one command line. Exit 0 on success; otherwise a
+one-line reason on stderr and a non-zero status, never a traceback for a
+problem the user can fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from drivers import DriverError, create_driver
+from gateway import __version__
+from gateway.config import ConfigError, GatewayConfig, load_config, resolve_config_path
+from gateway.dicom.modules import ModuleError, Patient
+from gateway.logs import setup_logging
+from gateway.net.association import PeerError
+from gateway.queue.outbox import DeliveryState, Outbox, QueueError
+from gateway.tls import TLSSetupError
+
+log = logging.getLogger("gateway")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+USER_ERRORS = (ConfigError, DriverError, QueueError, TLSSetupError, PeerError, ModuleError)
+
+
+class CommandError(Exception):
+    """A failure to report as one line, with an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, like every other error
+        raise CommandError(f"{self.prog}: {message}", EXIT_USAGE)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text())
+
+
+def _outbox(config: GatewayConfig) -> Outbox:
+    return Outbox(
+        config.queue.path, [d.name for d in config.destinations], config.queue.min_free_mb
+    )
+
+
+# -- subcommands ---------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
+    source = resolve_config_path(args.config) or "built-in defaults"
+    # Driver options are validated by the driver's own model, reported the same way.
+    try:
+        create_driver(config.capture.driver, config.capture.options)
+    except DriverError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if args.action == "show":
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+    else:
+        _emit(args, {"ok": True, "source": str(source)}, lambda: f"{source}: configuration OK")
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.net.echo import echo
+
+    dests = [config.destination(args.name)] if args.name else list(config.destinations)
+    if config.worklist and (not args.name or args.name == "worklist"):
+        from gateway.config import DestinationConfig
+
+        wl = config.worklist
+        wl_dest = DestinationConfig(
+            name="worklist", ae_title=wl.ae_title, host=wl.host, port=wl.port, tls=wl.tls
+        )
+        dests = [d for d in dests if d.name != "worklist"] + [wl_dest]
+    if not dests:
+        raise CommandError("no peers configured: add a [[destinations]] table")
+    results = [echo(config.station.ae_title, d) for d in dests]
+    _emit(
+        args,
+        [r.as_json() for r in results],
+        lambda: "\n".join(
+            f"{r.name}: {'OK' if r.ok else 'FAILED'} — {r.detail} ({r.seconds * 1000:.0f} ms)"
+            for r in results
+        ),
+    )
+    failed = [r.name for r in results if not r.ok]
+    if failed and not args.json:
+        print(f"dicom-gateway: echo failed for {', '.join(failed)}", file=sys.stderr)
+    return EXIT_FAILURE if failed else 0
+
+
+def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.capture import Capturer, Exam
+
+    if not (args.patient_id and args.patient_name):
+        raise CommandError("capture needs --patient-id and --patient-name", EXIT_USAGE)
+    patient = Patient(name=args.patient_name, id=args.patient_id)
+    driver = create_driver(config.capture.driver, config.capture.options)
+    captured: list[dict[str, Any]] = []
+    with _outbox(config) as outbox:
+        outbox.check_space()
+        exam = Exam.unscheduled(config, patient)
+        capturer = Capturer(config, outbox, driver.source)
+        with driver:
+            for frame in driver.frames(args.frames):
+                queued = capturer.capture(exam, frame)
+                captured.append(
+                    {
+                        "id": queued.id,
+                        "sop_instance_uid": queued.sop_instance_uid,
+                        "path": str(queued.path),
+                    }
+                )
+                if not args.json:
+                    print(
+                        f"captured {len(captured)}/{args.frames}: queue object {queued.id} "
+                        f"({queued.sop_instance_uid})",
+                        flush=True,
+                    )
+    if args.json:
+        print(
+            json.dumps(
+                {"study_instance_uid": exam.study.instance_uid, "captured": captured}, indent=2
+            )
+        )
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
+    with _outbox(config) as outbox:
+        action = args.action or "list"
+        if action == "list":
+            rows = [d.as_json() for d in outbox.deliveries()]
+            _emit(
+                args,
+                rows,
+                lambda: (
+                    "\n".join(
+                        f"{r['id']:>6} {r['state']:<10} {r['destination']:<12} "
+                        f"{r['sop_instance_uid']}"
+                        + (f"  ({r['last_error']})" if r["last_error"] else "")
+                        for r in rows
+                    )
+                    or "queue is empty"
+                ),
+            )
+        elif action == "stats":
+            stats = outbox.stats()
+            _emit(
+                args,
+                stats,
+                lambda: (
+                    "\n".join(
+                        f"{name}: " + ", ".join(f"{k}={v}" for k, v in s.items())
+                        for name, s in stats.items()
+                    )
+                    or "no destinations"
+                ),
+            )
+        elif action == "show":
+            if args.id is None:
+                raise CommandError("queue show needs an object ID", EXIT_USAGE)
+            rows = [d.as_json() for d in outbox.deliveries(object_id=args.id)]
+            obj = outbox.get(args.id)
+            if obj is None:
+                raise CommandError(f"no queued object with ID {args.id}")
+            _emit(
+                args,
+                {"object": {**obj.__dict__, "path": str(obj.path)}, "deliveries": rows},
+                lambda: json.dumps(
+                    {"object": {**obj.__dict__, "path": str(obj.path)}, "deliveries": rows},
+                    indent=2,
+                    default=str,
+                ),
+            )
+        elif action == "retry":
+            if args.id is None and not args.all:
+                raise CommandError("queue retry needs an object ID or --all", EXIT_USAGE)
+            count = outbox.retry(None if args.all else args.id)
+            _emit(args, {"retried": count}, lambda: f"{count} delivery(ies) due now")
+        elif action == "flush":
+            return _flush(args, config, outbox)
+    return 0
+
+
+def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> int:
+    from gateway.forwarder import Forwarder
+
+    if not config.destinations:
+        raise CommandError("no destinations configured: nothing to flush to")
+    outbox.recover()
+    forwarder = Forwarder(outbox, list(config.destinations), config.station.ae_title)
+    report = forwarder.flush(timeout=args.timeout)
+    stats = outbox.stats()
+    pending = sum(s[DeliveryState.PENDING] + s[DeliveryState.IN_FLIGHT] for s in stats.values())
+    failed = sum(s[DeliveryState.FAILED] for s in stats.values())
+    summary = {"sent": report.sent, "pending": pending, "failed": failed, "error": report.error}
+    _emit(args, summary, lambda: f"sent {report.sent}, pending {pending}, failed {failed}")
+    if pending or failed:
+        reason = f"; last error: {report.error}" if report.error else ""
+        print(
+            f"dicom-gateway: not all delivered: {pending} pending, {failed} failed{reason}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.service import run
+
+    return run(config, only=args.only)
+
+
+def cmd_demo(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(frames=args.frames)
+
+
+# -- parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    # Accepted after the subcommand too; SUPPRESS keeps a later default from
+    # overwriting a --config given before it.
+    common.add_argument("--config", default=argparse.SUPPRESS, help="configuration file")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+
+    parser = _Parser(
+        prog="dicom-gateway",
+        parents=[common],
+        description="Capture gateway: device → DICOM → queue → PACS over TLS.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", parents=[common], help="run the service")
+    p.add_argument("--only", choices=["capture", "forwarder", "ui"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("echo", parents=[common], help="C-ECHO configured peers")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("capture", parents=[common], help="headless capture into the queue")
+    p.add_argument("--patient-id")
+    p.add_argument("--patient-name")
+    p.add_argument("--frames", type=int, default=1)
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("queue", parents=[common], help="inspect and act on the queue")
+    p.add_argument("action", nargs="?", choices=["list", "stats", "retry", "show", "flush"])
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("config", parents=[common], help="check or show the configuration")
+    p.add_argument("action", choices=["check", "show"])
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", parents=[common], help="end-to-end run on loopback")
+    p.add_argument("--frames", type=int, default=3)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        for name, default in (("config", None), ("json", False), ("verbose", False)):
+            if not hasattr(args, name):
+                setattr(args, name, default)
+        if getattr(args, "frames", 1) < 1:
+            raise CommandError("--frames must be at least 1", EXIT_USAGE)
+        setup_logging(args.verbose)
+        config = load_config(args.config) if args.command != "demo" else GatewayConfig()
+        return int(args.func(args, config))
+    except CommandError as exc:
+        print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return exc.status
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except USER_ERRORS as exc:
+        print(f"dicom-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("dicom-gateway: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The one configuration model: TOML in, validated typed settings out.
+
+Every key of PRODUCT.md lives here, checked when the file is loaded, so a typo
+or a missing certificate is reported once, at start, naming the file and the key,
+instead of surfacing hours later as a failed association.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/dicom-gateway/gateway.toml")
+CONFIG_ENV = "DICOM_GATEWAY_CONFIG"
+
+# PS3.5 6.2: AE is 16 characters of the default repertoire, no backslash or
+# control characters; leading/trailing spaces are not significant, so a title
+# made only of spaces is no title at all.
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who edits the file."""
+
+
+def _check_ae(value: str) -> str:
+    if len(value) > 16:
+        raise ValueError(f"AE title {value!r} is {len(value)} characters long; at most 16")
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError(
+            f"AE title {value!r} has illegal characters; use letters, digits, "
+            "spaces and punctuation other than backslash"
+        )
+    return value.strip()
+
+
+AETitle = Annotated[str, Field(min_length=1), AfterValidator(_check_ae)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(_Model):
+    """Mutual TLS: the peer is checked against `ca`; we present `cert`/`key`."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"certificate file {str(value)!r} does not exist")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"certificate file {str(value)!r} is not readable")
+        return value
+
+
+class StationConfig(_Model):
+    ae_title: AETitle = "EDGE1"
+    station_name: str = Field(default="EDGE-GATEWAY", max_length=16)
+    institution_name: str = Field(default="", max_length=64)
+    modality: str = Field(default="OT", pattern=r"^[A-Z0-9_]{1,16}$")
+
+
+class CaptureConfig(_Model):
+    driver: str = Field(default="testpattern", min_length=1)
+    compression: Literal["none", "rle", "jpeg-baseline"] = "none"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DestinationConfig(_Model):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
+    storage_commitment: bool = False
+    tls: TLSConfig | None = None
+
+
+class WorklistConfig(_Model):
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
+    tls: TLSConfig | None = None
+
+
+def default_queue_path() -> Path:
+    """Where the queue lives when nobody said: systemd's StateDirectory, else
+    /var/lib for root, else the user's state directory (so the demo runs
+    unprivileged with nothing configured)."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/dicom-gateway")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dicom-gateway"
+
+
+class QueueConfig(_Model):
+    path: Path = Field(default_factory=default_queue_path)
+    min_free_mb: int = Field(default=500, ge=0)
+
+
+class UIConfig(_Model):
+    listen: str = "127.0.0.1:8080"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
+        return value
+
+
+class GatewayConfig(_Model):
+    station: StationConfig = Field(default_factory=StationConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    worklist: WorklistConfig | None = None
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for dest in self.destinations:
+            if dest.name in seen:
+                raise ValueError(f"destination name {dest.name!r} is used twice")
+            seen.add(dest.name)
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none configured"
+        raise ConfigError(f"no destination named {name!r} ({known})")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{msg} (got {err.get('input')!r})"
+    return msg
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line per problem: `FILE: KEY: PROBLEM`."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        lines.append(f"{source}: {_location(loc)}: {_describe(err)}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config, else $DICOM_GATEWAY_CONFIG, else /etc/..., else None (defaults)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    if DEFAULT_CONFIG_PATH.is_file():
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Load and validate; with no file anywhere, the built-in demo defaults."""
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return GatewayConfig()
+    try:
+        raw = resolved.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{resolved}: configuration file does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{resolved}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{resolved}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{resolved}: TOML syntax error: {exc}") from None
+    base = resolved.parent
+    _resolve_relative_paths(data, base)
+    return parse_config(data, str(resolved))
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Certificate and queue paths are relative to the configuration file, so a
+    config directory can be moved or copied whole."""
+
+    def fix(table: Any, keys: tuple[str, ...]) -> None:
+        if not isinstance(table, dict):
+            return
+        for key in keys:
+            value = table.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                table[key] = str(base / value)
+
+    dests = data.get("destinations")
+    if isinstance(dests, list):
+        for dest in dests:
+            if isinstance(dest, dict):
+                fix(dest.get("tls"), ("ca", "cert", "key"))
+    worklist = data.get("worklist")
+    if isinstance(worklist, dict):
+        fix(worklist.get("tls"), ("ca", "cert", "key"))
+    fix(data.get("queue"), ("path",))

@@ -1,0 +1,137 @@
+"""The information modules an object is built from, as typed values that
+check themselves at construction: a wrong value is refused where it is made,
+not discovered by the PACS."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Literal
+
+from gateway.dicom.uids import new_uid
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+# Control characters other than ESC (ISO 2022) are illegal in string VRs.
+_CONTROL_RE = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+
+Sex = Literal["M", "F", "O", ""]
+# PS3.3 C.8.6.1: how the image was made. SYN: synthetic (test pattern).
+ConversionType = Literal["DV", "DI", "DF", "WSD", "SD", "SI", "DRW", "SYN"]
+
+
+class ModuleError(ValueError):
+    """An attribute value that DICOM would not accept, naming the attribute."""
+
+
+def check_uid(name: str, uid: str) -> str:
+    if len(uid) > 64 or not _UID_RE.match(uid):
+        raise ModuleError(f"{name}: {uid!r} is not a valid UID")
+    return uid
+
+
+def check_text(name: str, value: str, max_len: int, *, allow_backslash: bool = False) -> str:
+    if len(value) > max_len:
+        raise ModuleError(f"{name}: {len(value)} characters, at most {max_len} allowed")
+    if _CONTROL_RE.search(value):
+        raise ModuleError(f"{name}: contains control characters")
+    if not allow_backslash and "\\" in value:
+        raise ModuleError(f"{name}: contains a backslash")
+    return value
+
+
+def check_person_name(name: str, value: str) -> str:
+    """PN: up to three component groups (alphabetic=ideographic=phonetic) of at
+    most 64 characters each, five components separated by ^."""
+    groups = value.split("=")
+    if len(groups) > 3:
+        raise ModuleError(f"{name}: more than three '=' component groups")
+    for group in groups:
+        check_text(name, group, 64)
+        if group.count("^") > 4:
+            raise ModuleError(f"{name}: more than five '^' components")
+    return value
+
+
+@dataclass(frozen=True)
+class Patient:
+    name: str
+    id: str
+    birth_date: date | None = None
+    sex: Sex = ""
+    issuer_of_id: str = ""
+
+    def __post_init__(self) -> None:
+        check_person_name("Patient's Name", self.name)
+        check_text("Patient ID", self.id, 64)
+        check_text("Issuer of Patient ID", self.issuer_of_id, 64)
+        if self.sex not in ("M", "F", "O", ""):
+            raise ModuleError(f"Patient's Sex: {self.sex!r} is not M, F, O or empty")
+
+
+@dataclass(frozen=True)
+class Study:
+    instance_uid: str = field(default_factory=new_uid)
+    started: datetime = field(default_factory=lambda: datetime.now().astimezone())
+    accession_number: str = ""
+    referring_physician: str = ""
+    study_id: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_uid("Study Instance UID", self.instance_uid)
+        check_text("Accession Number", self.accession_number, 16)
+        check_person_name("Referring Physician's Name", self.referring_physician)
+        check_text("Study ID", self.study_id, 16)
+        check_text("Study Description", self.description, 64)
+
+
+@dataclass(frozen=True)
+class Series:
+    modality: str
+    number: int = 1
+    instance_uid: str = field(default_factory=new_uid)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_uid("Series Instance UID", self.instance_uid)
+        if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", self.modality):
+            raise ModuleError(f"Modality: {self.modality!r} is not a code string")
+        if not 0 <= self.number < 2**31:
+            raise ModuleError(f"Series Number: {self.number} out of range")
+        check_text("Series Description", self.description, 64)
+
+
+@dataclass(frozen=True)
+class Equipment:
+    manufacturer: str
+    model_name: str
+    software_versions: str
+    station_name: str = ""
+    institution_name: str = ""
+    device_serial_number: str = ""
+
+    def __post_init__(self) -> None:
+        check_text("Manufacturer", self.manufacturer, 64)
+        check_text("Manufacturer's Model Name", self.model_name, 64)
+        check_text("Software Versions", self.software_versions, 64)
+        check_text("Station Name", self.station_name, 16)
+        check_text("Institution Name", self.institution_name, 64)
+        check_text("Device Serial Number", self.device_serial_number, 64)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What is particular to one image: when, which, and how it was made."""
+
+    instance_number: int
+    conversion_type: ConversionType
+    content_time: datetime = field(default_factory=lambda: datetime.now().astimezone())
+    sop_instance_uid: str = field(default_factory=new_uid)
+
+    def __post_init__(self) -> None:
+        check_uid("SOP Instance UID", self.sop_instance_uid)
+        if not 0 <= self.instance_number < 2**31:
+            raise ModuleError(f"Instance Number: {self.instance_number} out of range")
+        if self.content_time.tzinfo is None:
+            raise ModuleError("Content Time: needs a time zone")

@@ -1,0 +1,497 @@
+"""The outbox: one SQLite database (WAL, synchronous=FULL) whose rows point at
+`.dcm` files written with `write_atomic`.
+
+Order of a capture: the file is made durable first, then its row is committed;
+only then is the capture acknowledged. A crash in between leaves a file with no
+row, which `recover` removes (it was never acknowledged). A delivery is a row
+per (object, destination), so each destination has its own state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
+
+SCHEMA_VERSION = 1
+OBJECTS_DIR = "objects"
+DB_NAME = "outbox.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    object_id INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('pending', 'in_flight', 'sent', 'committed', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    claimed_by TEXT,
+    updated_at REAL NOT NULL,
+    sent_at REAL,
+    PRIMARY KEY (object_id, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at);
+"""
+
+
+class QueueError(Exception):
+    """The queue cannot do what was asked; the message says why."""
+
+
+class QueueFull(QueueError):
+    """Below `queue.min_free_mb`: new captures are refused, nothing old is evicted."""
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    SENT = "sent"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class QueuedObject:
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str
+    path: Path
+    size: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    object: QueuedObject
+    destination: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    sent_at: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.object.id,
+            "sop_instance_uid": self.object.sop_instance_uid,
+            "sop_class_uid": self.object.sop_class_uid,
+            "transfer_syntax_uid": self.object.transfer_syntax_uid,
+            "study_instance_uid": self.object.study_instance_uid,
+            "path": str(self.object.path),
+            "size": self.object.size,
+            "created_at": self.object.created_at,
+            "destination": self.destination,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
+            "sent_at": self.sent_at,
+        }
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    temp_files_removed: int
+    orphan_files_removed: int
+    missing_files: int
+    claims_reset: int
+
+
+def backoff_delay(attempts: int, base: float = 5.0, cap: float = 300.0) -> float:
+    """Exponential back-off with full jitter (so a fleet does not retry in step)."""
+    ceiling = min(cap, base * 2 ** max(0, attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claimer_alive(claimed_by: str | None) -> bool:
+    if not claimed_by:
+        return False
+    host, _, pid = claimed_by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Outbox:
+    """The queue's one interface: add, claim, mark, list, recover."""
+
+    def __init__(self, root: Path, destinations: Sequence[str], min_free_mb: int = 0) -> None:
+        self.root = Path(root)
+        self.objects_dir = self.root / OBJECTS_DIR
+        self.destinations = list(destinations)
+        self.min_free_mb = min_free_mb
+        try:
+            self.objects_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise QueueError(f"cannot create queue directory {self.root}: {exc.strerror}") from None
+        try:
+            self._db = sqlite3.connect(
+                self.root / DB_NAME, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open queue database in {self.root}: {exc}") from None
+        self._configure()
+
+    def _configure(self) -> None:
+        db = self._db
+        db.row_factory = sqlite3.Row
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        sync = db.execute("PRAGMA synchronous").fetchone()[0]
+        # A queue that silently ran without durability would break the promise
+        # made to the technician; refuse to start instead.
+        if str(mode).lower() != "wal" or sync != 2:
+            raise QueueError(
+                f"queue database {self.root / DB_NAME} refuses durable mode "
+                f"(journal_mode={mode}, synchronous={sync}); is the file system read-only?"
+            )
+        with self._tx():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- adding ---------------------------------------------------------------
+
+    def free_mb(self) -> int:
+        return shutil.disk_usage(self.root).free // (1024 * 1024)
+
+    def check_space(self, needed_bytes: int = 0) -> None:
+        free = self.free_mb()
+        if free - needed_bytes // (1024 * 1024) < self.min_free_mb:
+            raise QueueFull(
+                f"disk nearly full: {free} MB free in {self.root}, queue.min_free_mb is "
+                f"{self.min_free_mb}; capture refused, nothing queued was removed"
+            )
+
+    def add(
+        self,
+        data: bytes,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        study_instance_uid: str,
+    ) -> QueuedObject:
+        """Store one Part 10 file durably and queue it for every destination.
+        When this returns, the object survives a power cut."""
+        self.check_space(len(data))
+        name = f"{sop_instance_uid}.dcm"
+        path = self.objects_dir / name
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            raise QueueError(f"cannot write {path}: {exc.strerror}") from None
+        now = time.time()
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT INTO objects (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                    " study_instance_uid, path, size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sop_instance_uid,
+                        sop_class_uid,
+                        transfer_syntax_uid,
+                        study_instance_uid,
+                        f"{OBJECTS_DIR}/{name}",
+                        len(data),
+                        now,
+                    ),
+                )
+                object_id = cur.lastrowid
+                assert object_id is not None
+                db.executemany(
+                    "INSERT INTO deliveries (object_id, destination, state, updated_at)"
+                    " VALUES (?, ?, 'pending', ?)",
+                    [(object_id, dest, now) for dest in self.destinations],
+                )
+        except sqlite3.IntegrityError:
+            raise QueueError(f"SOP Instance UID {sop_instance_uid} is already queued") from None
+        except sqlite3.Error as exc:
+            remove_durably(path)
+            raise QueueError(f"cannot record {sop_instance_uid} in the queue: {exc}") from None
+        return QueuedObject(
+            object_id,
+            sop_instance_uid,
+            sop_class_uid,
+            transfer_syntax_uid,
+            study_instance_uid,
+            path,
+            len(data),
+            now,
+        )
+
+    # -- forwarding -----------------------------------------------------------
+
+    def claim(self, destination: str, limit: int = 100, now: float | None = None) -> list[Delivery]:
+        """Take due pending deliveries for one destination, oldest first."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT object_id FROM deliveries WHERE destination = ? AND state = 'pending'"
+                " AND next_attempt_at <= ? ORDER BY object_id LIMIT ?",
+                (destination, now, limit),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            db.executemany(
+                "UPDATE deliveries SET state = 'in_flight', claimed_by = ?, updated_at = ?"
+                " WHERE object_id = ? AND destination = ?",
+                [(_this_process(), now, i, destination) for i in ids],
+            )
+        return [d for i in ids if (d := self.delivery(i, destination)) is not None]
+
+    def mark_sent(self, object_id: int, destination: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state = 'sent', sent_at = ?, updated_at = ?,"
+                " attempts = attempts + 1, last_error = NULL, claimed_by = NULL"
+                " WHERE object_id = ? AND destination = ?",
+                (now, now, object_id, destination),
+            )
+
+    def mark_retry(
+        self, object_id: int, destination: str, error: str, delay: float | None = None
+    ) -> float:
+        """Back to pending with a back-off; returns when it is due again."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT attempts FROM deliveries WHERE object_id = ? AND destination = ?",
+                (object_id, destination),
+            ).fetchone()
+            attempts = (row[0] if row else 0) + 1
+            due = time.time() + (backoff_delay(attempts) if delay is None else delay)
+            db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = ?, next_attempt_at = ?,"
+                " last_error = ?, claimed_by = NULL, updated_at = ?"
+                " WHERE object_id = ? AND destination = ?",
+                (attempts, due, error, time.time(), object_id, destination),
+            )
+        return due
+
+    def release(self, object_id: int, destination: str) -> None:
+        """Return an unattempted claim (the forwarder stopped before sending it)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state = 'pending', claimed_by = NULL"
+                " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
+                (object_id, destination),
+            )
+
+    def mark_failed(self, object_id: int, destination: str, error: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state = 'failed', attempts = attempts + 1,"
+                " last_error = ?, claimed_by = NULL, updated_at = ?"
+                " WHERE object_id = ? AND destination = ?",
+                (error, time.time(), object_id, destination),
+            )
+
+    def retry(self, object_id: int | None = None) -> int:
+        """Operator's retry: failed (or waiting) deliveries become due now."""
+        where = "state IN ('failed', 'pending')"
+        args: tuple[Any, ...] = ()
+        if object_id is not None:
+            where += " AND object_id = ?"
+            args = (object_id,)
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE deliveries SET state = 'pending', next_attempt_at = 0,"
+                f" updated_at = ? WHERE {where}",
+                (time.time(), *args),
+            )
+        return cur.rowcount
+
+    def next_due(self, destination: str) -> float | None:
+        row = self._db.execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries"
+            " WHERE destination = ? AND state = 'pending'",
+            (destination,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    # -- reading --------------------------------------------------------------
+
+    def _object(self, row: sqlite3.Row) -> QueuedObject:
+        return QueuedObject(
+            id=row["id"],
+            sop_instance_uid=row["sop_instance_uid"],
+            sop_class_uid=row["sop_class_uid"],
+            transfer_syntax_uid=row["transfer_syntax_uid"],
+            study_instance_uid=row["study_instance_uid"],
+            path=self.root / row["path"],
+            size=row["size"],
+            created_at=row["created_at"],
+        )
+
+    def _delivery(self, row: sqlite3.Row) -> Delivery:
+        return Delivery(
+            object=self._object(row),
+            destination=row["destination"],
+            state=DeliveryState(row["state"]),
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"],
+            last_error=row["last_error"],
+            sent_at=row["sent_at"],
+        )
+
+    _JOIN = "SELECT o.*, d.* FROM objects o JOIN deliveries d ON d.object_id = o.id"
+
+    def delivery(self, object_id: int, destination: str) -> Delivery | None:
+        row = self._db.execute(
+            f"{self._JOIN} WHERE o.id = ? AND d.destination = ?", (object_id, destination)
+        ).fetchone()
+        return self._delivery(row) if row else None
+
+    def deliveries(
+        self, object_id: int | None = None, state: DeliveryState | None = None
+    ) -> list[Delivery]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if object_id is not None:
+            clauses.append("o.id = ?")
+            args.append(object_id)
+        if state is not None:
+            clauses.append("d.state = ?")
+            args.append(state.value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(f"{self._JOIN}{where} ORDER BY o.id, d.destination", args)
+        return [self._delivery(r) for r in rows]
+
+    def objects(self) -> list[QueuedObject]:
+        return [self._object(r) for r in self._db.execute("SELECT * FROM objects ORDER BY id")]
+
+    def get(self, object_id: int) -> QueuedObject | None:
+        row = self._db.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
+        return self._object(row) if row else None
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per destination: counts by state, oldest pending age, last success."""
+        now = time.time()
+        out: dict[str, dict[str, Any]] = {}
+        for dest in sorted({*self.destinations, *self._known_destinations()}):
+            counts = {s.value: 0 for s in DeliveryState}
+            for state, count in self._db.execute(
+                "SELECT state, COUNT(*) FROM deliveries WHERE destination = ? GROUP BY state",
+                (dest,),
+            ):
+                counts[state] = count
+            oldest, last = self._db.execute(
+                "SELECT (SELECT MIN(o.created_at) FROM deliveries d JOIN objects o"
+                " ON o.id = d.object_id WHERE d.destination = ?1"
+                " AND d.state IN ('pending', 'in_flight')),"
+                " (SELECT MAX(sent_at) FROM deliveries WHERE destination = ?1)",
+                (dest,),
+            ).fetchone()
+            out[dest] = {
+                **counts,
+                "oldest_pending_age_s": None if oldest is None else round(now - oldest, 3),
+                "last_success": last,
+            }
+        return out
+
+    def _known_destinations(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT destination FROM deliveries")]
+
+    # -- start-up -------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Make disk and database agree after a crash: drop temp files and
+        unacknowledged files, reset claims of dead processes, and isolate rows
+        whose file vanished (reported as failed, never sent as garbage)."""
+        temp_removed = orphan_removed = missing = 0
+        known = {r[0] for r in self._db.execute("SELECT path FROM objects")}
+        for entry in os.scandir(self.objects_dir):
+            rel = f"{OBJECTS_DIR}/{entry.name}"
+            if entry.name.endswith(TMP_SUFFIX):
+                os.unlink(entry.path)
+                temp_removed += 1
+            elif (
+                rel not in known
+                and entry.name.endswith(".dcm")
+                # A file whose row never committed was never acknowledged. But
+                # a concurrent `add` may be between rename and commit: spare
+                # anything written in the last minute.
+                and time.time() - entry.stat().st_mtime > 60
+            ):
+                os.unlink(entry.path)
+                orphan_removed += 1
+        if temp_removed or orphan_removed:
+            fsync_dir(self.objects_dir)
+        with self._tx() as db:
+            stale = [
+                (r["object_id"], r["destination"])
+                for r in db.execute(
+                    "SELECT object_id, destination, claimed_by FROM deliveries"
+                    " WHERE state = 'in_flight'"
+                )
+                if not _claimer_alive(r["claimed_by"])
+            ]
+            db.executemany(
+                "UPDATE deliveries SET state = 'pending', claimed_by = NULL"
+                " WHERE object_id = ? AND destination = ?",
+                stale,
+            )
+            for row in db.execute("SELECT id, path FROM objects").fetchall():
+                if not (self.root / row["path"]).is_file():
+                    cur = db.execute(
+                        "UPDATE deliveries SET state = 'failed', last_error = ?"
+                        " WHERE object_id = ? AND state IN ('pending', 'in_flight')",
+                        (f"queue file {row['path']} is missing", row["id"]),
+                    )
+                    missing += cur.rowcount > 0
+        return RecoveryReport(temp_removed, orphan_removed, missing, len(stale))
