@@ -4,16 +4,18 @@ output, the DICOM builders and the queue meet."""
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from drivers.base import Frame, SourceKind
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.dicom.iods import secondary_capture, to_bytes
-from gateway.dicom.modules import ConversionType, Equipment, ImageInfo, Patient, Series, Study
+from gateway.dicom.modules import ConversionType, Equipment, ImageInfo
 from gateway.queue.outbox import Outbox, QueuedObject
+
+if TYPE_CHECKING:
+    from gateway.exam import Exam
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +39,6 @@ def equipment_from(config: GatewayConfig) -> Equipment:
     )
 
 
-@dataclass
-class Exam:
-    """One patient's exam on this box: the study, our series in it, and the
-    count of images so far (Instance Number counts up within the exam)."""
-
-    patient: Patient
-    study: Study
-    series: Series
-    images: list[QueuedObject] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @classmethod
-    def unscheduled(cls, config: GatewayConfig, patient: Patient) -> Exam:
-        """IHE's unscheduled case: a new Study Instance UID, no accession number."""
-        started = datetime.now().astimezone()
-        return cls(
-            patient=patient,
-            study=Study(started=started, study_id=started.strftime("%H%M%S")),
-            series=Series(modality=config.station.modality, number=1),
-        )
-
-
 class Capturer:
     """Builds and queues objects for an exam from frames of one source."""
 
@@ -68,10 +48,10 @@ class Capturer:
         self.conversion_type = CONVERSION_TYPES[source]
         self.equipment = equipment_from(config)
 
-    def capture(self, exam: Exam, frame: Frame) -> QueuedObject:
+    def capture(self, exam: Exam, frame: Frame, hold: bool = False) -> QueuedObject:
         """Returns only once the object is durable; raises QueueError otherwise."""
-        with exam._lock:
-            number = len(exam.images) + 1
+        with exam.lock:
+            number = exam.next_instance_number()
             image = ImageInfo(
                 instance_number=number,
                 conversion_type=self.conversion_type,
@@ -92,6 +72,8 @@ class Capturer:
                 sop_class_uid=str(ds.SOPClassUID),
                 transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
                 study_instance_uid=exam.study.instance_uid,
+                exam_id=exam.id,
+                hold=hold,
             )
             exam.images.append(queued)
         log.info(

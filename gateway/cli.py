@@ -98,7 +98,8 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.capture import Capturer, Exam
+    from gateway.capture import Capturer
+    from gateway.exam import ExamService
 
     if not (args.patient_id and args.patient_name):
         raise CommandError("capture needs --patient-id and --patient-name", EXIT_USAGE)
@@ -107,11 +108,13 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
     captured: list[dict[str, Any]] = []
     with _outbox(config) as outbox:
         outbox.check_space()
-        exam = Exam.unscheduled(config, patient)
-        capturer = Capturer(config, outbox, driver.source)
+        exams = ExamService(
+            config, outbox, Capturer(config, outbox, driver.source), hold_until_finished=False
+        )
+        exam = exams.start(patient)
         with driver:
             for frame in driver.frames(args.frames):
-                queued = capturer.capture(exam, frame)
+                queued = exams.capture(exam, frame)
                 captured.append(
                     {
                         "id": queued.id,

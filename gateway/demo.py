@@ -20,10 +20,11 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 
 from drivers import create_driver
-from gateway.capture import Capturer, Exam
+from gateway.capture import Capturer
 from gateway.certs import make_authority
 from gateway.config import GatewayConfig, TLSConfig, parse_config
 from gateway.dicom.modules import Patient
+from gateway.exam import ExamService
 from gateway.forwarder import Forwarder
 from gateway.queue.files import write_atomic
 from gateway.queue.outbox import Outbox
@@ -108,13 +109,14 @@ def run_demo(frames: int = 3, keep: Path | None = None, echo: Any = print) -> in
             f"demo: TLS receiver {receiver.ae_title} on localhost:{receiver.port} "
             "(mutual authentication)"
         )
-        exam = Exam.unscheduled(config, Patient(name="Demo^Patient", id="DEMO-0001"))
         driver = create_driver(config.capture.driver, config.capture.options)
-        capturer = Capturer(config, outbox, driver.source)
+        exams = ExamService(config, outbox, Capturer(config, outbox, driver.source))
+        exam = exams.start(Patient(name="Demo^Patient", id="DEMO-0001"))
         with driver:
             for frame in driver.frames(frames):
-                queued = capturer.capture(exam, frame)
+                queued = exams.capture(exam, frame)
                 echo(f"demo: captured frame {frame.index} → queue object {queued.id}")
+        echo(f"demo: exam finished, {exams.finish(exam)} object(s) released for sending")
         forwarder = Forwarder(outbox, list(config.destinations), config.station.ae_title)
         report = forwarder.flush(timeout=60)
         echo(

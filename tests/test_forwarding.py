@@ -12,9 +12,10 @@ import pytest
 from pydicom import dcmread
 
 from drivers import create_driver
-from gateway.capture import Capturer, Exam
+from gateway.capture import Capturer
 from gateway.config import load_config
 from gateway.dicom.modules import Patient
+from gateway.exam import ExamService
 from gateway.forwarder import Forwarder
 from gateway.queue.outbox import Outbox
 from tests.conftest import (
@@ -50,11 +51,13 @@ def test_captured_frames_arrive_intact_over_mutual_tls(
     driver = create_driver(config.capture.driver, config.capture.options)
     frames = {}
     with Outbox(config.queue.path, ["pacs"]) as outbox:
-        exam = Exam.unscheduled(config, Patient(name="Müller^Jürgen", id="PID-1"))
-        capturer = Capturer(config, outbox, driver.source)
+        exams = ExamService(config, outbox, Capturer(config, outbox, driver.source))
+        exam = exams.start(Patient(name="Müller^Jürgen", id="PID-1"))
         with driver:
             for frame in driver.frames(3):
-                frames[capturer.capture(exam, frame).sop_instance_uid] = frame.pixels
+                frames[exams.capture(exam, frame).sop_instance_uid] = frame.pixels
+        assert outbox.claim("pacs") == []  # held until the exam is finished
+        assert exams.finish(exam) == 3
         report = Forwarder(outbox, list(config.destinations), "EDGE1").flush(timeout=60)
         assert report.sent == 3 and report.failed == 0
         assert {d.state.value for d in outbox.deliveries()} == {"sent"}

@@ -135,3 +135,46 @@ class ImageInfo:
             raise ModuleError(f"Instance Number: {self.instance_number} out of range")
         if self.content_time.tzinfo is None:
             raise ModuleError("Content Time: needs a time zone")
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded entry (Code Value, Coding Scheme Designator, Code Meaning)."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        check_text("Code Value", self.value, 16)
+        check_text("Coding Scheme Designator", self.scheme, 16)
+        check_text("Code Meaning", self.meaning, 64)
+
+
+@dataclass(frozen=True)
+class Order:
+    """What a Modality Worklist entry says about the order, to be carried into
+    every object of the exam (IHE Scheduled Workflow): the PACS files the
+    images under this study and accession, not under a new one."""
+
+    study_instance_uid: str
+    accession_number: str = ""
+    referring_physician: str = ""
+    requested_procedure_id: str = ""
+    requested_procedure_description: str = ""
+    scheduled_procedure_step_id: str = ""
+    scheduled_procedure_step_description: str = ""
+    scheduled_protocol_codes: tuple[Code, ...] = ()
+    # The worklist's own Specific Character Set, carried over to the objects.
+    specific_character_set: str = "ISO_IR 192"
+
+    def __post_init__(self) -> None:
+        check_uid("Study Instance UID", self.study_instance_uid)
+        check_text("Accession Number", self.accession_number, 16)
+        check_person_name("Referring Physician's Name", self.referring_physician)
+        check_text("Requested Procedure ID", self.requested_procedure_id, 16)
+        check_text("Requested Procedure Description", self.requested_procedure_description, 64)
+        check_text("Scheduled Procedure Step ID", self.scheduled_procedure_step_id, 16)
+        check_text(
+            "Scheduled Procedure Step Description", self.scheduled_procedure_step_description, 64
+        )

@@ -16,12 +16,13 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from gateway.queue.db import DurabilityError, open_durable, transaction
 from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
 
 SCHEMA_VERSION = 1
@@ -37,13 +38,14 @@ CREATE TABLE IF NOT EXISTS objects (
     study_instance_uid TEXT NOT NULL,
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    exam_id TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     object_id INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
     destination TEXT NOT NULL,
     state TEXT NOT NULL
-        CHECK (state IN ('pending', 'in_flight', 'sent', 'committed', 'failed')),
+        CHECK (state IN ('held', 'pending', 'in_flight', 'sent', 'committed', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     last_error TEXT,
@@ -65,6 +67,7 @@ class QueueFull(QueueError):
 
 
 class DeliveryState(StrEnum):
+    HELD = "held"  # captured during an exam that is not finished yet
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
     SENT = "sent"
@@ -82,6 +85,7 @@ class QueuedObject:
     path: Path
     size: int
     created_at: float
+    exam_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class Delivery:
             "path": str(self.object.path),
             "size": self.object.size,
             "created_at": self.object.created_at,
+            "exam_id": self.object.exam_id,
             "destination": self.destination,
             "state": self.state.value,
             "attempts": self.attempts,
@@ -159,42 +164,17 @@ class Outbox:
         except OSError as exc:
             raise QueueError(f"cannot create queue directory {self.root}: {exc.strerror}") from None
         try:
-            self._db = sqlite3.connect(
-                self.root / DB_NAME, isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise QueueError(f"cannot open queue database in {self.root}: {exc}") from None
-        self._configure()
-
-    def _configure(self) -> None:
-        db = self._db
-        db.row_factory = sqlite3.Row
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        sync = db.execute("PRAGMA synchronous").fetchone()[0]
-        # A queue that silently ran without durability would break the promise
-        # made to the technician; refuse to start instead.
-        if str(mode).lower() != "wal" or sync != 2:
-            raise QueueError(
-                f"queue database {self.root / DB_NAME} refuses durable mode "
-                f"(journal_mode={mode}, synchronous={sync}); is the file system read-only?"
-            )
-        with self._tx():
+            self._db = open_durable(self.root / DB_NAME)
+        except DurabilityError as exc:
+            raise QueueError(str(exc)) from None
+        with self._tx() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -226,9 +206,13 @@ class Outbox:
         sop_class_uid: str,
         transfer_syntax_uid: str,
         study_instance_uid: str,
+        exam_id: str | None = None,
+        hold: bool = False,
     ) -> QueuedObject:
         """Store one Part 10 file durably and queue it for every destination.
-        When this returns, the object survives a power cut."""
+        When this returns, the object survives a power cut. With `hold`, it
+        waits (state `held`) until `release_exam` — the technician may still
+        delete it before finishing the exam."""
         self.check_space(len(data))
         name = f"{sop_instance_uid}.dcm"
         path = self.objects_dir / name
@@ -241,7 +225,8 @@ class Outbox:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO objects (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-                    " study_instance_uid, path, size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " study_instance_uid, path, size, created_at, exam_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         sop_instance_uid,
                         sop_class_uid,
@@ -250,14 +235,18 @@ class Outbox:
                         f"{OBJECTS_DIR}/{name}",
                         len(data),
                         now,
+                        exam_id,
                     ),
                 )
                 object_id = cur.lastrowid
                 assert object_id is not None
                 db.executemany(
                     "INSERT INTO deliveries (object_id, destination, state, updated_at)"
-                    " VALUES (?, ?, 'pending', ?)",
-                    [(object_id, dest, now) for dest in self.destinations],
+                    " VALUES (?, ?, ?, ?)",
+                    [
+                        (object_id, dest, "held" if hold else "pending", now)
+                        for dest in self.destinations
+                    ],
                 )
         except sqlite3.IntegrityError:
             raise QueueError(f"SOP Instance UID {sop_instance_uid} is already queued") from None
@@ -273,7 +262,38 @@ class Outbox:
             path,
             len(data),
             now,
+            exam_id,
         )
+
+    def release_exam(self, exam_id: str) -> int:
+        """The exam is finished: its held objects become due for sending."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = 0, updated_at = ?"
+                " WHERE state = 'held'"
+                " AND object_id IN (SELECT id FROM objects WHERE exam_id = ?)",
+                (time.time(), exam_id),
+            )
+        return cur.rowcount
+
+    def discard_held(self, object_id: int) -> None:
+        """Delete an object the technician rejected before finishing; refused
+        once any destination may have it."""
+        obj = self.get(object_id)
+        if obj is None:
+            raise QueueError(f"no queued object with ID {object_id}")
+        with self._tx() as db:
+            states = {
+                r[0]
+                for r in db.execute(
+                    "SELECT state FROM deliveries WHERE object_id = ?", (object_id,)
+                )
+            }
+            if states - {"held"}:
+                raise QueueError(f"object {object_id} is already released for sending")
+            db.execute("DELETE FROM deliveries WHERE object_id = ?", (object_id,))
+            db.execute("DELETE FROM objects WHERE id = ?", (object_id,))
+        remove_durably(obj.path)
 
     # -- forwarding -----------------------------------------------------------
 
@@ -376,6 +396,7 @@ class Outbox:
             path=self.root / row["path"],
             size=row["size"],
             created_at=row["created_at"],
+            exam_id=row["exam_id"],
         )
 
     def _delivery(self, row: sqlite3.Row) -> Delivery:

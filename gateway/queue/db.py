@@ -1,0 +1,51 @@
+"""The durable SQLite connection every queue table shares (objects,
+deliveries, and later MPPS messages): WAL, synchronous=FULL, asserted."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class DurabilityError(Exception):
+    """SQLite would not run in the durable mode the queue's promise needs."""
+
+
+def open_durable(path: Path) -> sqlite3.Connection:
+    """Open `path` in WAL mode with synchronous=FULL, or raise.
+
+    A queue that silently ran without durability would break the promise made
+    to the technician ("captured" means it survives a power cut), so a file
+    system that refuses WAL (read-only, some network mounts) stops the start.
+    """
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        sync = db.execute("PRAGMA synchronous").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise DurabilityError(f"cannot open queue database {path}: {exc}") from None
+    if str(mode).lower() != "wal" or sync != 2:
+        db.close()
+        raise DurabilityError(
+            f"queue database {path} refuses durable mode "
+            f"(journal_mode={mode}, synchronous={sync}); is the file system read-only?"
+        )
+    return db
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT: writers queue up on the lock instead of
+    failing half-way with SQLITE_BUSY."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
