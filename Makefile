@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := dcmtk dicom3tools libsystemd-dev pkg-config lrzsz stunnel4 chromium \
                 systemd
 PYTEST_ARGS ?=
+BENCH ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help deps venv test lint typecheck demo bench clean
@@ -47,7 +48,7 @@ demo: venv ## end-to-end demo on loopback: test pattern → queue → TLS C-STOR
 	$(BIN)/dicom-gateway demo
 
 bench: venv ## benchmarks against DCMTK (never part of make test)
-	$(BIN)/python -m tests.benchmarks
+	$(BIN)/python -m tests.benchmarks $(BENCH)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info test-artifacts
