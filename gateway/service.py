@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Literal
 
-from drivers import Driver, DriverError, Frame, create_driver
+from drivers import create_driver
+from drivers.stream import FrameStream
 from gateway import notify
 from gateway.config import GatewayConfig
 from gateway.forwarder import Forwarder
@@ -41,41 +42,6 @@ class Health:
         return [n for n, t in self.beats.items() if now - t > self.limit]
 
 
-@dataclass
-class LiveSource:
-    """Keeps the driver running and its latest frame at hand (the preview and
-    a capture both read it); reopens a lost device with back-off."""
-
-    driver: Driver
-    health: Health
-    latest: Frame | None = None
-    frames: int = 0
-    errors: int = 0
-    error: str | None = None
-
-    def run(self, stop: threading.Event) -> None:
-        delay = 1.0
-        while not stop.is_set():
-            try:
-                if not self.driver.is_open:
-                    self.driver.open()
-                    log.info("capture device %s open", self.driver.name)
-                    self.error, delay = None, 1.0
-                self.latest = self.driver.read()
-                self.frames += 1
-                self.health.beat("capture")
-            except DriverError as exc:
-                self.errors += 1
-                if self.error != str(exc):
-                    log.warning("capture device %s: %s; retrying", self.driver.name, exc)
-                self.error = str(exc)
-                self.driver.close()
-                self.health.beat("capture")  # a missing device is not a stuck loop
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-        self.driver.close()
-
-
 def run(
     config: GatewayConfig,
     only: Part | None = None,
@@ -94,18 +60,18 @@ def run(
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
 
-    outbox = Outbox(
-        config.queue.path, [d.name for d in config.destinations], config.queue.min_free_mb
-    )
+    destinations = [d.name for d in config.destinations]
+    outbox = Outbox(config.queue.path, destinations, config.queue.min_free_mb)
     report = outbox.recover()
     log.info("queue %s recovered: %s", config.queue.path, report)
-    threads: list[threading.Thread] = []
+    stream: FrameStream | None = None
     if "capture" in parts:
-        source = LiveSource(create_driver(config.capture.driver, config.capture.options), health)
-        threads.append(threading.Thread(target=source.run, args=(stop,), name="capture"))
+        stream = FrameStream(create_driver(config.capture.driver, config.capture.options))
+        stream.start()
+    threads: list[threading.Thread] = []
     if "forwarder" in parts and config.destinations:
         forwarder = Forwarder(
-            Outbox(config.queue.path, [d.name for d in config.destinations]),
+            Outbox(config.queue.path, destinations),
             list(config.destinations),
             config.station.ae_title,
         )
@@ -114,27 +80,34 @@ def run(
                 target=forwarder.run,
                 args=(stop, lambda: health.beat("forwarder")),
                 name="forwarder",
+                daemon=True,
             )
         )
     for thread in threads:
-        thread.daemon = True
         thread.start()
-    notify.ready(f"running: {', '.join(t.name for t in threads) or 'idle'}")
+    running = [t.name for t in threads] + (["capture"] if stream else [])
+    notify.ready(f"running: {', '.join(running) or 'idle'}")
     if on_ready:
         on_ready()
     interval = notify.watchdog_interval() or 5.0
     while not stop.wait(min(interval, 5.0)):
-        stale = [n for n in health.stale() if n in {t.name for t in threads}]
-        dead = [t.name for t in threads if not t.is_alive()]
-        if stale or dead:
-            log.error("loop(s) not healthy: %s; withholding watchdog ping", stale + dead)
-            notify.status(f"unhealthy: {', '.join(stale + dead)}")
+        if stream is not None:
+            health.beats["capture"] = stream.last_beat
+        unhealthy = [n for n in health.stale() if n in running]
+        unhealthy += [t.name for t in threads if not t.is_alive()]
+        if stream is not None and not stream.alive:
+            unhealthy.append("capture")
+        if unhealthy:
+            log.error("loop(s) not healthy: %s; withholding watchdog ping", unhealthy)
+            notify.status(f"unhealthy: {', '.join(unhealthy)}")
             continue
         notify.watchdog()
         stats = outbox.stats()
         pending = sum(s["pending"] + s["in_flight"] for s in stats.values())
         notify.status(f"running; {pending} object(s) waiting")
     notify.stopping()
+    if stream is not None:
+        stream.stop()
     for thread in threads:
         thread.join(timeout=15)
     outbox.close()
