@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from drivers import DriverError, create_driver
@@ -223,6 +224,44 @@ def cmd_run(args: argparse.Namespace, config: GatewayConfig) -> int:
     return run(config, only=args.only)
 
 
+def cmd_export(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.export import ExportError, Progress, export, select
+
+    try:
+        with _outbox(config) as outbox:
+            objects = select(outbox, exam=args.exam, pending=args.pending)
+            report = export(objects, Path(args.to), None if args.json else Progress(len(objects)))
+    except ExportError as exc:
+        raise CommandError(str(exc)) from None
+    _emit(
+        args,
+        {
+            "directory": str(report.directory),
+            "exported": report.exported,
+            "skipped": report.skipped,
+            "bytes": report.bytes,
+        },
+        lambda: (
+            f"exported {report.exported} object(s) to {report.directory} "
+            f"({report.bytes // 1024} KiB); they stay queued until the PACS has them"
+        ),
+    )
+    for reason in report.skipped:
+        print(f"dicom-gateway: skipped {reason}", file=sys.stderr)
+    return EXIT_FAILURE if report.skipped else 0
+
+
+def _parts(value: str) -> list[str]:
+    """`--only capture,ui`: the split units run more than one part."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    bad = [p for p in parts if p not in ("capture", "forwarder", "ui")]
+    if not parts or bad:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from capture, forwarder, ui, comma-separated)"
+        )
+    return parts
+
+
 def cmd_demo(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.demo import run_demo
 
@@ -251,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", parents=[common], help="run the service")
-    p.add_argument("--only", choices=["capture", "forwarder", "ui"])
+    p.add_argument("--only", type=_parts, metavar="{capture,forwarder,ui}[,...]")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("echo", parents=[common], help="C-ECHO configured peers")
@@ -274,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", parents=[common], help="check or show the configuration")
     p.add_argument("action", choices=["check", "show"])
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("export", parents=[common], help="write queued objects to a USB stick")
+    p.add_argument("--to", required=True, metavar="DIR", help="empty directory on the stick")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--exam", metavar="ID", help="only this exam's objects")
+    group.add_argument("--pending", action="store_true", help="only objects not yet delivered")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], help="end-to-end run on loopback")
     p.add_argument("--frames", type=int, default=3)

@@ -131,6 +131,45 @@ class UIConfig(_Model):
         return value
 
 
+class MetricsConfig(_Model):
+    """Prometheus `/metrics` and `/health`; empty `listen` (the default) turns them off."""
+
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if not value:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
+        return value
+
+
+class AuditCollectorConfig(_Model):
+    """A remote syslog collector over TLS (RFC 5425), mutual auth like the PACS."""
+
+    host: str = Field(min_length=1)
+    port: Port = 6514
+    tls: TLSConfig
+
+
+class AuditConfig(_Model):
+    collector: AuditCollectorConfig | None = None
+
+
+class WatchdogConfig(_Model):
+    """A loop that has not reported for `stale_after` seconds is stuck: the
+    watchdog ping is withheld so systemd restarts the service."""
+
+    stale_after: float = Field(default=120.0, gt=0)
+
+
+class CertificatesConfig(_Model):
+    warn_days: int = Field(default=30, ge=1)
+
+
 class GatewayConfig(_Model):
     station: StationConfig = Field(default_factory=StationConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
@@ -138,6 +177,10 @@ class GatewayConfig(_Model):
     worklist: WorklistConfig | None = None
     queue: QueueConfig = Field(default_factory=QueueConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    certificates: CertificatesConfig = Field(default_factory=CertificatesConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -235,6 +278,9 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
             return
         for key in keys:
             value = table.get(key)
+            if isinstance(value, str) and "$" in value:
+                # ${CREDENTIALS_DIRECTORY}: keys handed over by systemd's LoadCredential=
+                value = table[key] = os.path.expandvars(value)
             if isinstance(value, str) and value and not os.path.isabs(value):
                 table[key] = str(base / value)
 
@@ -247,3 +293,6 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     if isinstance(worklist, dict):
         fix(worklist.get("tls"), ("ca", "cert", "key"))
     fix(data.get("queue"), ("path",))
+    audit = data.get("audit")
+    if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):
+        fix(audit["collector"].get("tls"), ("ca", "cert", "key"))

@@ -8,14 +8,14 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Literal
 
 from drivers import create_driver
 from drivers.stream import FrameStream
-from gateway import notify
+from gateway import appliance, notify
 from gateway.config import GatewayConfig
 from gateway.forwarder import Forwarder
 from gateway.queue.outbox import Outbox
@@ -44,13 +44,15 @@ class Health:
 
 def run(
     config: GatewayConfig,
-    only: Part | None = None,
+    only: Part | Sequence[Part] | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     stop = stop or threading.Event()
-    parts = (only,) if only else ALL_PARTS
-    health = Health()
+    parts: tuple[Part, ...] = (
+        ALL_PARTS if not only else (only,) if isinstance(only, str) else tuple(only)
+    )
+    health = Health(limit=config.watchdog.stale_after)
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -69,6 +71,7 @@ def run(
         stream = FrameStream(create_driver(config.capture.driver, config.capture.options))
         stream.start()
     threads: list[threading.Thread] = []
+    forwarder: Forwarder | None = None
     if "forwarder" in parts and config.destinations:
         forwarder = Forwarder(
             Outbox(config.queue.path, destinations),
@@ -83,9 +86,10 @@ def run(
                 daemon=True,
             )
         )
+    running = [t.name for t in threads] + (["capture"] if stream else [])
+    extras = appliance.start(config, outbox, stream, forwarder, health, running)
     for thread in threads:
         thread.start()
-    running = [t.name for t in threads] + (["capture"] if stream else [])
     notify.ready(f"running: {', '.join(running) or 'idle'}")
     if on_ready:
         on_ready()
@@ -97,6 +101,7 @@ def run(
         unhealthy += [t.name for t in threads if not t.is_alive()]
         if stream is not None and not stream.alive:
             unhealthy.append("capture")
+        unhealthy += extras.tick()
         if unhealthy:
             log.error("loop(s) not healthy: %s; withholding watchdog ping", unhealthy)
             notify.status(f"unhealthy: {', '.join(unhealthy)}")
@@ -106,6 +111,7 @@ def run(
         pending = sum(s["pending"] + s["in_flight"] for s in stats.values())
         notify.status(f"running; {pending} object(s) waiting")
     notify.stopping()
+    extras.stop()
     if stream is not None:
         stream.stop()
     for thread in threads:

@@ -1,0 +1,117 @@
+"""Clock guard. A Raspberry Pi has no real-time clock: after a power cut in a
+field unit with no network it boots with whatever time the last shutdown
+saved (or 1970), and every Study Date and audit record made then is wrong.
+
+Captures must still work (the patient is on the table), so nothing is
+refused; instead `clock_status()` tells the UI to warn, the queue to flag the
+objects and the logs to say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# systemd-timesyncd touches this file once it has synchronised the clock.
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+# The software cannot have been started before it was built; builds stamp
+# this in gateway/_build.py (image recipe) and the release date is the floor.
+RELEASE_FLOOR = datetime(2026, 1, 1, tzinfo=UTC)
+FLAG_ENV = "DICOM_GATEWAY_TIMESYNC_FLAG"
+
+
+@dataclass(frozen=True)
+class ClockStatus:
+    synchronized: bool
+    source: str  # timedatectl | timesync-flag | none
+    before_build: bool
+    now: float
+    build_floor: float
+    reason: str | None  # None when the clock can be trusted
+
+    @property
+    def trusted(self) -> bool:
+        return self.reason is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "trusted": self.trusted}
+
+
+def build_floor() -> datetime:
+    """The earliest time this software can be running: its build time if the
+    image recipe stamped one, else the release floor."""
+    try:
+        from gateway import _build  # type: ignore[attr-defined]
+
+        stamp = datetime.fromtimestamp(float(_build.BUILD_EPOCH), tz=UTC)
+        return max(stamp, RELEASE_FLOOR)
+    except (ImportError, AttributeError, ValueError):
+        return RELEASE_FLOOR
+
+
+def _timedatectl() -> bool | None:
+    exe = shutil.which("timedatectl")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "show", "--property=NTPSynchronized", "--value"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = out.stdout.strip()
+    if out.returncode != 0 or value not in ("yes", "no"):
+        return None  # no systemd bus here (a container, a chroot)
+    return value == "yes"
+
+
+def clock_status(now: float | None = None, use_timedatectl: bool = True) -> ClockStatus:
+    """Is the wall clock trustworthy? Asks timedatectl (timesyncd/chrony via
+    timedated), else the timesyncd flag file; a clock before the build is
+    wrong whatever the daemons say."""
+    now = time.time() if now is None else now
+    flag = Path(os.environ.get(FLAG_ENV, str(TIMESYNC_FLAG)))
+    synced = _timedatectl() if use_timedatectl and FLAG_ENV not in os.environ else None
+    source = "timedatectl"
+    if synced is None:
+        synced, source = (True, "timesync-flag") if flag.exists() else (False, "none")
+    floor = build_floor().timestamp()
+    before = now < floor
+    reason = None
+    if before:
+        when = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+        reason = f"clock reads {when}, earlier than this software's build"
+    elif not synced:
+        reason = "clock not synchronised (no time server reached since boot)"
+    return ClockStatus(synced, source, before, now, floor, reason)
+
+
+class ClockGuard:
+    """Remembers the last verdict so a change is logged once, not every tick."""
+
+    def __init__(self) -> None:
+        self.last: ClockStatus | None = None
+
+    def check(self) -> ClockStatus:
+        status = clock_status()
+        previous = self.last
+        if previous is None or previous.trusted != status.trusted:
+            if status.trusted:
+                log.info("clock synchronised (%s)", status.source)
+            else:
+                log.warning("%s: captures continue, flagged as unverified time", status.reason)
+        self.last = status
+        return status
