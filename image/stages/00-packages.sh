@@ -1,0 +1,9 @@
+#!/bin/bash
+# In the chroot: the runtime packages, nothing for building or debugging.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    python3 python3-venv dcmtk chromium cage openssl overlayroot systemd-timesyncd
+apt-get clean
+rm -rf /var/lib/apt/lists/*
