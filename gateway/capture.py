@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from drivers.base import Frame, SourceKind
-from gateway import __version__
+from gateway import __version__, clock
 from gateway.config import GatewayConfig
 from gateway.dicom.iods import secondary_capture, to_bytes
 from gateway.dicom.modules import ConversionType, Equipment, ImageInfo
@@ -76,6 +76,7 @@ class Capturer:
                 hold=hold,
             )
             exam.images.append(queued)
+        clock.flag_capture(self.outbox.root, queued.id)  # dates may be wrong: say so
         log.info(
             "captured image %d of exam %s as queue object %d",
             number,

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -115,3 +116,73 @@ class ClockGuard:
                 log.warning("%s: captures continue, flagged as unverified time", status.reason)
         self.last = status
         return status
+
+
+# -- flagging captures made while the clock was not trusted ------------------
+
+FLAG_TABLE = """
+CREATE TABLE IF NOT EXISTS clock_unverified (
+    object_id INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    flagged_at REAL NOT NULL
+)"""
+RECHECK_SECONDS = 60.0
+_cache: tuple[float, ClockStatus] | None = None
+_cache_lock = threading.Lock()
+
+
+def current_status() -> ClockStatus:
+    """`clock_status()` at most once a minute: cheap enough for every capture
+    and for the UI's status bar to call freely."""
+    global _cache
+    with _cache_lock:
+        now = time.monotonic()
+        if _cache is None or now - _cache[0] > RECHECK_SECONDS:
+            _cache = (now, clock_status())
+        return _cache[1]
+
+
+def flag_capture(queue_root: Path, object_id: int) -> ClockStatus:
+    """Record in the queue database that `object_id` was captured while the
+    clock could not be trusted (its dates may be wrong), and log it."""
+    status = current_status()
+    if status.trusted:
+        return status
+    from gateway.queue.db import open_durable, transaction
+    from gateway.queue.outbox import DB_NAME
+
+    db = open_durable(queue_root / DB_NAME)
+    try:
+        with transaction(db):
+            db.execute(FLAG_TABLE)
+            db.execute(
+                "INSERT OR REPLACE INTO clock_unverified (object_id, reason, flagged_at) "
+                "VALUES (?, ?, ?)",
+                (object_id, status.reason, time.time()),
+            )
+    finally:
+        db.close()
+    log.warning("queue object %d captured with an unverified clock: %s", object_id, status.reason)
+    return status
+
+
+def flagged_objects(queue_root: Path) -> dict[int, str]:
+    """Object id → why its time is unverified (for the UI, `queue`, metrics)."""
+    import sqlite3
+
+    from gateway.queue.outbox import DB_NAME
+
+    path = queue_root / DB_NAME
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        rows = db.execute(
+            "SELECT object_id, reason FROM clock_unverified "
+            "WHERE object_id IN (SELECT id FROM objects)"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no table: nothing was ever flagged
+        return {}
+    finally:
+        db.close()
+    return {int(r[0]): str(r[1]) for r in rows}

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from drivers.stream import StreamStats
 from gateway import __version__
 from gateway.certalarm import CertStatus
-from gateway.clock import ClockStatus, clock_status
+from gateway.clock import ClockStatus, clock_status, flagged_objects
 from gateway.queue.outbox import DB_NAME, DeliveryState
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,12 @@ class GatewayCollector(Collector):
             last.add_metric([dest], figures.last_sent.get(dest, 0.0))
         yield oldest
         yield last
+        unverified = GaugeMetricFamily(
+            "dicom_gateway_queue_unverified_time_objects",
+            "Queued objects captured while the clock was not trusted",
+        )
+        unverified.add_metric([], len(flagged_objects(src.queue_root)))
+        yield unverified
         stats = src.stream()
         if stats is not None:
             captured = CounterMetricFamily(

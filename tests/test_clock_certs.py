@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.certalarm import check_certificates, log_alarms
-from gateway.clock import ClockGuard, build_floor, clock_status
+from gateway.clock import ClockGuard, build_floor, clock_status, flagged_objects
 from gateway.config import parse_config
-from tests.conftest import PKI
+from tests.conftest import PKI, Gateway, gateway_config, write_config
 
 
 def test_clock_untrusted_without_sync_and_before_the_build(
@@ -66,3 +66,19 @@ def test_expired_and_expiring_certificates_alarm(
         alarms = log_alarms(list(statuses.values()))
     assert [a.name for a in alarms] == ["pacs/own"]
     assert "expired" in caplog.records[0].getMessage()
+
+
+def test_captures_with_an_unsynchronised_clock_are_flagged_in_the_queue(
+    tmp_path: Path, pki: PKI
+) -> None:
+    flag = tmp_path / "synchronized"
+    config = write_config(tmp_path / "gateway.toml", gateway_config(tmp_path, pki, None))
+    gw = Gateway(config, {"DICOM_GATEWAY_TIMESYNC_FLAG": str(flag)})
+    result = gw("capture", "--patient-id", "P1", "--patient-name", "Doe^A", "--frames", "2")
+    assert result.returncode == 0, result.stderr
+    assert "captured with an unverified clock" in result.stderr
+    flag.touch()
+    gw("capture", "--patient-id", "P1", "--patient-name", "Doe^A", check=True)
+    flagged = flagged_objects(tmp_path / "queue")
+    assert sorted(flagged) == [1, 2]
+    assert all("not synchronised" in reason for reason in flagged.values())

@@ -14,8 +14,12 @@ from tests.conftest import REPO, require_tool
 
 IMAGE = REPO / "image"
 SCRIPTS = sorted(
-    [IMAGE / "build.sh", IMAGE / "stage-root.sh", IMAGE / "files/dicom-gateway-firstboot"]
-    + list((IMAGE / "stages").glob("[0-9][0-9]-*.sh"))
+    [
+        IMAGE / "build.sh",
+        IMAGE / "stage-root.sh",
+        IMAGE / "files/dicom-gateway-firstboot",
+        *(IMAGE / "stages").glob("[0-9][0-9]-*.sh"),
+    ]
 )
 
 
