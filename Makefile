@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := dcmtk dicom3tools libsystemd-dev pkg-config lrzsz stunnel4 chromium \
-                systemd
+                systemd shellcheck
 PYTEST_ARGS ?=
 BENCH ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv test lint typecheck demo bench clean
+.PHONY: help deps venv test lint typecheck demo bench clean install-system image
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,3 +52,23 @@ bench: venv ## benchmarks against DCMTK (never part of make test)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info test-artifacts
+
+PREFIX_APP ?= /opt/dicom-gateway
+UNITDIR ?= /etc/systemd/system
+
+install-system: ## install the gateway, its user and hardened units on this Debian machine (root)
+	@[ "$$(id -u)" = 0 ] || { echo "install-system: run as root" >&2; exit 1; }
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX_APP)/venv
+	$(DESTDIR)$(PREFIX_APP)/venv/bin/pip install -q .
+	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/*.service
+	install -D -m 0644 systemd/sysusers.d/dicom-gateway.conf $(DESTDIR)/usr/lib/sysusers.d/dicom-gateway.conf
+	install -D -m 0644 systemd/tmpfiles.d/dicom-gateway.conf $(DESTDIR)/usr/lib/tmpfiles.d/dicom-gateway.conf
+	@if [ -z "$(DESTDIR)" ]; then \
+	  systemd-sysusers dicom-gateway.conf && systemd-tmpfiles --create dicom-gateway.conf && \
+	  systemctl daemon-reload && \
+	  systemctl enable dicom-gateway.service dicom-gateway-forwarder.service && \
+	  echo "installed; put gateway.toml, tls/ and pin in /etc/dicom-gateway, then: systemctl start dicom-gateway"; \
+	fi
+
+image: ## build the Raspberry Pi OS Lite (arm64) appliance image (root; see image/README.md)
+	image/build.sh

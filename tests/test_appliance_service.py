@@ -23,6 +23,7 @@ from tests.conftest import (
     REPO,
     Gateway,
     StoreSCP,
+    assert_one_line_error,
     free_port,
     gateway_config,
     wait_for_port,
@@ -226,3 +227,10 @@ def test_metrics_health_and_audit_of_a_forwarding_service(
     stderr = proc.stderr.read() if proc.stderr else ""
     assert "Traceback" not in stderr
     assert "certificate pacs/own" in stderr and "renew it" in stderr
+
+
+def test_only_takes_a_comma_separated_list_and_names_a_bad_part(tmp_path: Path, pki: PKI) -> None:
+    config = write_config(tmp_path / "gateway.toml", gateway_config(tmp_path, pki, None))
+    result = Gateway(config)("run", "--only", "capture,bogus")
+    assert result.returncode == 2
+    assert "invalid choice: 'capture,bogus'" in assert_one_line_error(result)
