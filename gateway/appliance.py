@@ -31,13 +31,13 @@ CLOCK_EVERY = 60.0
 CERTS_EVERY = 6 * 3600.0
 
 
-def queue_writable(outbox: Outbox) -> str | None:
+def queue_writable(outbox: Outbox, timeout: float = 5.0) -> str | None:
     """None when the queue can take a capture now, else why not. Takes the
     database write lock and lets go without writing (no SD-card wear)."""
     if not os.access(outbox.objects_dir, os.W_OK):
         return f"queue directory {outbox.objects_dir} is not writable"
     try:
-        db = sqlite3.connect(outbox.root / DB_NAME, timeout=5.0)
+        db = sqlite3.connect(outbox.root / DB_NAME, timeout=timeout)
         try:
             db.execute("BEGIN IMMEDIATE")
             db.execute("ROLLBACK")
@@ -82,14 +82,18 @@ class Extras:
         return []
 
     def _refresh_certificates(self) -> None:
+        """Our own and the CAs' certificates at once; peers' after the probe
+        delay, then everything every few hours."""
+        probe, wait = False, self.config.certificates.peer_probe_delay
         while True:
             try:
-                self.certificates = check_certificates(self.config)
+                self.certificates = check_certificates(self.config, probe_peers=probe)
                 log_alarms(self.certificates)
             except Exception:
                 log.exception("certificate check failed")
-            if self._stop.wait(CERTS_EVERY):
+            if self._stop.wait(wait):
                 return
+            probe, wait = True, CERTS_EVERY
 
     def stop(self) -> None:
         self._stop.set()

@@ -168,6 +168,9 @@ class WatchdogConfig(_Model):
 
 class CertificatesConfig(_Model):
     warn_days: int = Field(default=30, ge=1)
+    # Peers' certificates are fetched with a TLS handshake of our own; wait a
+    # while after start so a restart loop does not hammer the PACS.
+    peer_probe_delay: float = Field(default=300.0, ge=0)
 
 
 class GatewayConfig(_Model):

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -129,7 +130,11 @@ def test_metrics_health_and_audit_of_a_forwarding_service(
     flag = tmp_path / "timesync-synchronized"
     flag.touch()
     data = gateway_config(
-        tmp_path, pki, storescp.port, metrics={"listen": f"127.0.0.1:{metrics_port}"}
+        tmp_path,
+        pki,
+        storescp.port,
+        metrics={"listen": f"127.0.0.1:{metrics_port}"},
+        certificates={"peer_probe_delay": 0},
     )
     config = write_config(tmp_path / "gateway.toml", data)
     syslog_path = tmp_path / "dev-log"
@@ -234,3 +239,20 @@ def test_only_takes_a_comma_separated_list_and_names_a_bad_part(tmp_path: Path, 
     result = Gateway(config)("run", "--only", "capture,bogus")
     assert result.returncode == 2
     assert "invalid choice: 'capture,bogus'" in assert_one_line_error(result)
+
+
+def test_queue_write_check_fails_while_the_database_is_locked(tmp_path: Path) -> None:
+    from gateway.appliance import queue_writable
+    from gateway.queue.outbox import DB_NAME, Outbox
+
+    with Outbox(tmp_path / "queue", ["pacs"]) as outbox:
+        assert queue_writable(outbox) is None
+        holder = sqlite3.connect(tmp_path / "queue" / DB_NAME)
+        holder.execute("BEGIN EXCLUSIVE")  # a wedged writer
+        try:
+            problem = queue_writable(outbox, timeout=0.2)
+        finally:
+            holder.rollback()
+            holder.close()
+        assert problem is not None and "database is locked" in problem
+        assert queue_writable(outbox) is None
