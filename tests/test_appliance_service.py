@@ -209,7 +209,7 @@ def test_metrics_health_and_audit_of_a_forwarding_service(
     assert len(storescp.received()) == 2
     syslog.settimeout(5)
     events = []
-    while True:
+    while not events or event_code(events[-1]) != ("110100", "110121"):
         try:
             events.append(parse_frame(syslog.recv(65536))[1])
         except TimeoutError:
