@@ -50,6 +50,7 @@ def _recv_until(sock: socket.socket, needle: str, timeout: float) -> list[str]:
 
 def test_stuck_capture_loop_withholds_watchdog_pings(tmp_path: Path, pki: PKI) -> None:
     stick = tmp_path / "stick"
+    metrics_port = free_port()
     data = gateway_config(
         tmp_path,
         pki,
@@ -59,6 +60,7 @@ def test_stuck_capture_loop_withholds_watchdog_pings(tmp_path: Path, pki: PKI) -
             "options": {"width": 64, "height": 48, "fps": 20.0, "stick_file": str(stick)},
         },
         watchdog={"stale_after": 1.0},
+        metrics={"listen": f"127.0.0.1:{metrics_port}"},
     )
     config = write_config(tmp_path / "gateway.toml", data)
     notify_path = tmp_path / "notify.sock"
@@ -90,6 +92,8 @@ def test_stuck_capture_loop_withholds_watchdog_pings(tmp_path: Path, pki: PKI) -
         assert during, "the service went silent instead of reporting"
         assert all(m != "WATCHDOG=1" for m in during), during
         assert all("unhealthy: capture" in m for m in during), during
+        status, body = _get(f"http://127.0.0.1:{metrics_port}/health")
+        assert status == 503 and json.loads(body)["loops"] == {"capture": False}, body
         stick.unlink()  # the device recovers: pings resume
         assert any(m == "WATCHDOG=1" for m in _recv_until(sock, "WATCHDOG=1", 20))
         proc.send_signal(signal.SIGTERM)
@@ -256,3 +260,51 @@ def test_queue_write_check_fails_while_the_database_is_locked(tmp_path: Path) ->
             holder.close()
         assert problem is not None and "database is locked" in problem
         assert queue_writable(outbox) is None
+
+
+def test_tls_failure_to_a_peer_is_audited_as_a_security_alert(tmp_path: Path, pki: PKI) -> None:
+    # A "PACS" whose certificate comes from a CA we do not trust.
+    impostor = StoreSCP(tmp_path / "pacs", pki.stranger, pki.other_ca.cert).start()
+    try:
+        config = write_config(
+            tmp_path / "gateway.toml", gateway_config(tmp_path, pki, impostor.port)
+        )
+        syslog_path = tmp_path / "dev-log"
+        syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        syslog.bind(str(syslog_path))
+        syslog.settimeout(30)
+        env = {"DICOM_GATEWAY_AUDIT_SOCKET": str(syslog_path)}
+        Gateway(config, env)("capture", "--patient-id", "P1", "--patient-name", "Doe^A", check=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--config",
+                str(config),
+                "run",
+                "--only",
+                "forwarder",
+            ],
+            env={**os.environ, **env},
+            cwd=REPO,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            alert = None
+            for _ in range(10):
+                xml = parse_frame(syslog.recv(65536))[1]
+                if event_code(xml) == ("110113", "110126"):
+                    alert = xml
+                    break
+            assert alert is not None
+            text = alert.findtext("EventIdentification/EventOutcomeDescription") or ""
+            assert "not signed by our CA" in text, text
+            assert alert.find("EventIdentification").get("EventOutcomeIndicator") == "4"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            syslog.close()
+    finally:
+        impostor.stop()
+    assert impostor.received() == []

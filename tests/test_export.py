@@ -80,3 +80,27 @@ def test_export_errors_are_one_line(tmp_path: Path, pki: PKI) -> None:
     assert "already holds a DICOM file-set" in assert_one_line_error(
         gw("export", "--to", str(used))
     )
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    import io
+    import os
+
+    from gateway.export import Progress
+
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as tty:
+        bar = Progress(4, tty)
+        for i in range(1, 5):
+            bar(i, "reading")
+    out = ""
+    for _ in range(50):  # bounded: the pty hands over what was written in chunks
+        out += os.read(master, 4096).decode()
+        if "4/4" in out:
+            break
+    os.close(master)
+    assert "\rreading   [" + "#" * 30 + "] 4/4" in out
+    assert "1/4" in out
+    piped = io.StringIO()
+    Progress(4, piped)(4, "reading")
+    assert piped.getvalue() == ""
