@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ from gateway.tls import client_context
 log = logging.getLogger(__name__)
 
 SYSLOG_SOCKET = "/dev/log"
+JOURNAL_SOCKET = "/run/systemd/journal/dev-log"
 SYSLOG_ENV = "DICOM_GATEWAY_AUDIT_SOCKET"
 AUDIT_DB = "audit.sqlite"
 APP_NAME = "dicom-gateway"
@@ -228,11 +230,19 @@ class CollectorOutbox:
 
 class CollectorSender:
     """Drains the collector outbox over one TLS connection, reconnecting
-    with back-off while the collector is away."""
+    with back-off while the collector is away. The split units share one
+    outbox; a lock file makes exactly one of them the sender, so nothing is
+    sent twice, and the other takes over if that one stops."""
 
-    def __init__(self, outbox: CollectorOutbox, collector: AuditCollectorConfig) -> None:
+    POLL = 5.0  # how soon messages queued by the other process go out
+
+    def __init__(
+        self, outbox: CollectorOutbox, collector: AuditCollectorConfig, lock_path: Path
+    ) -> None:
         self.outbox = outbox
         self.collector = collector
+        self.lock_path = lock_path
+        self._lock_fd: int | None = None
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="audit-sender", daemon=True)
@@ -240,13 +250,32 @@ class CollectorSender:
         self.last_error: str | None = None
 
     def start(self) -> None:
+        self.try_lock()  # now, so the first process started is the sender
         self.thread.start()
+
+    def try_lock(self) -> bool:
+        if self._lock_fd is None:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._lock_fd = fd
+        return True
+
+    @property
+    def is_sender(self) -> bool:
+        return self._lock_fd is not None
 
     def stop(self) -> None:
         self.stop_event.set()
         self.wake.set()
         self.thread.join(timeout=10)
         self._close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock for the other unit
+            self._lock_fd = None
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -279,12 +308,16 @@ class CollectorSender:
     def _run(self) -> None:
         delay = 1.0
         while not self.stop_event.is_set():
+            if not self.try_lock():
+                self.wake.wait(self.POLL)
+                self.wake.clear()
+                continue
             try:
                 self.drain_once()
                 if self.last_error:
                     log.info("audit collector reachable again")
                 self.last_error, delay = None, 1.0
-                self.wake.wait(30.0)
+                self.wake.wait(self.POLL)
             except (OSError, ssl.SSLError) as exc:
                 self._close()
                 reason = f"audit collector {self.collector.host}:{self.collector.port}: {exc}"
@@ -304,11 +337,15 @@ class AuditTrail:
         self.site = config.station.institution_name
         self.host = socket.gethostname()
         self.socket_path = os.environ.get(SYSLOG_ENV, SYSLOG_SOCKET)
+        self._local_failed = False
         self.sender: CollectorSender | None = None
         self.outbox: CollectorOutbox | None = None
         if config.audit.collector is not None:
             self.outbox = CollectorOutbox(Path(queue_root or config.queue.path))
-            self.sender = CollectorSender(self.outbox, config.audit.collector)
+            root = Path(queue_root or config.queue.path)
+            self.sender = CollectorSender(
+                self.outbox, config.audit.collector, root / f"{AUDIT_DB}.sender"
+            )
             self.sender.start()
 
     def close(self) -> None:
@@ -331,11 +368,18 @@ class AuditTrail:
     def _to_local(self, message: bytes) -> None:
         """journald listens on /dev/log; without it (a container) the event
         still reaches the remote collector and the log says it was missed."""
+        path = self.socket_path
+        if path == SYSLOG_SOCKET and not os.path.exists(path) and os.path.exists(JOURNAL_SOCKET):
+            path = JOURNAL_SOCKET
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(message, self.socket_path)
+                sock.sendto(message, path)
         except OSError as exc:
-            log.warning("audit message not written to %s: %s", self.socket_path, exc.strerror)
+            if not self._local_failed:  # once: a missing syslog socket stays missing
+                log.warning("audit messages not written to %s: %s", path, exc.strerror)
+            self._local_failed = True
+            return
+        self._local_failed = False
 
     # -- the events ----------------------------------------------------------
 

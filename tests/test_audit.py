@@ -188,3 +188,43 @@ def test_remote_collector_gets_queued_messages_after_an_outage_and_restart(
     codes = [event_code(parse_frame(f)[1]) for f in frames]
     assert codes == [("110100", "110120"), ("110114", "110122"), ("110100", "110121")]
     assert os.path.getsize(queue / "audit.sqlite") > 0
+
+
+def test_two_processes_share_the_collector_queue_and_send_each_message_once(
+    tmp_path: Path, pki: PKI, syslog: socket.socket
+) -> None:
+    """The capture and forwarder units both audit into one queue; only the
+    lock holder sends, and it sends what the other one queued."""
+    port = free_port()
+    config = parse_config(
+        {
+            "audit": {
+                "collector": {
+                    "host": "localhost",
+                    "port": port,
+                    "tls": {
+                        "ca": str(pki.ca.cert),
+                        "cert": str(pki.client.cert),
+                        "key": str(pki.client.key),
+                    },
+                }
+            },
+        }
+    )
+    collector = Collector(pki, port)
+    first = AuditTrail(config, tmp_path / "queue")
+    second = AuditTrail(config, tmp_path / "queue")
+    try:
+        assert first.sender is not None and first.sender.is_sender
+        assert second.sender is not None and not second.sender.is_sender
+        second.pin_failure("127.0.0.1")  # queued by the non-sender…
+        first.application(started=True)  # …goes out with the sender's next drain
+        frames = collector.wait(2)
+    finally:
+        first.close()
+        second.close()
+        collector.close()
+    collector.thread.join(timeout=20)
+    assert len(collector.frames) == 2 == len(frames)
+    codes = sorted(event_code(parse_frame(f)[1]) for f in collector.frames)
+    assert codes == [("110100", "110120"), ("110114", "110122")]
