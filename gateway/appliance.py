@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from drivers.stream import FrameStream
-from gateway import audit
+from gateway import audit, certalarm
 from gateway.certalarm import CertStatus, check_certificates, log_alarms
 from gateway.clock import ClockGuard, ClockStatus
 from gateway.config import GatewayConfig
@@ -88,6 +88,7 @@ class Extras:
         while True:
             try:
                 self.certificates = check_certificates(self.config, probe_peers=probe)
+                certalarm.remember(self.certificates)
                 log_alarms(self.certificates)
             except Exception:
                 log.exception("certificate check failed")

@@ -117,3 +117,17 @@ def log_alarms(statuses: list[CertStatus]) -> list[CertStatus]:
                 s.days_left,
             )
     return alarms
+
+
+_latest: list[CertStatus] = []
+
+
+def remember(statuses: list[CertStatus]) -> None:
+    global _latest
+    _latest = list(statuses)
+
+
+def current() -> list[CertStatus]:
+    """The service's latest check, for the UI's warning banner (empty outside
+    the service or before the first check)."""
+    return list(_latest)
