@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -142,34 +143,44 @@ def current_status() -> ClockStatus:
         return _cache[1]
 
 
+_flag_dbs: dict[Path, sqlite3.Connection] = {}
+
+
+def _flag_db(queue_root: Path) -> sqlite3.Connection:
+    """One connection per queue, kept open: flagging runs on every capture
+    while the clock is untrusted. synchronous=NORMAL (no fsync per flag):
+    a power cut may lose a flag, never an object, and keeps capture fast."""
+    from gateway.queue.outbox import DB_NAME
+
+    db = _flag_dbs.get(queue_root)
+    if db is None:
+        db = sqlite3.connect(queue_root / DB_NAME, timeout=30.0, check_same_thread=False)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(FLAG_TABLE)
+        _flag_dbs[queue_root] = db
+    return db
+
+
 def flag_capture(queue_root: Path, object_id: int) -> ClockStatus:
     """Record in the queue database that `object_id` was captured while the
     clock could not be trusted (its dates may be wrong), and log it."""
     status = current_status()
     if status.trusted:
         return status
-    from gateway.queue.db import open_durable, transaction
-    from gateway.queue.outbox import DB_NAME
-
-    db = open_durable(queue_root / DB_NAME)
-    try:
-        with transaction(db):
-            db.execute(FLAG_TABLE)
+    with _cache_lock:
+        db = _flag_db(queue_root)
+        with db:
             db.execute(
                 "INSERT OR REPLACE INTO clock_unverified (object_id, reason, flagged_at) "
                 "VALUES (?, ?, ?)",
                 (object_id, status.reason, time.time()),
             )
-    finally:
-        db.close()
     log.warning("queue object %d captured with an unverified clock: %s", object_id, status.reason)
     return status
 
 
 def flagged_objects(queue_root: Path) -> dict[int, str]:
     """Object id → why its time is unverified (for the UI, `queue`, metrics)."""
-    import sqlite3
-
     from gateway.queue.outbox import DB_NAME
 
     path = queue_root / DB_NAME
