@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Literal
 
@@ -47,6 +48,7 @@ def run(
     only: Part | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[], None] | None = None,
+    config_path: Path | None = None,
 ) -> int:
     stop = stop or threading.Event()
     parts = (only,) if only else ALL_PARTS
@@ -69,6 +71,7 @@ def run(
         stream = FrameStream(create_driver(config.capture.driver, config.capture.options))
         stream.start()
     threads: list[threading.Thread] = []
+    forwarder: Forwarder | None = None
     if "forwarder" in parts and config.destinations:
         forwarder = Forwarder(
             Outbox(config.queue.path, destinations),
@@ -83,6 +86,18 @@ def run(
                 daemon=True,
             )
         )
+    if "ui" in parts:
+        from gateway.ui.server import UIServer
+
+        status = forwarder.status if forwarder else None
+        ui = UIServer(
+            config,
+            stop,
+            stream=stream,
+            forwarder_status=(lambda: status) if status is not None else None,
+            config_path=config_path,
+        )
+        threads.append(ui.thread)
     for thread in threads:
         thread.start()
     running = [t.name for t in threads] + (["capture"] if stream else [])
