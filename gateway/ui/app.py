@@ -605,7 +605,9 @@ async def api_pedal(request: Request) -> Response:
     """Same as a foot-pedal press ("capture" or "record") on the current exam."""
     body = await _body(request, m.PedalPress)
     event = await run_in_threadpool(_state(request).desk.trigger, body.action)
-    return JSONResponse(event, 200 if event["ok"] else 409)
+    if not event["ok"]:
+        raise ApiError(409, str(event.get("message", "refused")))
+    return JSONResponse(event)
 
 
 # -- settings ------------------------------------------------------------------------

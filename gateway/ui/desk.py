@@ -205,16 +205,22 @@ class ExamDesk:
         self.events.publish({"type": "object", "exam": exam.id, "object": shot.as_json(exam.id)})
         return shot
 
-    def _capture_clip(self, exam: Exam, frames: list[Frame]) -> Shot:
-        if not frames:
-            raise DeskError(409, "no frames were recorded (is the video connected?)")
-        capture_clip = getattr(self.exams, "capture_clip", None)
+    def _require_clips(self) -> Callable[[Exam, list[Frame]], QueuedObject]:
+        capture_clip: Callable[[Exam, list[Frame]], QueuedObject] | None = getattr(
+            self.exams, "capture_clip", None
+        )
         if capture_clip is None:
             raise DeskError(
                 501,
                 "clips are not supported by this build: ExamService.capture_clip "
                 "(multi-frame objects) is missing",
             )
+        return capture_clip
+
+    def _capture_clip(self, exam: Exam, frames: list[Frame]) -> Shot:
+        capture_clip = self._require_clips()
+        if not frames:
+            raise DeskError(409, "no frames were recorded (is the video connected?)")
         with self._lock:
             queued = self._queue_call(lambda: capture_clip(exam, frames))
             return self._add_shot(exam, queued, "clip", frames)
@@ -224,8 +230,7 @@ class ExamDesk:
 
     def record_start(self, exam: Exam) -> None:
         self._require_open(exam)
-        if not self.clips_supported():
-            self._capture_clip(exam, [])  # raises the 501 before anything is recorded
+        self._require_clips()  # the 501 before anything is recorded
         if self.stream is None:
             raise DeskError(503, "no video source in this process")
         with self._lock:
@@ -247,8 +252,7 @@ class ExamDesk:
         self._require_open(exam)
         if self.stream is None:
             raise DeskError(503, "no video source in this process")
-        if not self.clips_supported():
-            self._capture_clip(exam, [])
+        self._require_clips()
         return self._capture_clip(exam, self.stream.clip(seconds))
 
     def delete(self, exam: Exam, object_id: int) -> None:
