@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -109,7 +110,8 @@ class UIState:
     pins: PinLimiter = field(default_factory=PinLimiter)
     login_required: bool = False
     worklist_entries: dict[str, WorklistEntry] = field(default_factory=dict)
-    stopping: asyncio.Event | None = None
+    # Set when the server is asked to stop, so open streams end by themselves.
+    closing: threading.Event = field(default_factory=threading.Event)
 
     @property
     def config(self) -> GatewayConfig:
@@ -331,7 +333,7 @@ async def api_events(request: Request) -> Response:
             yield "retry: 1000\n\n"
             yield _sse("status", await run_in_threadpool(state.board.current))
             last_status = time.monotonic()
-            while not (state.stopping and state.stopping.is_set()):
+            while not state.closing.is_set():
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=1.0)
                     yield _sse(str(event.get("type", "message")), event)
@@ -360,7 +362,7 @@ async def api_preview_mjpeg(request: Request) -> Response:
 
     async def parts() -> AsyncIterator[bytes]:
         last: int | None = None
-        while not (state.stopping and state.stopping.is_set()):
+        while not state.closing.is_set():
             frame = await run_in_threadpool(stream_.wait_frame, last, 1.0)
             if frame is None:
                 continue
@@ -852,9 +854,9 @@ def create_app(ctx: UIContext) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state.stopping = asyncio.Event()
+        state.closing.clear()
         yield
-        state.stopping.set()
+        state.closing.set()
 
     app = Starlette(
         routes=routes,

@@ -24,12 +24,16 @@ log = logging.getLogger(__name__)
 class _Server(uvicorn.Server):
     """Exits when the service's stop event is set (uvicorn polls on_tick)."""
 
-    def __init__(self, config: uvicorn.Config, stop: threading.Event) -> None:
+    def __init__(
+        self, config: uvicorn.Config, stop: threading.Event, closing: threading.Event
+    ) -> None:
         super().__init__(config)
         self.stop = stop
+        self.closing = closing
 
     async def on_tick(self, counter: int) -> bool:
         if self.stop.is_set():
+            self.closing.set()  # SSE and MJPEG streams end within a second
             return True
         return await super().on_tick(counter)
 
@@ -84,8 +88,9 @@ class UIServer:
             access_log=False,  # URLs carry no patient data, but keep the journal quiet
             timeout_graceful_shutdown=3,
             lifespan="on",
+            log_config=None,  # our logging set-up (journald), not uvicorn's
         )
-        self.server = _Server(uv_config, stop)
+        self.server = _Server(uv_config, stop, app_state(self.app).closing)
         self.thread = threading.Thread(target=self._serve, name="ui", daemon=True)
 
     def _serve(self) -> None:

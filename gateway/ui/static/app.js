@@ -34,21 +34,21 @@ function closeButtons(dialog) {
 /* -- status bar ------------------------------------------------------------ */
 function showStatus(s) {
   $("#sb-clock").textContent = s.clock.text;
-  $("#sb-clock").classList.toggle("sb-msg", false);
   const q = s.queue;
   $("#sb-queue").textContent = `Queue: ${q.pending} waiting · ${q.sent} sent · ${q.failed} failed`;
   const link = $("#sb-link");
   const down = s.links.filter(l => l.state === "down");
   const up = s.links.length && s.links.every(l => l.state === "up");
   link.className = "sb-item pill " + (down.length ? "down" : up ? "up" : "");
-  link.textContent = down.length ? "PACS down" : up ? "PACS OK" : (s.links.length ? "PACS ?" : "No PACS");
+  link.textContent = down.length ? "PACS down" : up ? "PACS OK" : (s.links.length ? "PACS idle" : "No PACS");
   $("#sb-disk").textContent = s.disk.free_mb >= 0 ? `${(s.disk.free_mb / 1024).toFixed(1)} GB free` : "";
   const msg = $("#sb-message");
   const first = s.messages.find(m => m.level === "error") || s.messages.find(m => m.level === "warning");
-  if (first) { msg.textContent = first.text; msg.className = "sb-msg " + first.level; }
-  else {
-    msg.className = "sb-msg";
-    msg.textContent = s.links.length ? s.links.map(l => l.text).join(" · ") : "Ready";
+  msg.hidden = !first;
+  if (first) {
+    const more = s.messages.length > 1 ? ` (+${s.messages.length - 1} more)` : "";
+    msg.textContent = first.text + more; msg.className = "sb-msg " + first.level;
+    msg.title = s.messages.map(m => m.text).join("\n");
   }
 }
 
@@ -62,6 +62,7 @@ function connectEvents() {
   }
   es.onerror = () => {
     const msg = $("#sb-message");
+    msg.hidden = false;
     msg.textContent = "Lost contact with the gateway — reconnecting…"; msg.className = "sb-msg error";
   };
 }
