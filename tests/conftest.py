@@ -177,6 +177,8 @@ def gateway_config(tmp_path: Path, pki: PKI, port: int | None, **overrides: Any)
             }
         ],
         "queue": {"path": str(tmp_path / "queue"), "min_free_mb": 10},
+        # `run` serves the UI too: never on the shared default port in tests.
+        "ui": {"listen": f"127.0.0.1:{free_port()}"},
     }
     for key, value in overrides.items():
         data[key] = value

@@ -168,6 +168,7 @@ function initExam() {
   const thumbs = $("#thumbs"), reviewDlg = $("#dlg-review"), discDlg = $("#dlg-discontinue");
   closeButtons(reviewDlg); closeButtons(discDlg);
   let reviewing = null;
+  let ending = false; // this screen asked to finish/discontinue: it navigates itself
 
   function flash() {
     const f = $("#flash"); f.classList.remove("on"); void f.offsetWidth; f.classList.add("on");
@@ -221,11 +222,12 @@ function initExam() {
     catch (err) { toast(err.message, true); }
   });
   $("#btn-finish").addEventListener("click", async () => {
+    ending = true;
     try {
       const r = await api("POST", `${base}/finish`);
       sessionStorage.setItem("done", `Exam finished — ${r.queued} object(s) queued for the PACS`);
       location.href = "/";
-    } catch (err) { toast(err.message, true); }
+    } catch (err) { ending = false; toast(err.message, true); }
   });
   let reason = "";
   $$(".reason", discDlg).forEach(b => b.addEventListener("click", () => {
@@ -236,11 +238,12 @@ function initExam() {
   $("#disc-confirm").addEventListener("click", async () => {
     const text = $("#disc-other").value.trim() || reason;
     if (!text) { $(".form-error", discDlg).textContent = "Choose or type a reason"; return; }
+    ending = true;
     try {
       const r = await api("POST", `${base}/discontinue`, { reason: text });
       sessionStorage.setItem("done", `Exam discontinued — ${r.queued} object(s) queued`);
       location.href = "/";
-    } catch (err) { $(".form-error", discDlg).textContent = err.message; }
+    } catch (err) { ending = false; $(".form-error", discDlg).textContent = err.message; }
   });
 
   on("object", e => { if (e.exam === examId) addThumb(e.object); });
@@ -252,7 +255,11 @@ function initExam() {
     if (e.ok && e.action === "capture") flash();
     toast(e.ok ? `Pedal: ${e.action}` : `Pedal: ${e.message}`, !e.ok);
   });
-  on("exam", e => { if (e.exam === examId && (e.kind === "completed" || e.kind === "discontinued")) location.href = "/"; });
+  on("exam", e => {
+    if (ending || e.exam !== examId || !["completed", "discontinued"].includes(e.kind)) return;
+    sessionStorage.setItem("done", `This exam was ${e.kind} from another screen`);
+    location.href = "/";
+  });
 }
 
 /* -- settings ------------------------------------------------------------------------ */
