@@ -71,6 +71,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory, pki: PKI, chromium: Any) -> It
         err = gateway.stop()
         pacs.stop()
         assert "Traceback" not in err, err
+        assert "captured image" in err  # the log is there to search
+        # No patient data in the log (names and IDs typed in the tests).
+        for secret in ("Müller", "Jürgen", "UI-1", "Outage", "UI-3"):
+            assert secret not in err, err
 
 
 def shot(page: Page, name: str) -> None:
