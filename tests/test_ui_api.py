@@ -4,6 +4,7 @@ settings) — always a clear 4xx with a one-line message, never a 500."""
 
 from __future__ import annotations
 
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,6 +149,9 @@ def test_pages_render_with_csrf_and_accessible_controls(rig: Rig) -> None:
     assert rig.client.get("/exam/nope", follow_redirects=False).status_code == 303
     assert rig.client.get("/settings").status_code == 200
     assert rig.client.get("/static/app.js").status_code == 200
+    still = rig.client.get("/api/preview.jpg")
+    assert still.headers["content-type"] == "image/jpeg" and still.content[:2] == b"\xff\xd8"
+    assert "openapi.json" in rig.client.get("/api").text
     assert "cdn" not in page.text.lower() and "https://" not in page.text
 
 
@@ -401,3 +405,39 @@ def test_status_reports_queue_and_link(tmp_path: Path, pki: PKI) -> None:
         assert status["links"][0]["state"] == "down"
         text = status["messages"][0]["text"]
         assert text.startswith("PACS unreachable — 1 image waiting, next try "), text
+
+
+def test_recorder_stops_at_its_memory_cap() -> None:
+    from gateway.ui.desk import Recorder
+
+    stream = FrameStream(create_driver("testpattern", {"width": 64, "height": 48, "fps": 60}))
+    stream.start()
+    try:
+        hit: list[bool] = []
+        recorder = Recorder(
+            stream, 30.0, max_bytes=5 * 64 * 48 * 3, on_limit=lambda: hit.append(True)
+        )
+        wait = time.monotonic() + 20
+        while recorder.running and time.monotonic() < wait:
+            time.sleep(0.05)
+        frames = recorder.stop()
+        assert hit == [True] and len(frames) == 5
+        assert [f.index for f in frames] == sorted({f.index for f in frames})
+    finally:
+        stream.stop()
+
+
+def test_status_warns_about_disk_and_clock(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.ui import status as status_module
+
+    board = app_state(rig.client.app).board  # type: ignore[arg-type]
+    board.ttl = 0
+    board.config = board.config.model_copy(
+        update={"queue": board.config.queue.model_copy(update={"min_free_mb": 10**9})}
+    )
+    monkeypatch.setattr(status_module, "CLOCK_FLOOR", time.time() + 86400)
+    current = rig.client.get("/api/status").json()
+    texts = [m["text"] for m in current["messages"]]
+    assert any(t.startswith("Disk full — ") and "capture is refused" in t for t in texts), texts
+    assert any(t.startswith("Clock is wrong (") for t in texts), texts
+    assert current["disk"]["low"] and not current["clock"]["ok"]

@@ -324,7 +324,7 @@ def _sse(kind: str, data: dict[str, Any]) -> str:
 @guarded()
 async def api_events(request: Request) -> Response:
     """Server-Sent Events: `status` every second, plus `object`, `deleted`,
-    `recording`, `pedal` and `exam` as they happen."""
+    `recording`, `record_limit`, `pedal` and `exam` as they happen."""
     state = _state(request)
     queue = state.events.subscribe()
 

@@ -60,14 +60,28 @@ class Shot:
         }
 
 
+# Raw frames are large (1080p RGB is 6 MB): a recording also stops at this
+# many bytes, whatever its length, so a long press cannot exhaust a Pi's memory.
+RECORD_MAX_BYTES = 384 * 1024 * 1024
+
+
 class Recorder:
     """Collects frames from the stream on its own thread until stopped or
-    the cap is reached; the cap bounds memory on a small box."""
+    a cap (time or bytes) is reached; the caps bound memory on a small box."""
 
-    def __init__(self, stream: FrameStream, max_seconds: float) -> None:
+    def __init__(
+        self,
+        stream: FrameStream,
+        max_seconds: float,
+        max_bytes: int = RECORD_MAX_BYTES,
+        on_limit: Callable[[], None] | None = None,
+    ) -> None:
         self.stream = stream
         self.max_seconds = max_seconds
+        self.max_bytes = max_bytes
+        self.on_limit = on_limit
         self.frames: list[Frame] = []
+        self.bytes = 0
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ui-record", daemon=True)
@@ -78,12 +92,17 @@ class Recorder:
         latest = self.stream.latest()
         if latest is not None:
             last = latest.index
-        while not self._stop.is_set() and time.monotonic() - self.started < self.max_seconds:
+        while not self._stop.is_set():
+            if time.monotonic() - self.started >= self.max_seconds or self.bytes >= self.max_bytes:
+                if self.on_limit is not None:
+                    self.on_limit()
+                return
             frame = self.stream.wait_frame(last, timeout=0.5)
             if frame is None:
                 continue
             last = frame.index
             self.frames.append(frame)
+            self.bytes += frame.pixels.nbytes
 
     @property
     def running(self) -> bool:
@@ -236,7 +255,12 @@ class ExamDesk:
         with self._lock:
             if self.recorder is not None:
                 raise DeskError(409, "already recording")
-            self.recorder = Recorder(self.stream, self.max_record_seconds)
+            exam_id = exam.id
+            self.recorder = Recorder(
+                self.stream,
+                self.max_record_seconds,
+                on_limit=lambda: self.events.publish({"type": "record_limit", "exam": exam_id}),
+            )
         self.events.publish({"type": "recording", "exam": exam.id, "on": True})
 
     def record_stop(self, exam: Exam) -> Shot:

@@ -57,7 +57,7 @@ function on(type, fn) { (handlers[type] = handlers[type] || []).push(fn); }
 function connectEvents() {
   const es = new EventSource("/api/events");
   es.addEventListener("status", e => showStatus(JSON.parse(e.data)));
-  for (const type of ["object", "deleted", "recording", "pedal", "exam"]) {
+  for (const type of ["object", "deleted", "recording", "record_limit", "pedal", "exam"]) {
     es.addEventListener(type, e => (handlers[type] || []).forEach(fn => fn(JSON.parse(e.data))));
   }
   es.onerror = () => {
@@ -251,6 +251,9 @@ function initExam() {
     const b = $(`.thumb[data-id="${e.object}"]`); if (e.exam === examId && b) b.parentElement.remove();
   });
   on("recording", e => { if (e.exam === examId) setRecording(e.on); });
+  on("record_limit", e => {
+    if (e.exam === examId) toast("Recording limit reached — tap Stop recording to save the clip", true);
+  });
   on("pedal", e => {
     if (e.ok && e.action === "capture") flash();
     toast(e.ok ? `Pedal: ${e.action}` : `Pedal: ${e.message}`, !e.ok);
