@@ -250,6 +250,9 @@ def test_bad_input_is_a_clear_4xx(rig: Rig) -> None:
         404,
     )
     _error(rig.post(f"/api/exams/{exam_id}/record/stop"), 409)
+    rig.outbox.min_free_mb = 10**9  # the disk is "full": capture refused, said plainly
+    assert "capture refused" in _error(rig.post(f"/api/exams/{exam_id}/capture"), 507)
+    rig.outbox.min_free_mb = 0
     _error(rig.client.get("/api/no-such-thing"), 404)
     _error(rig.client.get("/api/exams"), 405)
     _error(rig.post("/api/worklist/search", {"text": "x" * 65}), 422)

@@ -194,6 +194,8 @@ def guarded(
                 return JSONResponse({"error": exc.message}, exc.status)
             except SettingsError as exc:
                 return JSONResponse({"error": str(exc)}, 422)
+            except ModuleError as exc:  # e.g. a worklist entry DICOM would not accept
+                return JSONResponse({"error": str(exc)}, 422)
 
         endpoint.__doc__ = handler.__doc__
         endpoint.__name__ = handler.__name__

@@ -22,7 +22,7 @@ from drivers.base import Frame
 from drivers.stream import FrameStream
 from gateway.dicom.modules import ModuleError, Order, Patient
 from gateway.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
-from gateway.queue.outbox import QueuedObject, QueueError
+from gateway.queue.outbox import QueuedObject, QueueError, QueueFull
 from gateway.ui.live import THUMB_WIDTH, Broadcaster, encode_jpeg
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,10 @@ class ExamDesk:
             return action()
         except ExamError as exc:
             raise DeskError(409, str(exc)) from None
+        except QueueFull as exc:  # refused, and nothing older was given up for it
+            raise DeskError(507, str(exc)) from None
         except (QueueError, ModuleError, ValueError) as exc:
-            raise DeskError(507 if "disk" in str(exc) else 422, str(exc)) from None
+            raise DeskError(422, str(exc)) from None
 
     def capture(self, exam: Exam) -> Shot:
         """Durable when this returns: the flash on screen is a promise."""
