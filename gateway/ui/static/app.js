@@ -233,6 +233,7 @@ function initExam() {
   $$(".reason", discDlg).forEach(b => b.addEventListener("click", () => {
     $$(".reason", discDlg).forEach(x => x.setAttribute("aria-pressed", "false"));
     b.setAttribute("aria-pressed", "true"); reason = b.textContent; $("#disc-other").value = "";
+    $(".form-error", discDlg).textContent = "";
   }));
   $("#btn-discontinue").addEventListener("click", () => { reason = ""; discDlg.showModal(); });
   $("#disc-confirm").addEventListener("click", async () => {
