@@ -219,9 +219,10 @@ def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> i
 
 
 def cmd_run(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.config import resolve_config_path
     from gateway.service import run
 
-    return run(config, only=args.only)
+    return run(config, only=args.only, config_path=resolve_config_path(args.config))
 
 
 def cmd_export(args: argparse.Namespace, config: GatewayConfig) -> int:

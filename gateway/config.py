@@ -121,6 +121,11 @@ class QueueConfig(_Model):
 
 class UIConfig(_Model):
     listen: str = "127.0.0.1:8080"
+    # scrypt hash of the settings PIN (see gateway.ui.security.hash_pin); no
+    # PIN set means settings cannot be opened and remote login is refused.
+    pin_hash: str | None = Field(default=None, max_length=512)
+    # A recording stops by itself after this long, bounding memory.
+    max_record_seconds: float = Field(default=30.0, gt=0, le=300)
 
     @field_validator("listen")
     @classmethod

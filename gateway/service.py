@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Literal
 
@@ -47,6 +48,7 @@ def run(
     only: Part | Sequence[Part] | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[], None] | None = None,
+    config_path: Path | None = None,
 ) -> int:
     stop = stop or threading.Event()
     parts: tuple[Part, ...] = (
@@ -86,6 +88,18 @@ def run(
                 daemon=True,
             )
         )
+    if "ui" in parts:
+        from gateway.ui.server import UIServer
+
+        status = forwarder.status if forwarder else None
+        ui = UIServer(
+            config,
+            stop,
+            stream=stream,
+            forwarder_status=(lambda: status) if status is not None else None,
+            config_path=config_path,
+        )
+        threads.append(ui.thread)
     running = [t.name for t in threads] + (["capture"] if stream else [])
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
     for thread in threads:

@@ -177,6 +177,8 @@ def gateway_config(tmp_path: Path, pki: PKI, port: int | None, **overrides: Any)
             }
         ],
         "queue": {"path": str(tmp_path / "queue"), "min_free_mb": 10},
+        # `run` serves the UI too: never on the shared default port in tests.
+        "ui": {"listen": f"127.0.0.1:{free_port()}"},
     }
     for key, value in overrides.items():
         data[key] = value
@@ -218,3 +220,66 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines, "no error message"
     return lines[-1]
+
+
+# -- touchscreen UI (issue 8) ------------------------------------------------------
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One Debian Chromium for the whole session, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    executable = require_tool("chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class UIGateway:
+    """`dicom-gateway run` (capture + forwarder + UI) as a real subprocess."""
+
+    config: Path
+    port: int
+    proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> UIGateway:
+        self.proc = subprocess.Popen(
+            [*GATEWAY, "--config", str(self.config), "run"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for_port(self.port, self.proc, timeout=30)
+        return self
+
+    def stop(self) -> str:
+        err = ""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.proc = None
+        return err

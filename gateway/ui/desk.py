@@ -1,0 +1,345 @@
+"""The technician's desk: the exam actions the screen, the API and the foot
+pedal share — start, capture, record, save the last seconds, delete, finish,
+discontinue — over one `ExamService`.
+
+One box has one screen and one patient at a time, so there is one current
+exam. Every queue write goes through one lock: the outbox connection is
+shared, and a pedal press racing a tap must not interleave transactions.
+Thumbnails and enlargements of held images stay in memory until the exam
+ends, so the screen shows a capture without decoding DICOM.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.base import Frame
+from drivers.stream import FrameStream
+from gateway.dicom.modules import ModuleError, Order, Patient
+from gateway.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
+from gateway.queue.outbox import QueuedObject, QueueError, QueueFull
+from gateway.ui.live import THUMB_WIDTH, Broadcaster, encode_jpeg
+
+log = logging.getLogger(__name__)
+
+SAVE_LAST_SECONDS = 10.0
+
+
+class DeskError(Exception):
+    """A refused action: the HTTP status and a sentence for the screen."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Shot:
+    """What the screen needs of one captured object."""
+
+    object_id: int
+    kind: str  # "image" or "clip"
+    frames: int
+    thumb: bytes
+    full: bytes
+
+    def as_json(self, exam_id: str) -> dict[str, Any]:
+        base = f"/api/exams/{exam_id}/objects/{self.object_id}"
+        return {
+            "id": self.object_id,
+            "kind": self.kind,
+            "frames": self.frames,
+            "thumb_url": f"{base}/thumb.jpg",
+            "image_url": f"{base}/image.jpg",
+        }
+
+
+# Raw frames are large (1080p RGB is 6 MB): a recording also stops at this
+# many bytes, whatever its length, so a long press cannot exhaust a Pi's memory.
+RECORD_MAX_BYTES = 384 * 1024 * 1024
+
+
+class Recorder:
+    """Collects frames from the stream on its own thread until stopped or
+    a cap (time or bytes) is reached; the caps bound memory on a small box."""
+
+    def __init__(
+        self,
+        stream: FrameStream,
+        max_seconds: float,
+        max_bytes: int = RECORD_MAX_BYTES,
+        on_limit: Callable[[], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.max_seconds = max_seconds
+        self.max_bytes = max_bytes
+        self.on_limit = on_limit
+        self.frames: list[Frame] = []
+        self.bytes = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ui-record", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = None
+        latest = self.stream.latest()
+        if latest is not None:
+            last = latest.index
+        while not self._stop.is_set():
+            if time.monotonic() - self.started >= self.max_seconds or self.bytes >= self.max_bytes:
+                if self.on_limit is not None:
+                    self.on_limit()
+                return
+            frame = self.stream.wait_frame(last, timeout=0.5)
+            if frame is None:
+                continue
+            last = frame.index
+            self.frames.append(frame)
+            self.bytes += frame.pixels.nbytes
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> list[Frame]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.frames
+
+
+class ExamDesk:
+    def __init__(
+        self,
+        exams: ExamService,
+        stream: FrameStream | None,
+        events: Broadcaster,
+        max_record_seconds: float = 30.0,
+    ) -> None:
+        self.exams = exams
+        self.stream = stream
+        self.events = events
+        self.max_record_seconds = max_record_seconds
+        self.current: Exam | None = None
+        self.shots: dict[str, list[Shot]] = {}
+        self.recorder: Recorder | None = None
+        self._known: dict[str, Exam] = {}
+        self._lock = threading.RLock()
+        exams.subscribe(self._on_exam_event)
+
+    # -- look-ups ---------------------------------------------------------------
+
+    def exam(self, exam_id: str) -> Exam:
+        exam = self._known.get(exam_id)
+        if exam is None:
+            raise DeskError(404, "no such exam (it may have ended before a restart)")
+        return exam
+
+    def shot(self, exam_id: str, object_id: int) -> Shot:
+        for shot in self.shots.get(exam_id, []):
+            if shot.object_id == object_id:
+                return shot
+        raise DeskError(404, f"object {object_id} is not part of this exam")
+
+    def describe(self, exam: Exam) -> dict[str, Any]:
+        """The screen's view of an exam. Patient details are in the body only."""
+        return {
+            "id": exam.id,
+            "state": exam.state.value,
+            "scheduled": exam.scheduled,
+            "patient": {
+                "name": exam.patient.name,
+                "id": exam.patient.id,
+                "birth_date": exam.patient.birth_date.isoformat()
+                if exam.patient.birth_date
+                else None,
+                "sex": exam.patient.sex,
+            },
+            "accession_number": exam.study.accession_number,
+            "procedure": exam.study.description,
+            "started": exam.started.isoformat(timespec="seconds"),
+            "objects": [s.as_json(exam.id) for s in self.shots.get(exam.id, [])],
+            # Stays true after the length cap until Stop saves the clip.
+            "recording": exam is self.current and self.recorder is not None,
+            "discontinue_reason": exam.discontinue_reason,
+        }
+
+    # -- actions ----------------------------------------------------------------
+
+    def start(self, patient: Patient, order: Order | None = None) -> Exam:
+        with self._lock:
+            if self.current is not None and self.current.state is ExamState.IN_PROGRESS:
+                raise DeskError(409, "another exam is in progress; finish or discontinue it first")
+            exam = self.exams.start(patient, order)
+            self._known[exam.id] = exam
+            self.shots[exam.id] = []
+            self.current = exam
+            return exam
+
+    def _require_open(self, exam: Exam) -> None:
+        if exam.state is not ExamState.IN_PROGRESS:
+            raise DeskError(409, f"exam is {exam.state.value.replace('_', ' ')}")
+
+    def _frame(self) -> Frame:
+        if self.stream is None:
+            raise DeskError(503, "no video source in this process")
+        frame = self.stream.latest()
+        if frame is None:
+            error = self.stream.stats().error
+            raise DeskError(503, f"no video — {error}" if error else "no video yet")
+        return frame
+
+    def _queue_call(self, action: Callable[[], QueuedObject]) -> QueuedObject:
+        try:
+            return action()
+        except ExamError as exc:
+            raise DeskError(409, str(exc)) from None
+        except QueueFull as exc:  # refused, and nothing older was given up for it
+            raise DeskError(507, str(exc)) from None
+        except (QueueError, ModuleError, ValueError) as exc:
+            raise DeskError(422, str(exc)) from None
+
+    def capture(self, exam: Exam) -> Shot:
+        """Durable when this returns: the flash on screen is a promise."""
+        self._require_open(exam)
+        frame = self._frame()
+        with self._lock:
+            queued = self._queue_call(lambda: self.exams.capture(exam, frame))
+            return self._add_shot(exam, queued, "image", [frame])
+
+    def _add_shot(self, exam: Exam, queued: QueuedObject, kind: str, frames: list[Frame]) -> Shot:
+        key = frames[len(frames) // 2] if kind == "clip" else frames[0]
+        shot = Shot(
+            queued.id,
+            kind,
+            len(frames),
+            encode_jpeg(key.pixels, (THUMB_WIDTH, THUMB_WIDTH), quality=75),
+            encode_jpeg(key.pixels, (1280, 800), quality=85),
+        )
+        self.shots.setdefault(exam.id, []).append(shot)
+        self.events.publish({"type": "object", "exam": exam.id, "object": shot.as_json(exam.id)})
+        return shot
+
+    def _require_clips(self) -> Callable[[Exam, list[Frame]], QueuedObject]:
+        capture_clip: Callable[[Exam, list[Frame]], QueuedObject] | None = getattr(
+            self.exams, "capture_clip", None
+        )
+        if capture_clip is None:
+            raise DeskError(
+                501,
+                "clips are not supported by this build: ExamService.capture_clip "
+                "(multi-frame objects) is missing",
+            )
+        return capture_clip
+
+    def _capture_clip(self, exam: Exam, frames: list[Frame]) -> Shot:
+        capture_clip = self._require_clips()
+        if not frames:
+            raise DeskError(409, "no frames were recorded (is the video connected?)")
+        with self._lock:
+            queued = self._queue_call(lambda: capture_clip(exam, frames))
+            return self._add_shot(exam, queued, "clip", frames)
+
+    def clips_supported(self) -> bool:
+        return hasattr(self.exams, "capture_clip")
+
+    def record_start(self, exam: Exam) -> None:
+        self._require_open(exam)
+        self._require_clips()  # the 501 before anything is recorded
+        if self.stream is None:
+            raise DeskError(503, "no video source in this process")
+        with self._lock:
+            if self.recorder is not None:
+                raise DeskError(409, "already recording")
+            exam_id = exam.id
+            self.recorder = Recorder(
+                self.stream,
+                self.max_record_seconds,
+                on_limit=lambda: self.events.publish({"type": "record_limit", "exam": exam_id}),
+            )
+        self.events.publish({"type": "recording", "exam": exam.id, "on": True})
+
+    def record_stop(self, exam: Exam) -> Shot:
+        self._require_open(exam)
+        with self._lock:
+            recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            raise DeskError(409, "not recording")
+        self.events.publish({"type": "recording", "exam": exam.id, "on": False})
+        return self._capture_clip(exam, recorder.stop())
+
+    def save_last(self, exam: Exam, seconds: float = SAVE_LAST_SECONDS) -> Shot:
+        self._require_open(exam)
+        if self.stream is None:
+            raise DeskError(503, "no video source in this process")
+        self._require_clips()
+        return self._capture_clip(exam, self.stream.clip(seconds))
+
+    def delete(self, exam: Exam, object_id: int) -> None:
+        self._require_open(exam)
+        with self._lock:
+            try:
+                self.exams.delete(exam, object_id)
+            except ExamError as exc:
+                status = 404 if "not part" in str(exc) else 409
+                raise DeskError(status, str(exc)) from None
+            self.shots[exam.id] = [s for s in self.shots[exam.id] if s.object_id != object_id]
+        self.events.publish({"type": "deleted", "exam": exam.id, "object": object_id})
+
+    def _end(self, exam: Exam, action: Callable[[], int]) -> int:
+        self._require_open(exam)
+        with self._lock:
+            if exam is self.current and self.recorder is not None:
+                recorder, self.recorder = self.recorder, None
+                frames = recorder.stop()
+                if frames and self.clips_supported():
+                    self._capture_clip(exam, frames)  # recorded is acknowledged: keep it
+            try:
+                released = action()
+            except ExamError as exc:
+                raise DeskError(409, str(exc)) from None
+            if exam is self.current:
+                self.current = None
+            self.shots.pop(exam.id, None)
+            return released
+
+    def finish(self, exam: Exam) -> int:
+        return self._end(exam, lambda: self.exams.finish(exam))
+
+    def discontinue(self, exam: Exam, reason: str) -> int:
+        return self._end(exam, lambda: self.exams.discontinue(exam, reason))
+
+    # -- the pedal -----------------------------------------------------------
+
+    def trigger(self, action: str) -> dict[str, Any]:
+        """For the pedal/trigger callbacks ("capture" / "record"): acts on the
+        current exam and shows the press on screen, even when it is refused."""
+        exam = self.current
+        event: dict[str, Any] = {"type": "pedal", "action": action, "ok": False}
+        try:
+            if exam is None:
+                raise DeskError(409, "pedal pressed, but no exam is open")
+            if action == "capture":
+                event["object"] = self.capture(exam).as_json(exam.id)
+            elif action == "record":
+                if self.recorder is not None:
+                    event["object"] = self.record_stop(exam).as_json(exam.id)
+                else:
+                    self.record_start(exam)
+            else:
+                raise DeskError(400, f"unknown pedal action {action!r}")
+            event["ok"] = True
+        except DeskError as exc:
+            event["message"] = exc.message
+            log.warning("pedal %s refused: %s", action, exc.message)
+        self.events.publish(event)
+        return event
+
+    def _on_exam_event(self, event: ExamEvent) -> None:
+        self.events.publish({"type": "exam", "kind": event.kind, "exam": event.exam.id})

@@ -1,0 +1,113 @@
+"""Serving the touchscreen from `dicom-gateway run`: uvicorn on its own
+thread, stopped with the rest of the service."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from drivers.stream import FrameStream
+from gateway.capture import Capturer
+from gateway.config import GatewayConfig
+from gateway.exam import ExamService
+from gateway.queue.outbox import Outbox
+from gateway.ui.app import UIContext, WorklistSource, app_state, create_app
+from gateway.ui.status import ForwarderStatus
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """Exits when the service's stop event is set (uvicorn polls on_tick)."""
+
+    def __init__(
+        self, config: uvicorn.Config, stop: threading.Event, closing: threading.Event
+    ) -> None:
+        super().__init__(config)
+        self.stop = stop
+        self.closing = closing
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.stop.is_set():
+            self.closing.set()  # SSE and MJPEG streams end within a second
+            return True
+        return await super().on_tick(counter)
+
+
+def default_worklist(config: GatewayConfig) -> WorklistSource | None:
+    """The worklist service when this build has it and a server is configured."""
+    if config.worklist is None:
+        return None
+    try:
+        from gateway.worklist import service  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    source: WorklistSource = service.WorklistService(config)
+    return source
+
+
+class UIServer:
+    """The UI's thread; `thread` joins the service's list of watched loops."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        stop: threading.Event,
+        *,
+        stream: FrameStream | None,
+        forwarder_status: ForwarderStatus | None = None,
+        config_path: Path | None = None,
+        worklist: WorklistSource | None = None,
+    ) -> None:
+        destinations = [d.name for d in config.destinations]
+        self.outbox = Outbox(config.queue.path, destinations, config.queue.min_free_mb)
+        self.status_outbox = Outbox(config.queue.path, destinations)
+        source = stream.driver.source if stream is not None else "synthetic"
+        exams = ExamService(config, self.outbox, Capturer(config, self.outbox, source))
+        self.app = create_app(
+            UIContext(
+                config=config,
+                exams=exams,
+                status_outbox=self.status_outbox,
+                stream=stream,
+                forwarder_status=forwarder_status,
+                worklist=worklist if worklist is not None else default_worklist(config),
+                config_path=config_path,
+            )
+        )
+        host, _, port = config.ui.listen.rpartition(":")
+        uv_config = uvicorn.Config(
+            self.app,
+            host=host.strip("[]"),
+            port=int(port),
+            log_level="warning",
+            access_log=False,  # URLs carry no patient data, but keep the journal quiet
+            timeout_graceful_shutdown=3,
+            lifespan="on",
+            log_config=None,  # our logging set-up (journald), not uvicorn's
+        )
+        self.server = _Server(uv_config, stop, app_state(self.app).closing)
+        self.thread = threading.Thread(target=self._serve, name="ui", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self.server.run()
+        finally:
+            self.outbox.close()
+            self.status_outbox.close()
+
+    def start(self) -> UIServer:
+        self.thread.start()
+        return self
+
+    @property
+    def started(self) -> bool:
+        return bool(self.server.started)
+
+    def trigger(self, action: str) -> dict[str, Any]:
+        """For the pedal's callbacks: "capture" or "record"."""
+        return app_state(self.app).desk.trigger(action)
