@@ -77,7 +77,9 @@ def parse(data: bytes) -> JpegInfo:
         if pos + 2 > n:
             raise JpegError("truncated JPEG stream (ends inside a segment)")
         (length,) = struct.unpack_from(">H", data, pos)
-        if length < 2 or pos + length > n:
+        if length < 2 or marker < 0xC0:
+            raise JpegError(f"corrupt JPEG stream (invalid segment at byte {pos - 2})")
+        if pos + length > n:
             raise JpegError("truncated JPEG stream (segment runs past the end)")
         body = data[pos + 2 : pos + length]
         if marker in _SOF_MARKERS:
