@@ -9,6 +9,7 @@ frame and multi-frame cine) for an ultrasound scanner's video output.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -359,7 +360,28 @@ def ultrasound_multiframe(
 
 
 def to_bytes(ds: Dataset) -> bytes:
-    """The Part 10 file for a dataset built here."""
-    buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    """The Part 10 file for a dataset built here.
+
+    Pixel Data (always the last element here) is appended by hand: pydicom
+    would copy a 150 MB cine through a growing buffer several times, which
+    costs more than building it.
+    """
+    if "PixelData" not in ds or not ds.file_meta.TransferSyntaxUID.is_little_endian:
+        buf = io.BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+        return buf.getvalue()
+    elem = ds["PixelData"]
+    value: bytes = elem.value
+    del ds["PixelData"]
+    try:
+        buf = io.BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+    finally:
+        ds["PixelData"] = elem
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
+        tail = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    else:
+        head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, len(value))
+        tail = b""
+    return b"".join([buf.getvalue(), head, value, tail])
