@@ -102,9 +102,11 @@ class StationConfig(_Model):
 
 class CaptureConfig(_Model):
     driver: str = Field(default="testpattern", min_length=1)
-    # Lossless by default: JPEG Baseline must be 4:2:2 (YBR_FULL_422) in DICOM, which
-    # caps the colour test pattern at 33 dB PSNR whatever the quality (see README).
-    compression: Literal["none", "rle", "jpeg-baseline"] = "rle"
+    # Uncompressed by default: every SCP must accept it, while RLE and JPEG are
+    # optional for a PACS (check its conformance statement first). JPEG is not the
+    # default: DICOM wants 4:2:2 chroma for it, which holds the colour test
+    # pattern at 33 dB PSNR whatever the quality (see README).
+    compression: Literal["none", "rle", "jpeg-baseline"] = "none"
     # libjpeg quality for jpeg-baseline (luminance PSNR ≥ 40 dB on the test pattern).
     jpeg_quality: int = Field(default=90, ge=50, le=100)
     options: dict[str, Any] = Field(default_factory=dict)

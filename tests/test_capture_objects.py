@@ -16,7 +16,7 @@ from drivers import create_driver
 from drivers.base import Frame
 from gateway import __version__
 from gateway.capture import Capturer
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.dicom.modules import Code, Order, Patient
 from gateway.dicom.pixels import PixelError, encode_jpeg
 from gateway.exam import ExamService
@@ -210,3 +210,16 @@ def test_clip_with_a_frame_of_the_wrong_size_queues_nothing(tmp_path: Path) -> N
         exams.capture_clip(exam, clip)
     assert exams.outbox.deliveries() == []
     assert list((tmp_path / "q" / "objects").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("station", "message"),
+    [
+        ({"modality": "ES", "iod": "ultrasound"}, "needs modality 'US'"),
+        ({"uid_root": "1.02.3"}, "not dotted decimal"),
+        ({"iod": "mpeg"}, "station.iod"),
+    ],
+)
+def test_bad_station_keys_are_named(station: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"station": station})
