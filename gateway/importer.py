@@ -172,7 +172,7 @@ class Importer:
                 with _video(path) as cap:
                     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
                     cine = Cine.from_fps(fps if 0 < fps <= 1000 else DEFAULT_FPS)
-                    frames: Iterator[FrameData] = iter(_video_frames(cap))
+                    frames = self._mjpeg_frames(path, cap) or _video_frames(cap)
                     ds = self.capturer.build_clip(exam, frames, cine, _mtime(path))
             else:
                 data: FrameData = (
@@ -182,6 +182,42 @@ class Importer:
         except (PixelError, JpegError, ModuleError) as exc:
             raise ImportFileError(f"{path}: {exc}") from None
         return self.capturer.queue(exam, ds, hold=False)
+
+    def _mjpeg_frames(self, path: Path, cap: cv2.VideoCapture) -> Iterator[FrameData] | None:
+        """An MJPEG video's frames as the JPEG it holds (no second lossy
+        generation), when the IOD accepts their colour layout; else None and
+        `cap` is reopened for decoding."""
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+        if fourcc.upper() not in (b"MJPG", b"JPEG", b"AVRN") or not cap.set(
+            cv2.CAP_PROP_FORMAT, -1
+        ):
+            return None
+        ok, packet = cap.read()
+        try:
+            first = EncodedJpeg.from_bytes(packet.tobytes()) if ok else None
+        except JpegError:
+            first = None
+        wanted = {"YBR_FULL_422"} | (
+            {"MONOCHROME2"} if self.capturer.iod == "ultrasound" else set()
+        )
+        if first is None or first.info.photometric not in wanted:
+            cap.open(str(path))  # back to decoded frames from the start
+            return None
+
+        def frames() -> Iterator[FrameData]:
+            yield first
+            index = 1
+            while True:
+                ok, packet = cap.read()
+                if not ok:
+                    return
+                try:
+                    yield EncodedJpeg.from_bytes(packet.tobytes())
+                except JpegError as exc:
+                    raise PixelError(f"frame {index}: {exc}") from None
+                index += 1
+
+        return frames()
 
     def run(
         self, exam: Exam, paths: Sequence[Path], progress: Progress | None = None
