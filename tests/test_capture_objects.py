@@ -17,7 +17,7 @@ from drivers.base import Frame
 from gateway import __version__
 from gateway.capture import Capturer
 from gateway.config import ConfigError, parse_config
-from gateway.dicom.modules import Code, Order, Patient
+from gateway.dicom.modules import Code, ModuleError, Order, Patient
 from gateway.dicom.pixels import PixelError, encode_jpeg
 from gateway.exam import ExamService
 from gateway.queue.outbox import Outbox
@@ -223,3 +223,20 @@ def test_clip_with_a_frame_of_the_wrong_size_queues_nothing(tmp_path: Path) -> N
 def test_bad_station_keys_are_named(station: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"station": station})
+
+
+@pytest.mark.parametrize(
+    ("fields", "attribute"),
+    [
+        ({"study_instance_uid": ""}, "Study Instance UID"),
+        ({"accession_number": "X" * 17}, "Accession Number"),
+        ({"specific_character_set": "ISO_IR 999"}, "Specific Character Set"),
+        ({"scheduled_procedure_step_id": "a\\b"}, "Scheduled Procedure Step ID"),
+    ],
+)
+def test_worklist_entry_with_a_bad_or_missing_key_names_the_attribute(
+    fields: dict[str, str], attribute: str
+) -> None:
+    values = {"study_instance_uid": "1.2.3", **fields}
+    with pytest.raises(ModuleError, match=f"^{attribute}"):
+        Order(**values)  # type: ignore[arg-type]
