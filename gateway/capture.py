@@ -25,7 +25,7 @@ from gateway.dicom.iods import (
 )
 from gateway.dicom.jpeg import JpegError
 from gateway.dicom.modules import Cine, ConversionType, Equipment, ImageInfo
-from gateway.dicom.pixels import EncodedJpeg, FrameData, PixelError
+from gateway.dicom.pixels import EncodedJpeg, FrameData, LossyHistory, PixelError, wrappable
 from gateway.dicom.uids import new_uid
 from gateway.queue.outbox import Outbox, QueuedObject
 
@@ -64,23 +64,39 @@ def equipment_from(config: GatewayConfig) -> Equipment:
     )
 
 
-def frame_data(frame: Frame) -> FrameData:
-    """The device's own JPEG when it sent one we can wrap as is, else pixels."""
-    if frame.jpeg is not None:
-        try:
-            return EncodedJpeg.from_bytes(frame.jpeg)
-        except JpegError as exc:
-            log.warning("frame %d: device JPEG not wrappable (%s); re-encoding", frame.index, exc)
-    return frame.pixels
+def frame_data(frame: Frame, colour_only: bool = False) -> tuple[FrameData, LossyHistory | None]:
+    """The device's own JPEG when it sent one we can wrap as is, else pixels
+    (marked as once lossy when they were decoded from the device's JPEG)."""
+    if frame.jpeg is None:
+        return frame.pixels, None
+    history = LossyHistory.of_jpeg(
+        len(frame.jpeg), frame.width, frame.height, 3 if frame.is_color else 1
+    )
+    try:
+        data = EncodedJpeg.from_bytes(frame.jpeg)
+    except JpegError as exc:
+        log.warning("frame %d: device JPEG not wrappable (%s); re-encoding", frame.index, exc)
+        return frame.pixels, history
+    if not wrappable(data.info, colour_only):
+        return frame.pixels, history
+    return data, None
 
 
-def clip_data(frames: Sequence[Frame]) -> list[FrameData]:
+def clip_data(
+    frames: Sequence[Frame], colour_only: bool
+) -> tuple[list[FrameData], LossyHistory | None]:
     """All frames passed through, or all from pixels: one object has one
     transfer syntax."""
-    data = [frame_data(f) for f in frames]
-    if all(isinstance(d, EncodedJpeg) for d in data):
-        return data
-    return [f.pixels for f in frames]
+    pairs = [frame_data(f, colour_only) for f in frames]
+    if all(isinstance(d, EncodedJpeg) for d, _ in pairs):
+        return [d for d, _ in pairs], None
+    histories = [h for _, h in pairs if h is not None]
+    history = None
+    if histories:  # the clip as a whole: the mean ratio of its device JPEGs
+        history = LossyHistory(
+            sum(h.ratio for h in histories) / len(histories), histories[0].method
+        )
+    return [f.pixels for f in frames], history
 
 
 class Capturer:
@@ -103,7 +119,13 @@ class Capturer:
             sop_instance_uid=new_uid(self.config.station.uid_root or None),
         )
 
-    def build_still(self, exam: Exam, data: FrameData, content_time: datetime) -> Dataset:
+    def build_still(
+        self,
+        exam: Exam,
+        data: FrameData,
+        content_time: datetime,
+        history: LossyHistory | None = None,
+    ) -> Dataset:
         build = ultrasound_image if self.iod == "ultrasound" else secondary_capture
         return build(
             data,
@@ -115,10 +137,16 @@ class Capturer:
             encoding=self.config.capture.compression,
             order=exam.order,
             quality=self.config.capture.jpeg_quality,
+            history=history,
         )
 
     def build_clip(
-        self, exam: Exam, frames: Iterable[FrameData], cine: Cine, content_time: datetime
+        self,
+        exam: Exam,
+        frames: Iterable[FrameData],
+        cine: Cine,
+        content_time: datetime,
+        history: LossyHistory | None = None,
     ) -> Dataset:
         build = ultrasound_multiframe if self.iod == "ultrasound" else multiframe_true_color_sc
         return build(
@@ -132,6 +160,7 @@ class Capturer:
             encoding=self.config.capture.compression,
             order=exam.order,
             quality=self.config.capture.jpeg_quality,
+            history=history,
         )
 
     def queue(self, exam: Exam, ds: Dataset, hold: bool = False) -> QueuedObject:
@@ -160,7 +189,8 @@ class Capturer:
     def capture(self, exam: Exam, frame: Frame, hold: bool = False) -> QueuedObject:
         """A still: one single-frame object."""
         content_time = datetime.fromtimestamp(frame.timestamp).astimezone()
-        return self.queue(exam, self.build_still(exam, frame_data(frame), content_time), hold)
+        data, history = frame_data(frame)
+        return self.queue(exam, self.build_still(exam, data, content_time, history), hold)
 
     def capture_clip(self, exam: Exam, frames: Sequence[Frame], hold: bool = False) -> QueuedObject:
         """A clip ("Record", "Save last 10 s"): one multi-frame cine object
@@ -169,5 +199,6 @@ class Capturer:
             raise PixelError("the clip has no frames")
         cine = Cine.from_timestamps([f.timestamp for f in frames])
         content_time = datetime.fromtimestamp(frames[0].timestamp).astimezone()
-        ds = self.build_clip(exam, clip_data(frames), cine, content_time)
+        data, history = clip_data(frames, colour_only=self.iod != "ultrasound")
+        ds = self.build_clip(exam, data, cine, content_time, history)
         return self.queue(exam, ds, hold)

@@ -21,8 +21,16 @@ import numpy as np
 
 from gateway.capture import Capturer
 from gateway.dicom.jpeg import JpegError
+from gateway.dicom.jpeg import parse as parse_jpeg
 from gateway.dicom.modules import Cine, ModuleError
-from gateway.dicom.pixels import EncodedJpeg, FrameData, PixelError, Pixels
+from gateway.dicom.pixels import (
+    EncodedJpeg,
+    FrameData,
+    LossyHistory,
+    PixelError,
+    Pixels,
+    wrappable,
+)
 from gateway.queue.outbox import QueuedObject
 
 if TYPE_CHECKING:
@@ -44,6 +52,7 @@ class Planned:
     path: Path
     kind: Kind
     jpeg: EncodedJpeg | None = None
+    history: LossyHistory | None = None  # a JPEG file that has to be decoded
 
 
 def sniff(head: bytes) -> Kind | None:
@@ -109,13 +118,16 @@ def plan(path: Path) -> Planned:
     if kind == "jpeg":
         data = _read(path)
         try:
-            return Planned(path, "jpeg", EncodedJpeg.from_bytes(data))
+            info = parse_jpeg(data)
         except JpegError as exc:
-            if "not 8-bit baseline" not in str(exc):
-                raise ImportFileError(f"{path}: {exc}") from None
-            # Progressive or 12-bit: decode it and encode as configured.
-            decode_image(path, data)
-            return Planned(path, "image")
+            raise ImportFileError(f"{path}: {exc}") from None
+        if info.baseline and info.precision == 8 and wrappable(info):
+            return Planned(path, "jpeg", EncodedJpeg.from_bytes(data))
+        # Progressive, 12-bit or 4:4:4: decode it and store it as configured,
+        # saying it was lossy once.
+        decode_image(path, data)
+        history = LossyHistory.of_jpeg(len(data), info.width, info.height, info.components)
+        return Planned(path, "image", history=history)
     if kind == "image":
         decode_image(path, _read(path))
         return Planned(path, "image")
@@ -152,6 +164,29 @@ def _video_frames(cap: cv2.VideoCapture) -> Iterator[Pixels]:
         yield np.asarray(rgb, dtype=np.uint8)
 
 
+# FourCC → DICOM Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1).
+_VIDEO_METHODS = {
+    b"avc1": "ISO_14496_10",
+    b"h264": "ISO_14496_10",
+    b"hvc1": "ISO_23008_2",
+    b"hev1": "ISO_23008_2",
+    b"hevc": "ISO_23008_2",
+    b"mpg2": "ISO_13818_2",
+    b"mp2v": "ISO_13818_2",
+    b"mjpg": "ISO_10918_1",
+}
+
+
+def _video_history(path: Path, cap: cv2.VideoCapture) -> LossyHistory:
+    """Decoded video was lossy once; the ratio is estimated from the file size."""
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").lower()
+    frames = max(1, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 1))
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 1)
+    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 1)
+    raw = width * height * 3 * frames
+    return LossyHistory(raw / max(1, path.stat().st_size), _VIDEO_METHODS.get(fourcc))
+
+
 def _mtime(path: Path) -> datetime:
     return datetime.fromtimestamp(os.stat(path).st_mtime).astimezone()
 
@@ -172,13 +207,15 @@ class Importer:
                 with _video(path) as cap:
                     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
                     cine = Cine.from_fps(fps if 0 < fps <= 1000 else DEFAULT_FPS)
-                    frames = self._mjpeg_frames(path, cap) or _video_frames(cap)
-                    ds = self.capturer.build_clip(exam, frames, cine, _mtime(path))
+                    passed = self._mjpeg_frames(path, cap)
+                    history = None if passed else _video_history(path, cap)
+                    frames = passed or _video_frames(cap)
+                    ds = self.capturer.build_clip(exam, frames, cine, _mtime(path), history)
             else:
                 data: FrameData = (
                     item.jpeg if item.jpeg is not None else decode_image(path, _read(path))
                 )
-                ds = self.capturer.build_still(exam, data, _mtime(path))
+                ds = self.capturer.build_still(exam, data, _mtime(path), item.history)
         except (PixelError, JpegError, ModuleError) as exc:
             raise ImportFileError(f"{path}: {exc}") from None
         return self.capturer.queue(exam, ds, hold=False)

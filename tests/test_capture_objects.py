@@ -240,3 +240,28 @@ def test_worklist_entry_with_a_bad_or_missing_key_names_the_attribute(
     values = {"study_instance_uid": "1.2.3", **fields}
     with pytest.raises(ModuleError, match=f"^{attribute}"):
         Order(**values)  # type: ignore[arg-type]
+
+
+def test_device_jpeg_that_cannot_be_wrapped_is_reencoded_with_its_history(
+    tmp_path: Path,
+) -> None:
+    import cv2
+
+    exams = service(tmp_path, {"modality": "US"}, compression="jpeg-baseline")
+    exam = exams.start(Patient(name="Doe^John", id="7"))
+    frame = frames(1)[0]
+    ok, buf = cv2.imencode(
+        ".jpg",
+        frame.pixels,
+        [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+    )
+    assert ok
+    queued = exams.capture(exam, Frame(frame.pixels, 0, frame.timestamp, buf.tobytes()))
+    ds = pydicom.dcmread(queued.path)
+    assert ds.PhotometricInterpretation == "YBR_FULL_422"  # re-encoded, not 4:4:4 as sent
+    assert ds.LossyImageCompressionMethod == ["ISO_10918_1", "ISO_10918_1"]
+    assert len(ds.LossyImageCompressionRatio) == 2
+    check = subprocess.run(
+        [require_tool("dciodvfy"), str(queued.path)], capture_output=True, text=True
+    )
+    assert "Error" not in check.stderr, check.stderr

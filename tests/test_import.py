@@ -124,6 +124,47 @@ def test_import_wraps_every_supported_file(
     assert jpeg_obj.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
     assert files["photo.jpg"].read_bytes() in jpeg_obj.PixelData
     assert len(_queue(config)) == len(names)
+    # Decoded from a lossy video, stored losslessly: still says it was lossy.
+    mp4 = pydicom.dcmread(imported[names.index("loop.mp4")]["path"])
+    assert mp4.LossyImageCompression == "01"
+    png = pydicom.dcmread(imported[names.index("scan.png")]["path"])
+    assert png.LossyImageCompression == "00"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+        [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+    ],
+    ids=["4:4:4", "progressive"],
+)
+def test_jpeg_that_cannot_be_wrapped_is_decoded_and_marked_lossy(
+    params: list[int], config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "odd.jpg"
+    cv2.imwrite(str(path), _image(), [cv2.IMWRITE_JPEG_QUALITY, 95, *params])
+    status = main(
+        [
+            "--config",
+            str(config),
+            "import",
+            str(path),
+            "--patient-id",
+            "1",
+            "--patient-name",
+            "A^B",
+            "--json",
+        ]
+    )
+    assert status == 0
+    (item,) = json.loads(capsys.readouterr().out)["imported"]
+    ds = pydicom.dcmread(item["path"])
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"  # RLE, as configured
+    assert ds.LossyImageCompression == "01"
+    assert ds.LossyImageCompressionMethod == "ISO_10918_1"
+    check = subprocess.run([require_tool("dciodvfy"), item["path"]], capture_output=True, text=True)
+    assert "Error" not in check.stderr, check.stderr
 
 
 def test_progress_bar_on_a_terminal(files: dict[str, Path], config: Path) -> None:

@@ -37,7 +37,13 @@ from gateway.dicom.modules import (
     Series,
     Study,
 )
-from gateway.dicom.pixels import DEFAULT_JPEG_QUALITY, Encoding, FrameData, set_pixels
+from gateway.dicom.pixels import (
+    DEFAULT_JPEG_QUALITY,
+    Encoding,
+    FrameData,
+    LossyHistory,
+    set_pixels,
+)
 
 IMPLEMENTATION_VERSION = f"EDGEGW_{__version__}"[:16]
 UNICODE = "ISO_IR 192"
@@ -246,6 +252,7 @@ def secondary_capture(
     encoding: Encoding = "none",
     order: Order | None = None,
     quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
 ) -> Dataset:
     """Secondary Capture Image (PS3.3 A.8.1): one 8-bit RGB or monochrome frame."""
     ds = _header(
@@ -261,7 +268,7 @@ def secondary_capture(
     ds.ConversionType = image.conversion_type  # SC Equipment module
     ds.DateOfSecondaryCapture = ds.ContentDate  # SC Image module
     ds.TimeOfSecondaryCapture = ds.ContentTime
-    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality))
+    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality, history=history))
 
 
 def multiframe_true_color_sc(
@@ -276,6 +283,7 @@ def multiframe_true_color_sc(
     encoding: Encoding = "none",
     order: Order | None = None,
     quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
 ) -> Dataset:
     """Multi-frame True Color Secondary Capture (PS3.3 A.8.5): a clip from any
     device, played back at its recorded rate. Monochrome frames become RGB,
@@ -294,7 +302,15 @@ def multiframe_true_color_sc(
     ds.DateOfSecondaryCapture = ds.ContentDate
     ds.TimeOfSecondaryCapture = ds.ContentTime
     _cine_module(ds, cine)
-    ts = set_pixels(ds, frames, encoding, multiframe=True, quality=quality, colour_only=True)
+    ts = set_pixels(
+        ds,
+        frames,
+        encoding,
+        multiframe=True,
+        quality=quality,
+        colour_only=True,
+        history=history,
+    )
     return _finish(ds, ts)
 
 
@@ -314,6 +330,7 @@ def ultrasound_image(
     encoding: Encoding = "none",
     order: Order | None = None,
     quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
 ) -> Dataset:
     """Ultrasound Image (PS3.3 A.6): a still of the scanner's screen."""
     _require_us(series)
@@ -327,7 +344,7 @@ def ultrasound_image(
         order=order,
         image_type=["DERIVED", "PRIMARY"],
     )
-    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality))
+    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality, history=history))
 
 
 def ultrasound_multiframe(
@@ -342,6 +359,7 @@ def ultrasound_multiframe(
     encoding: Encoding = "none",
     order: Order | None = None,
     quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
 ) -> Dataset:
     """Ultrasound Multi-frame Image (PS3.3 A.7): a cine loop."""
     _require_us(series)
@@ -356,7 +374,8 @@ def ultrasound_multiframe(
         image_type=["DERIVED", "PRIMARY"],
     )
     _cine_module(ds, cine)
-    return _finish(ds, set_pixels(ds, frames, encoding, multiframe=True, quality=quality))
+    ts = set_pixels(ds, frames, encoding, multiframe=True, quality=quality, history=history)
+    return _finish(ds, ts)
 
 
 def to_bytes(ds: Dataset) -> bytes:

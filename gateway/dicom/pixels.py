@@ -65,6 +65,31 @@ class EncodedJpeg:
 
 FrameData = Pixels | EncodedJpeg
 
+# The layouts DICOM accepts for JPEG Baseline in these IODs (dciodvfy refuses
+# YBR_FULL, i.e. 4:4:4 colour, and RGB-coded JPEG).
+_WRAPPABLE = ("YBR_FULL_422", "MONOCHROME2")
+
+
+def wrappable(info: JpegInfo, colour_only: bool = False) -> bool:
+    """Whether a JPEG stream can be wrapped as is; otherwise it is decoded."""
+    if colour_only and info.components != 3:
+        return False
+    return info.photometric in _WRAPPABLE
+
+
+@dataclass(frozen=True)
+class LossyHistory:
+    """A lossy compression the pixels went through before they reached us (a
+    device's JPEG, an MPEG-4 video): a copy must say so forever, even when we
+    store it losslessly (PS3.3 C.7.6.1.1.5)."""
+
+    ratio: float
+    method: str | None  # DICOM defined term, e.g. ISO_10918_1; None if unknown
+
+    @classmethod
+    def of_jpeg(cls, size: int, width: int, height: int, samples: int) -> LossyHistory:
+        return cls(width * height * samples / max(1, size), "ISO_10918_1")
+
 
 def check_frame(i: int, frame: Pixels, first: Pixels) -> None:
     if frame.dtype != np.uint8:
@@ -187,6 +212,7 @@ def set_pixels(
     quality: int = DEFAULT_JPEG_QUALITY,
     colour_only: bool = False,
     workers: int | None = None,
+    history: LossyHistory | None = None,
 ) -> UID:
     """Fill Image Pixel (and Number of Frames when `multiframe`) and Pixel
     Data; return the transfer syntax to write with.
@@ -210,6 +236,7 @@ def set_pixels(
             multiframe=multiframe,
             quality=quality,
             workers=workers,
+            history=history,
         )
     rows, cols, samples = _geometry(first)
     arrays = _arrays(_chain(first, it))
@@ -245,13 +272,15 @@ def set_pixels(
         _image_pixel(ds, rows, cols, samples, "YBR_FULL_422" if samples == 3 else "MONOCHROME2")
         n_workers = workers or min(4, os.cpu_count() or 1)
         encoded = list(_pipelined(arrays, first, quality, n_workers))
-        set_lossy(ds, sum(len(e) for e in encoded), raw_size * len(encoded))
+        set_lossy(ds, sum(len(e) for e in encoded), raw_size * len(encoded), history)
         ds.PixelData = encapsulate(encoded)
         ds["PixelData"].VR = "OB"
         count = len(encoded)
         transfer_syntax = JPEGBaseline8Bit
     else:
         raise PixelError(f"unknown encoding {encoding!r}")
+    if history is not None and encoding != "jpeg-baseline":
+        set_lossy(ds, 0, 0, history, now=False)
     if multiframe:
         ds.NumberOfFrames = count
     elif count != 1:
@@ -284,8 +313,12 @@ def _set_passthrough(
     colour_only: bool,
 ) -> UID:
     info = first.info
-    if colour_only and info.components != 3:
-        raise PixelError("monochrome JPEG frames cannot make a true colour object")
+    if not wrappable(info, colour_only):
+        raise PixelError(
+            f"JPEG frames coded as {info.photometric}"
+            f"{' (monochrome)' if info.components == 1 else ''} cannot be wrapped in this "
+            "object; decode them instead"
+        )
     fragments: list[bytes] = []
     for i, frame in enumerate(_chain(first, rest)):
         if not isinstance(frame, EncodedJpeg):
@@ -315,9 +348,25 @@ def _set_passthrough(
     return JPEGBaseline8Bit
 
 
-def set_lossy(ds: Dataset, compressed: int, raw: int) -> None:
+def set_lossy(
+    ds: Dataset,
+    compressed: int,
+    raw: int,
+    history: LossyHistory | None = None,
+    *,
+    now: bool = True,
+) -> None:
     """Lossy Image Compression attributes (PS3.3 C.7.6.1.1.5): once lossy, a
-    copy must say so forever."""
+    copy must say so forever; ratio and method list every lossy step, oldest
+    first (`now`: this encoding is one of them)."""
+    ratios = [history.ratio] if history else []
+    methods = [history.method] if history else []
+    if now:
+        ratios.append(raw / max(1, compressed))
+        methods.append("ISO_10918_1")
     ds.LossyImageCompression = "01"
-    ds.LossyImageCompressionRatio = f"{raw / max(1, compressed):.2f}"[:16]
-    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    values = [f"{r:.2f}"[:16] for r in ratios]
+    ds.LossyImageCompressionRatio = values if len(values) > 1 else values[0]
+    if all(methods):
+        known = [m for m in methods if m]
+        ds.LossyImageCompressionMethod = known if len(known) > 1 else known[0]
