@@ -138,6 +138,54 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from pathlib import Path
+
+    from gateway.capture import Capturer
+    from gateway.exam import ExamService
+    from gateway.importer import Importer, ImportFileError
+
+    if not (args.patient_id and args.patient_name):
+        raise CommandError("import needs --patient-id and --patient-name", EXIT_USAGE)
+    patient = Patient(name=args.patient_name, id=args.patient_id)
+    show_progress = not args.json and sys.stderr.isatty()
+
+    def progress(done: int, total: int, path: Path) -> None:
+        bar = "#" * (30 * done // total) + "." * (30 - 30 * done // total)
+        end = "\n" if done == total else ""
+        print(f"\rimport [{bar}] {done}/{total} {path.name[:40]:<40}", end=end, file=sys.stderr)
+        sys.stderr.flush()
+
+    with _outbox(config) as outbox:
+        outbox.check_space()
+        capturer = Capturer(config, outbox, "file")
+        exam = ExamService(config, outbox, capturer, hold_until_finished=False).start(patient)
+        try:
+            queued = Importer(capturer).run(
+                exam, [Path(p) for p in args.paths], progress if show_progress else None
+            )
+        except ImportFileError as exc:
+            if show_progress:
+                print(file=sys.stderr)
+            raise CommandError(str(exc)) from None
+    rows = [
+        {
+            "id": q.id,
+            "sop_instance_uid": q.sop_instance_uid,
+            "sop_class_uid": q.sop_class_uid,
+            "path": str(q.path),
+            "source": str(src),
+        }
+        for q, src in zip(queued, args.paths, strict=True)
+    ]
+    _emit(
+        args,
+        {"study_instance_uid": exam.study.instance_uid, "imported": rows},
+        lambda: "\n".join(f"{r['source']}: queue object {r['id']}" for r in rows),
+    )
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
     with _outbox(config) as outbox:
         action = args.action or "list"
@@ -303,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-name")
     p.add_argument("--frames", type=int, default=1)
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("import", parents=[common], help="wrap image/video files and queue them")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--patient-id")
+    p.add_argument("--patient-name")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("queue", parents=[common], help="inspect and act on the queue")
     p.add_argument("action", nargs="?", choices=["list", "stats", "retry", "show", "flush"])

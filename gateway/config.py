@@ -77,11 +77,38 @@ class StationConfig(_Model):
     station_name: str = Field(default="EDGE-GATEWAY", max_length=16)
     institution_name: str = Field(default="", max_length=64)
     modality: str = Field(default="OT", pattern=r"^[A-Z0-9_]{1,16}$")
+    # Equipment the objects name (General Equipment module).
+    manufacturer: str = Field(default="dicom-edge-gateway", min_length=1, max_length=64)
+    model_name: str = Field(default="dicom-edge-gateway", min_length=1, max_length=64)
+    device_serial_number: str = Field(default="", max_length=64)
+    # Root for the UIDs this box makes; empty: the 2.25 UUID form.
+    uid_root: str = ""
+    # auto: US → Ultrasound objects, any other modality → Secondary Capture.
+    iod: Literal["auto", "secondary-capture", "ultrasound"] = "auto"
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, value: str) -> str:
+        from gateway.dicom.uids import validate_root
+
+        return validate_root(value) if value else value
+
+    @model_validator(mode="after")
+    def _ultrasound_is_us(self) -> StationConfig:
+        if self.iod == "ultrasound" and self.modality != "US":
+            raise ValueError(f"iod 'ultrasound' needs modality 'US' (got {self.modality!r})")
+        return self
 
 
 class CaptureConfig(_Model):
     driver: str = Field(default="testpattern", min_length=1)
+    # Uncompressed by default: every SCP must accept it, while RLE and JPEG are
+    # optional for a PACS (check its conformance statement first). JPEG is not the
+    # default: DICOM wants 4:2:2 chroma for it, which holds the colour test
+    # pattern at 33 dB PSNR whatever the quality (see README).
     compression: Literal["none", "rle", "jpeg-baseline"] = "none"
+    # libjpeg quality for jpeg-baseline (luminance PSNR ≥ 40 dB on the test pattern).
+    jpeg_quality: int = Field(default=90, ge=50, le=100)
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -21,6 +21,7 @@ from drivers.base import Frame
 from gateway.capture import Capturer
 from gateway.config import GatewayConfig
 from gateway.dicom.modules import Order, Patient, Series, Study
+from gateway.dicom.uids import new_uid
 from gateway.queue.outbox import Outbox, QueuedObject
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Exam:
     ended: datetime | None = None
     discontinue_reason: str | None = None
     images: list[QueuedObject] = field(default_factory=list)
+    # Instance Numbers only count up, so a deleted image's number is never reused.
+    instances_made: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -55,7 +58,9 @@ class Exam:
         return self.order is not None
 
     def next_instance_number(self) -> int:
-        return len(self.images) + 1
+        """Call with `lock` held."""
+        self.instances_made += 1
+        return self.instances_made
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,11 @@ def new_study(config: GatewayConfig, order: Order | None, started: datetime) -> 
     Instance UID and an empty Accession Number."""
     study_id = started.strftime("%H%M%S")
     if order is None:
-        return Study(started=started, study_id=study_id)
+        return Study(
+            instance_uid=new_uid(config.station.uid_root or None),
+            started=started,
+            study_id=study_id,
+        )
     return Study(
         instance_uid=order.study_instance_uid,
         started=started,
@@ -115,7 +124,11 @@ class ExamService:
         exam = Exam(
             patient=patient,
             study=new_study(self.config, order, started),
-            series=Series(modality=self.config.station.modality, number=1),
+            series=Series(
+                modality=self.config.station.modality,
+                number=1,
+                instance_uid=new_uid(self.config.station.uid_root or None),
+            ),
             order=order,
             started=started,
         )
@@ -127,6 +140,15 @@ class ExamService:
         if exam.state is not ExamState.IN_PROGRESS:
             raise ExamError(f"exam is {exam.state.value}; start a new exam to capture")
         image = self.capturer.capture(exam, frame, hold=self.hold)
+        self._emit(ExamEvent("captured", exam, image))
+        return image
+
+    def capture_clip(self, exam: Exam, frames: Sequence[Frame]) -> QueuedObject:
+        """A clip ("Record", "Save last 10 s") as one multi-frame object;
+        durable when this returns, held like a still."""
+        if exam.state is not ExamState.IN_PROGRESS:
+            raise ExamError(f"exam is {exam.state.value}; start a new exam to capture")
+        image = self.capturer.capture_clip(exam, frames, hold=self.hold)
         self._emit(ExamEvent("captured", exam, image))
         return image
 

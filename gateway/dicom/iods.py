@@ -1,22 +1,55 @@
 """IOD builders: each takes the modules its IOD requires, as typed arguments,
-and returns a complete dataset with file meta, ready to write."""
+and returns a complete dataset with file meta, ready to write.
+
+Four IODs, the ones a capture box can honestly claim: Secondary Capture
+(single frame and Multi-frame True Colour) for any device, Ultrasound (single
+frame and multi-frame cine) for an ultrasound scanner's video output.
+"""
 
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Iterable
 from datetime import datetime
 
-import numpy as np
-import numpy.typing as npt
 from pydicom import dcmwrite
+from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, SecondaryCaptureImageStorage
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+)
 
 from gateway import __version__
-from gateway.dicom.modules import Equipment, ImageInfo, Patient, Series, Study
-from gateway.dicom.pixels import Encoding, set_pixels
+from gateway.dicom.modules import (
+    Cine,
+    Equipment,
+    ImageInfo,
+    ModuleError,
+    Order,
+    Patient,
+    Series,
+    Study,
+)
+from gateway.dicom.pixels import (
+    DEFAULT_JPEG_QUALITY,
+    Encoding,
+    FrameData,
+    LossyHistory,
+    set_pixels,
+)
 
 IMPLEMENTATION_VERSION = f"EDGEGW_{__version__}"[:16]
+UNICODE = "ISO_IR 192"
+_TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
+# (0018,1063) Frame Time: what each multi-frame object steps through.
+_FRAME_TIME_TAG = 0x00181063
 
 
 def _da(value: datetime) -> str:
@@ -56,7 +89,9 @@ def _series_module(ds: Dataset, series: Series) -> None:
     ds.Modality = series.modality
     ds.SeriesInstanceUID = series.instance_uid
     ds.SeriesNumber = series.number
-    ds.Laterality = ""  # type 2C; the gateway never knows the side
+    # Type 2C: the gateway never knows the body part or side. Empty is the
+    # honest value (dciodvfy warns; absent would be an error).
+    ds.Laterality = ""
     if series.description:
         ds.SeriesDescription = series.description
 
@@ -73,21 +108,84 @@ def _equipment_module(ds: Dataset, equipment: Equipment) -> None:
         ds.DeviceSerialNumber = equipment.device_serial_number
 
 
-def _image_module(ds: Dataset, image: ImageInfo) -> None:
+def _dt(value: datetime) -> str:
+    return value.strftime("%Y%m%d%H%M%S.%f") + _tz(value)
+
+
+def _image_module(ds: Dataset, image: ImageInfo, image_type: list[str]) -> None:
+    ds.ImageType = image_type
     ds.InstanceNumber = image.instance_number
     ds.PatientOrientation = ""
     ds.ContentDate = _da(image.content_time)
     ds.ContentTime = _tm(image.content_time)
-    ds.TimezoneOffsetFromUTC = _tz(image.content_time)
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.AcquisitionDateTime = _dt(image.content_time)
+    # Video from a device carries its on-screen text (names, dates) in the
+    # pixels; de-identification must know it cannot trust the header alone.
+    ds.BurnedInAnnotation = "YES"
+
+
+def _order_attributes(ds: Dataset, order: Order) -> None:
+    """IHE Scheduled Workflow (RAD TF-2 4.8.4.1.3): what ties the image to the
+    order, so the PACS files it under the right request."""
+    item = Dataset()
+    item.RequestedProcedureID = order.requested_procedure_id
+    if order.requested_procedure_description:
+        item.RequestedProcedureDescription = order.requested_procedure_description
+    item.ScheduledProcedureStepID = order.scheduled_procedure_step_id
+    if order.scheduled_procedure_step_description:
+        item.ScheduledProcedureStepDescription = order.scheduled_procedure_step_description
+    if order.scheduled_protocol_codes:
+        codes = []
+        for code in order.scheduled_protocol_codes:
+            c = Dataset()
+            c.CodeValue = code.value
+            c.CodingSchemeDesignator = code.scheme
+            c.CodeMeaning = code.meaning
+            codes.append(c)
+        item.ScheduledProtocolCodeSequence = Sequence(codes)
+    if order.accession_number:
+        item.AccessionNumber = order.accession_number
+    item.StudyInstanceUID = order.study_instance_uid
+    ds.RequestAttributesSequence = Sequence([item])
 
 
 def _sop_common(ds: Dataset, sop_class: UID, image: ImageInfo) -> None:
-    ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = image.sop_instance_uid
     ds.InstanceCreationDate = _da(image.content_time)
     ds.InstanceCreationTime = _tm(image.content_time)
+    ds.TimezoneOffsetFromUTC = _tz(image.content_time)
+
+
+def _text_values(ds: Dataset) -> Iterable[str]:
+    for elem in ds.iterall():
+        if elem.VR in _TEXT_VRS and elem.value is not None:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            yield from (str(v) for v in values)
+
+
+def _encodable(ds: Dataset, character_set: str) -> bool:
+    encodings = convert_encodings([t.strip() for t in character_set.split("\\")])
+    for text in _text_values(ds):
+        if text.isascii():
+            continue
+        for enc in encodings:
+            try:
+                text.encode(enc)
+                break
+            except (UnicodeEncodeError, LookupError):
+                continue
+        else:
+            return False
+    return True
+
+
+def _character_set(ds: Dataset, wanted: str) -> None:
+    """The worklist's character set is kept when every value fits it; a name
+    it cannot hold (a Latin-1 worklist, a Cyrillic name typed at the box)
+    is written in UTF-8 rather than mangled."""
+    chosen = wanted if _encodable(ds, wanted) else UNICODE
+    ds.SpecificCharacterSet = chosen.split("\\") if "\\" in chosen else chosen
 
 
 def _file_meta(ds: Dataset, transfer_syntax: UID) -> None:
@@ -100,8 +198,51 @@ def _file_meta(ds: Dataset, transfer_syntax: UID) -> None:
     ds.file_meta = meta
 
 
+def _header(
+    sop_class: UID,
+    *,
+    patient: Patient,
+    study: Study,
+    series: Series,
+    equipment: Equipment,
+    image: ImageInfo,
+    order: Order | None,
+    image_type: list[str],
+) -> Dataset:
+    ds = Dataset()
+    _sop_common(ds, sop_class, image)
+    _patient_module(ds, patient)
+    _study_module(ds, study)
+    _series_module(ds, series)
+    if order is not None:
+        if order.study_instance_uid != study.instance_uid:
+            raise ModuleError(
+                "Study Instance UID: the study is not the one the order scheduled "
+                f"({study.instance_uid} vs {order.study_instance_uid})"
+            )
+        _order_attributes(ds, order)
+    _equipment_module(ds, equipment)
+    _image_module(ds, image, image_type)
+    _character_set(ds, order.specific_character_set if order else UNICODE)
+    return ds
+
+
+def _cine_module(ds: Dataset, cine: Cine) -> None:
+    ds.FrameTime = f"{cine.frame_time_ms:.4f}".rstrip("0").rstrip(".")[:16]
+    ds.CineRate = cine.rate
+    ds.RecommendedDisplayFrameRate = cine.rate
+    ds.FrameIncrementPointer = _FRAME_TIME_TAG
+
+
+def _finish(ds: Dataset, transfer_syntax: UID) -> Dataset:
+    if "LossyImageCompression" not in ds:
+        ds.LossyImageCompression = "00"
+    _file_meta(ds, transfer_syntax)
+    return ds
+
+
 def secondary_capture(
-    pixels: npt.NDArray[np.uint8],
+    pixels: FrameData,
     *,
     patient: Patient,
     study: Study,
@@ -109,23 +250,157 @@ def secondary_capture(
     equipment: Equipment,
     image: ImageInfo,
     encoding: Encoding = "none",
+    order: Order | None = None,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
 ) -> Dataset:
     """Secondary Capture Image (PS3.3 A.8.1): one 8-bit RGB or monochrome frame."""
-    ds = Dataset()
-    _sop_common(ds, SecondaryCaptureImageStorage, image)
-    _patient_module(ds, patient)
-    _study_module(ds, study)
-    _series_module(ds, series)
-    _equipment_module(ds, equipment)
+    ds = _header(
+        SecondaryCaptureImageStorage,
+        patient=patient,
+        study=study,
+        series=series,
+        equipment=equipment,
+        image=image,
+        order=order,
+        image_type=["DERIVED", "SECONDARY"],
+    )
     ds.ConversionType = image.conversion_type  # SC Equipment module
-    _image_module(ds, image)
-    transfer_syntax = set_pixels(ds, [pixels], encoding)
-    _file_meta(ds, transfer_syntax)
-    return ds
+    ds.DateOfSecondaryCapture = ds.ContentDate  # SC Image module
+    ds.TimeOfSecondaryCapture = ds.ContentTime
+    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality, history=history))
+
+
+def multiframe_true_color_sc(
+    frames: Iterable[FrameData],
+    *,
+    cine: Cine,
+    patient: Patient,
+    study: Study,
+    series: Series,
+    equipment: Equipment,
+    image: ImageInfo,
+    encoding: Encoding = "none",
+    order: Order | None = None,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
+) -> Dataset:
+    """Multi-frame True Color Secondary Capture (PS3.3 A.8.5): a clip from any
+    device, played back at its recorded rate. Monochrome frames become RGB,
+    as the IOD is colour only."""
+    ds = _header(
+        MultiFrameTrueColorSecondaryCaptureImageStorage,
+        patient=patient,
+        study=study,
+        series=series,
+        equipment=equipment,
+        image=image,
+        order=order,
+        image_type=["DERIVED", "SECONDARY"],
+    )
+    ds.ConversionType = image.conversion_type
+    ds.DateOfSecondaryCapture = ds.ContentDate
+    ds.TimeOfSecondaryCapture = ds.ContentTime
+    _cine_module(ds, cine)
+    ts = set_pixels(
+        ds,
+        frames,
+        encoding,
+        multiframe=True,
+        quality=quality,
+        colour_only=True,
+        history=history,
+    )
+    return _finish(ds, ts)
+
+
+def _require_us(series: Series) -> None:
+    if series.modality != "US":
+        raise ModuleError(f"Modality: {series.modality!r}; an Ultrasound image must be US")
+
+
+def ultrasound_image(
+    pixels: FrameData,
+    *,
+    patient: Patient,
+    study: Study,
+    series: Series,
+    equipment: Equipment,
+    image: ImageInfo,
+    encoding: Encoding = "none",
+    order: Order | None = None,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
+) -> Dataset:
+    """Ultrasound Image (PS3.3 A.6): a still of the scanner's screen."""
+    _require_us(series)
+    ds = _header(
+        UltrasoundImageStorage,
+        patient=patient,
+        study=study,
+        series=series,
+        equipment=equipment,
+        image=image,
+        order=order,
+        image_type=["DERIVED", "PRIMARY"],
+    )
+    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality, history=history))
+
+
+def ultrasound_multiframe(
+    frames: Iterable[FrameData],
+    *,
+    cine: Cine,
+    patient: Patient,
+    study: Study,
+    series: Series,
+    equipment: Equipment,
+    image: ImageInfo,
+    encoding: Encoding = "none",
+    order: Order | None = None,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    history: LossyHistory | None = None,
+) -> Dataset:
+    """Ultrasound Multi-frame Image (PS3.3 A.7): a cine loop."""
+    _require_us(series)
+    ds = _header(
+        UltrasoundMultiFrameImageStorage,
+        patient=patient,
+        study=study,
+        series=series,
+        equipment=equipment,
+        image=image,
+        order=order,
+        image_type=["DERIVED", "PRIMARY"],
+    )
+    _cine_module(ds, cine)
+    ts = set_pixels(ds, frames, encoding, multiframe=True, quality=quality, history=history)
+    return _finish(ds, ts)
 
 
 def to_bytes(ds: Dataset) -> bytes:
-    """The Part 10 file for a dataset built here."""
-    buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    """The Part 10 file for a dataset built here.
+
+    Pixel Data (always the last element here) is appended by hand: pydicom
+    would copy a 150 MB cine through a growing buffer several times, which
+    costs more than building it.
+    """
+    if "PixelData" not in ds or not ds.file_meta.TransferSyntaxUID.is_little_endian:
+        buf = io.BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+        return buf.getvalue()
+    elem = ds["PixelData"]
+    value: bytes = elem.value
+    del ds["PixelData"]
+    try:
+        buf = io.BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+    finally:
+        ds["PixelData"] = elem
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
+        tail = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    else:
+        head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, len(value))
+        tail = b""
+    return b"".join([buf.getvalue(), head, value, tail])

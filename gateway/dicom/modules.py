@@ -178,3 +178,65 @@ class Order:
         check_text(
             "Scheduled Procedure Step Description", self.scheduled_procedure_step_description, 64
         )
+        check_character_set(self.specific_character_set)
+
+
+@dataclass(frozen=True)
+class Cine:
+    """How a multi-frame object plays back (Cine module, PS3.3 C.7.6.5): the
+    PACS viewer shows the clip at the speed it was recorded."""
+
+    frame_time_ms: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.frame_time_ms < 1e6:
+            raise ModuleError(f"Frame Time: {self.frame_time_ms} ms is not a usable frame time")
+
+    @classmethod
+    def from_fps(cls, fps: float) -> Cine:
+        if not 0 < fps <= 1000:
+            raise ModuleError(f"Cine Rate: {fps} frames per second is not a usable rate")
+        return cls(1000.0 / fps)
+
+    @classmethod
+    def from_timestamps(cls, timestamps: list[float], fallback_fps: float = 30.0) -> Cine:
+        """The mean interval of the captured frames (device clocks jitter;
+        a mean keeps the clip's total duration right)."""
+        if len(timestamps) >= 2 and timestamps[-1] > timestamps[0]:
+            return cls((timestamps[-1] - timestamps[0]) * 1000.0 / (len(timestamps) - 1))
+        return cls.from_fps(fallback_fps)
+
+    @property
+    def rate(self) -> int:
+        return max(1, round(1000.0 / self.frame_time_ms))
+
+
+CHARACTER_SETS = (
+    "ISO_IR 192",
+    "ISO_IR 100",
+    "ISO_IR 101",
+    "ISO_IR 109",
+    "ISO_IR 110",
+    "ISO_IR 144",
+    "ISO_IR 127",
+    "ISO_IR 126",
+    "ISO_IR 138",
+    "ISO_IR 148",
+    "ISO_IR 203",
+    "ISO_IR 166",
+    "ISO_IR 13",
+    "GB18030",
+    "GBK",
+)
+
+
+def check_character_set(value: str) -> str:
+    """The Specific Character Sets the gateway writes: the single-byte and
+    UTF-8 ones, plus the ISO 2022 code extensions a worklist may use (values
+    separated by backslashes, as they arrive from the RIS)."""
+    terms = [t.strip() for t in value.split("\\")] if value else ["ISO_IR 6"]
+    for term in terms:
+        if term in ("", "ISO_IR 6") or term in CHARACTER_SETS or term.startswith("ISO 2022 IR "):
+            continue
+        raise ModuleError(f"Specific Character Set: {term!r} is not supported")
+    return value

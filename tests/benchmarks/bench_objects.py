@@ -1,0 +1,355 @@
+"""Objects: `dicom-gateway import` against DCMTK img2dcm on the same 1920×1080
+q90 noisy JPEG files, and cine building (re-encoded and passed through).
+
+Figures (see ../shared/BENCHMARKS.md):
+- objects_stills: 50 JPEG files → DICOM. img2dcm is one process per file
+  (that is how it is used: it takes one input); ours is one `import` run for
+  all files, queued durably (fsync, SQLite synchronous=FULL), which img2dcm
+  does not do. Also reported: one `import` process per file, the same way
+  img2dcm is run, as the honest like-for-like figure.
+- cine_reencode: a 300-frame 1080p clip JPEG-encoded into one Ultrasound
+  Multi-frame object; reference dcmcjpeg on a 30-frame uncompressed object of
+  the same frames (300 uncompressed 1080p frames would be 1.9 GB), compared
+  per frame.
+- cine_passthrough: the same 300 frames delivered as JPEG (an MJPEG grabber),
+  wrapped without decoding. DCMTK has no tool for this; absolute figures only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from tests.benchmarks.common import (
+    Comparison,
+    Run,
+    machine,
+    report,
+    run_command,
+    tool_version,
+)
+
+JPEG_FILES = 50
+PER_PROCESS_FILES = 10
+CINE_FRAMES = 300
+REFERENCE_CINE_FRAMES = 30
+PAIRS = 5
+WIDTH, HEIGHT = 1920, 1080
+
+
+def noisy_frame(seed: int) -> np.ndarray:  # type: ignore[type-arg]
+    """A smooth scene with camera-like sensor noise (what makes JPEG work)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    base = np.stack(
+        [
+            128 + 90 * np.sin(x / (140 + seed) + seed),
+            128 + 90 * np.cos(y / (110 + seed)),
+            128 + 60 * np.sin((x + y) / 300),
+        ],
+        axis=2,
+    )
+    noise = rng.normal(0, 6, (HEIGHT, WIDTH, 3)).astype(np.float32)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def make_jpegs(directory: Path) -> list[Path]:
+    paths = []
+    for i in range(JPEG_FILES):
+        path = directory / f"img{i:03d}.jpg"
+        ok, buf = cv2.imencode(".jpg", noisy_frame(i % 10), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        path.write_bytes(buf.tobytes())
+        paths.append(path)
+    return paths
+
+
+def timed(cmd: list[str]) -> Run:
+    """run_command through /usr/bin/time: a child forked from this (large)
+    Python process starts with its resident pages counted in ru_maxrss, so
+    wait4's figure would be this process's size, not the tool's."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as out:
+        run = run_command(["/usr/bin/time", "-f", "%M", "-o", out.name, *cmd])
+        rss_kib = int(out.read().strip().splitlines()[-1])
+    return Run(run.wall, run.cpu, rss_kib / 1024)
+
+
+def run_each(commands: list[list[str]]) -> Run:
+    """Several processes in a row: total wall and CPU, the largest peak RSS."""
+    start = time.perf_counter()
+    runs = [timed(c) for c in commands]
+    return Run(
+        time.perf_counter() - start,
+        sum(r.cpu for r in runs),
+        max(r.max_rss_mib for r in runs),
+    )
+
+
+def gateway_cmd(config: Path, files: list[Path]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(config),
+        "import",
+        *map(str, files),
+        "--patient-id",
+        "BENCH",
+        "--patient-name",
+        "Bench^Mark",
+    ]
+
+
+def _config(work: Path, name: str, queue_root: Path | None = None) -> Path:
+    queue = (queue_root or work) / f"queue-{name}"
+    shutil.rmtree(queue, ignore_errors=True)
+    path = work / f"{name}.toml"
+    path.write_text(
+        f'[station]\nmodality = "US"\n[capture]\ncompression = "jpeg-baseline"\n'
+        f'[queue]\npath = "{queue}"\nmin_free_mb = 0\n'
+    )
+    return path
+
+
+def bench_stills(work: Path, files: list[Path], shm: Path) -> list[dict[str, Any]]:
+    img2dcm = shutil.which("img2dcm")
+    assert img2dcm, "img2dcm (dcmtk) is not installed"
+    out = work / "img2dcm"
+    out.mkdir(exist_ok=True)
+    out_shm = shm / "img2dcm"
+    out_shm.mkdir(exist_ok=True)
+
+    def reference(subset: list[Path], where: Path = out) -> Run:
+        return run_each(
+            [[img2dcm, "-i", "JPEG", str(f), str(where / f"{f.stem}.dcm")] for f in subset]
+        )
+
+    all_in_one = Comparison(
+        "objects_stills",
+        f"{len(files)} JPEG 1920×1080 q90 noisy, {sum(f.stat().st_size for f in files) >> 20} MiB",
+        tool_version([img2dcm, "--version"]),
+        extra={
+            "ours": "one `dicom-gateway import` process for all files, queued durably",
+            "reference_mode": "one img2dcm process per file",
+        },
+    )
+    all_in_one.pair(
+        lambda: reference(files),
+        lambda: timed(gateway_cmd(_config(work, "all"), files)),
+        PAIRS,
+    )
+    # Both writing to tmpfs: fsync costs nothing there, so this isolates the
+    # tools' own work from the durability img2dcm does not provide.
+    in_memory = Comparison(
+        "objects_stills_tmpfs",
+        f"the same {len(files)} JPEG files, output and queue on tmpfs",
+        tool_version([img2dcm, "--version"]),
+        extra={
+            "ours": "one `dicom-gateway import` process, queue on tmpfs (fsync free)",
+            "reference_mode": "one img2dcm process per file, output on tmpfs",
+        },
+    )
+    in_memory.pair(
+        lambda: reference(files, out_shm),
+        lambda: timed(gateway_cmd(_config(work, "shm", shm), files)),
+        PAIRS,
+    )
+    per_process = Comparison(
+        "objects_stills_per_process",
+        f"{PER_PROCESS_FILES} of the same JPEG files",
+        tool_version([img2dcm, "--version"]),
+        extra={
+            "ours": "one `dicom-gateway import` process per file (like-for-like)",
+            "reference_mode": "one img2dcm process per file",
+        },
+    )
+    subset = files[:PER_PROCESS_FILES]
+    per_process.pair(
+        lambda: reference(subset),
+        lambda: run_each(
+            [gateway_cmd(_config(work, f"one{i}"), [f]) for i, f in enumerate(subset)]
+        ),
+        PAIRS,
+    )
+    results = []
+    for comp, count in (
+        (all_in_one, len(files)),
+        (in_memory, len(files)),
+        (per_process, len(subset)),
+    ):
+        summary = comp.summary()
+        summary["ours_objects_per_s"] = count / summary["ours_median_wall_s"]
+        summary["reference_objects_per_s"] = count / summary["reference_median_wall_s"]
+        summary["rate_ratio_ours_over_reference"] = 1 / summary["median_ratio"]
+        results.append(summary)
+    return results
+
+
+# -- cine ------------------------------------------------------------------------
+
+
+def _frames(n: int) -> Iterator[np.ndarray]:  # type: ignore[type-arg]
+    pool = [noisy_frame(i) for i in range(6)]
+    for i in range(n):
+        yield pool[i % len(pool)]
+
+
+def cine_worker(mode: str, out: Path) -> None:
+    """Runs in its own process (clean peak RSS): build and write one cine."""
+    from gateway.dicom.iods import to_bytes, ultrasound_multiframe
+    from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
+    from gateway.dicom.pixels import EncodedJpeg, encode_jpeg
+
+    source: Any
+    if mode == "passthrough":
+        encoded = [encode_jpeg(f, 90) for f in _frames(6)]
+        t0 = time.perf_counter()
+        source = (EncodedJpeg.from_bytes(encoded[i % 6]) for i in range(CINE_FRAMES))
+    else:
+        frames = list(_frames(6))
+        t0 = time.perf_counter()
+        source = (frames[i % 6] for i in range(CINE_FRAMES))
+    ds = ultrasound_multiframe(
+        source,
+        cine=Cine.from_fps(30),
+        patient=Patient("Bench^Mark", "BENCH"),
+        study=Study(study_id="1"),
+        series=Series("US"),
+        equipment=Equipment("bench", "bench", "0"),
+        image=ImageInfo(1, "DV"),
+        encoding="jpeg-baseline",
+    )
+    out.write_bytes(to_bytes(ds))
+    # Only the building is timed: the frames exist before (a grabber's ring buffer).
+    print(f"elapsed {time.perf_counter() - t0:.6f}")
+
+
+def _worker_run(mode: str, out: Path) -> tuple[Run, float]:
+    import subprocess
+
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [
+                "/usr/bin/time",
+                "-f",
+                "%M",
+                "-o",
+                rss.name,
+                sys.executable,
+                "-m",
+                "tests.benchmarks.bench_objects",
+                "--cine",
+                mode,
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        text = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"cine worker {mode} failed")
+        rss_kib = int(rss.read().strip().splitlines()[-1])
+    elapsed = float(text.split("elapsed")[1])
+    return Run(wall, usage.ru_utime + usage.ru_stime, rss_kib / 1024), elapsed
+
+
+def _uncompressed_reference(path: Path) -> None:
+    from gateway.dicom.iods import to_bytes, ultrasound_multiframe
+    from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
+
+    ds = ultrasound_multiframe(
+        _frames(REFERENCE_CINE_FRAMES),
+        cine=Cine.from_fps(30),
+        patient=Patient("Bench^Mark", "BENCH"),
+        study=Study(study_id="1"),
+        series=Series("US"),
+        equipment=Equipment("bench", "bench", "0"),
+        image=ImageInfo(1, "DV"),
+        encoding="none",
+    )
+    path.write_bytes(to_bytes(ds))
+
+
+def bench_cine(work: Path) -> list[dict[str, Any]]:
+    dcmcjpeg = shutil.which("dcmcjpeg")
+    assert dcmcjpeg, "dcmcjpeg (dcmtk) is not installed"
+    raw = work / "raw30.dcm"
+    _uncompressed_reference(raw)
+    reencode = Comparison(
+        "cine_reencode",
+        f"{CINE_FRAMES} frames 1920×1080 → one US Multi-frame, JPEG q90 4:2:2",
+        tool_version([dcmcjpeg, "--version"]) + f" on {REFERENCE_CINE_FRAMES} frames",
+        direction="time-per-frame ratio ours/reference: < 1 means we are faster",
+        extra={"workers": min(4, os.cpu_count() or 1)},
+    )
+    fps_ours: list[float] = []
+    fps_ref: list[float] = []
+    for _ in range(PAIRS):
+        ref = timed([dcmcjpeg, "+ee", "+q", "90", str(raw), str(work / "ref.dcm")])
+        fps_ref.append(REFERENCE_CINE_FRAMES / ref.wall)
+        run, elapsed = _worker_run("reencode", work / "cine.dcm")
+        fps_ours.append(CINE_FRAMES / elapsed)
+        # Compare per frame, since the two runs encode different frame counts.
+        reencode.theirs.append(Run(ref.wall / REFERENCE_CINE_FRAMES, ref.cpu, ref.max_rss_mib))
+        reencode.ours.append(Run(elapsed / CINE_FRAMES, run.cpu, run.max_rss_mib))
+    summary = reencode.summary()
+    summary.update(
+        ours_fps_median=statistics.median(fps_ours),
+        ours_fps_min=min(fps_ours),
+        ours_fps_max=max(fps_ours),
+        reference_fps_median=statistics.median(fps_ref),
+        note="wall/cpu figures are per frame for wall, per run for cpu",
+    )
+    passes = []
+    for _ in range(PAIRS):
+        run, elapsed = _worker_run("passthrough", work / "pass.dcm")
+        passes.append((CINE_FRAMES / elapsed, run))
+    fps = [p[0] for p in passes]
+    passthrough = {
+        "name": "cine_passthrough",
+        "dataset": f"{CINE_FRAMES} JPEG frames 1920×1080 q90 (as from an MJPEG grabber)",
+        "reference": "none (DCMTK has no multi-frame JPEG wrapper)",
+        "runs": len(fps),
+        "ours_fps_median": statistics.median(fps),
+        "ours_fps_min": min(fps),
+        "ours_fps_max": max(fps),
+        "ours_peak_rss_mib": max(p[1].max_rss_mib for p in passes),
+        "machine": machine(),
+    }
+    return [summary, passthrough]
+
+
+def main() -> None:
+    shm_base = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-objects-") as tmp,
+        tempfile.TemporaryDirectory(prefix="bench-objects-", dir=shm_base) as shm,
+    ):
+        work = Path(tmp)
+        files = make_jpegs(work)
+        for result in bench_stills(work, files, Path(shm)):
+            report(result)
+        for result in bench_cine(work):
+            report(result)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--cine":
+        cine_worker(sys.argv[2], Path(sys.argv[3]))
+    else:
+        main()
