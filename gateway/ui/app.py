@@ -691,7 +691,6 @@ async def page_exam(request: Request) -> Response:
         request,
         "exam.html",
         exam=state.desk.describe(exam),
-        clips=state.desk.clips_supported(),
     )
 
 

@@ -226,32 +226,15 @@ class ExamDesk:
         self.events.publish({"type": "object", "exam": exam.id, "object": shot.as_json(exam.id)})
         return shot
 
-    def _require_clips(self) -> Callable[[Exam, list[Frame]], QueuedObject]:
-        capture_clip: Callable[[Exam, list[Frame]], QueuedObject] | None = getattr(
-            self.exams, "capture_clip", None
-        )
-        if capture_clip is None:
-            raise DeskError(
-                501,
-                "clips are not supported by this build: ExamService.capture_clip "
-                "(multi-frame objects) is missing",
-            )
-        return capture_clip
-
     def _capture_clip(self, exam: Exam, frames: list[Frame]) -> Shot:
-        capture_clip = self._require_clips()
         if not frames:
             raise DeskError(409, "no frames were recorded (is the video connected?)")
         with self._lock:
-            queued = self._queue_call(lambda: capture_clip(exam, frames))
+            queued = self._queue_call(lambda: self.exams.capture_clip(exam, frames))
             return self._add_shot(exam, queued, "clip", frames)
-
-    def clips_supported(self) -> bool:
-        return hasattr(self.exams, "capture_clip")
 
     def record_start(self, exam: Exam) -> None:
         self._require_open(exam)
-        self._require_clips()  # the 501 before anything is recorded
         if self.stream is None:
             raise DeskError(503, "no video source in this process")
         with self._lock:
@@ -278,7 +261,6 @@ class ExamDesk:
         self._require_open(exam)
         if self.stream is None:
             raise DeskError(503, "no video source in this process")
-        self._require_clips()
         return self._capture_clip(exam, self.stream.clip(seconds))
 
     def delete(self, exam: Exam, object_id: int) -> None:
@@ -298,7 +280,7 @@ class ExamDesk:
             if exam is self.current and self.recorder is not None:
                 recorder, self.recorder = self.recorder, None
                 frames = recorder.stop()
-                if frames and self.clips_supported():
+                if frames:
                     self._capture_clip(exam, frames)  # recorded is acknowledged: keep it
             try:
                 released = action()
