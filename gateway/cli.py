@@ -11,12 +11,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from drivers import DriverError, create_driver
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config, resolve_config_path
-from gateway.dicom.modules import ModuleError, Patient
 from gateway.logs import setup_logging
-from gateway.net.association import PeerError
 from gateway.queue.outbox import DeliveryState, Outbox, QueueError
 from gateway.tls import TLSSetupError
 
@@ -25,7 +22,15 @@ log = logging.getLogger("gateway")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-USER_ERRORS = (ConfigError, DriverError, QueueError, TLSSetupError, PeerError, ModuleError)
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Imported only when something failed: `queue flush` must not pay for
+    numpy, OpenCV and pynetdicom at start-up (see bench_forward)."""
+    from drivers import DriverError
+    from gateway.dicom.modules import ModuleError
+    from gateway.net.association import PeerError
+
+    return (ConfigError, DriverError, QueueError, TLSSetupError, PeerError, ModuleError)
 
 
 class CommandError(Exception):
@@ -55,6 +60,8 @@ def _outbox(config: GatewayConfig) -> Outbox:
 
 
 def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from drivers import DriverError, create_driver
+
     source = resolve_config_path(args.config) or "built-in defaults"
     # Driver options are validated by the driver's own model, reported the same way.
     try:
@@ -98,7 +105,9 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from drivers import create_driver
     from gateway.capture import Capturer
+    from gateway.dicom.modules import Patient
     from gateway.exam import ExamService
 
     if not (args.patient_id and args.patient_name):
@@ -298,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    except USER_ERRORS as exc:
+    except _user_errors() as exc:
         print(f"dicom-gateway: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

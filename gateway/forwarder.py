@@ -58,6 +58,10 @@ class Forwarder:
     calling_ae: str
     timeouts: Timeouts = field(default_factory=Timeouts)
     status: dict[str, DestinationStatus] = field(default_factory=dict)
+    retry_base: float = 5.0  # seconds before the first retry (doubles, with jitter)
+    retry_cap: float = 300.0  # never wait longer than this between tries
+    _sent: list[int] = field(default_factory=list, init=False)
+    _sent_since: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         for dest in self.destinations:
@@ -84,12 +88,14 @@ class Forwarder:
         except (ULError, TLSSetupError, OSError) as exc:
             reason = f"{peer_label(dest)}: {self._describe_connect_failure(exc)}"
             for delivery in batch:
-                state.next_try = self.outbox.mark_retry(delivery.object.id, dest.name, reason)
+                state.next_try = self._retry(delivery.object.id, dest.name, reason)
             state.reachable, state.last_error = False, reason
             report.retried, report.error = len(batch), reason
             log.warning("%s; %d object(s) stay queued", reason, len(batch))
             return report
         state.reachable = True
+        self._sent = []
+        self._sent_since = time.monotonic()
         try:
             for i, delivery in enumerate(batch):
                 if not conn.open:
@@ -101,10 +107,25 @@ class Forwarder:
                 self._send_one(conn, dest, delivery, report)
         finally:
             conn.release()
+            self._commit_sent(dest, force=True)
         if report.sent:
             state.last_success = time.time()
             state.last_error = report.error
         return report
+
+    def _retry(self, object_id: int, destination: str, reason: str) -> float:
+        return self.outbox.mark_retry(
+            object_id, destination, reason, base=self.retry_base, cap=self.retry_cap
+        )
+
+    def _commit_sent(self, dest: DestinationConfig, force: bool = False) -> None:
+        """Successes are committed in groups (every 64 objects or half a second)."""
+        if not self._sent:
+            return
+        if force or len(self._sent) >= 64 or time.monotonic() - self._sent_since > 0.5:
+            self.outbox.mark_sent_many(self._sent, dest.name)
+            self._sent = []
+            self._sent_since = time.monotonic()
 
     def _ul_timeouts(self) -> ULTimeouts:
         t = self.timeouts
@@ -168,15 +189,16 @@ class Forwarder:
         except (ULError, OSError) as exc:
             conn.abort()
             reason = f"{peer_label(dest)}: {self._describe_connect_failure(exc)} during C-STORE"
-            self.outbox.mark_retry(obj.id, dest.name, reason)
+            self._retry(obj.id, dest.name, reason)
             report.retried += 1
             report.error = reason
             log.warning("%s; object %d will be retried", reason, obj.id)
             return
         outcome = classify_status(code)
         if outcome is Outcome.STORED:
-            self.outbox.mark_sent(obj.id, dest.name)
+            self._sent.append(obj.id)
             report.sent += 1
+            self._commit_sent(dest)
             return
         reason = f"{peer_label(dest)}: C-STORE {describe_status(code)}"
         if outcome is Outcome.PERMANENT:
@@ -184,7 +206,7 @@ class Forwarder:
             report.failed += 1
             log.error("%s; object %d moved to the failed list", reason, obj.id)
         else:
-            self.outbox.mark_retry(obj.id, dest.name, reason)
+            self._retry(obj.id, dest.name, reason)
             report.retried += 1
             report.error = reason
             log.warning("%s; object %d will be retried", reason, obj.id)

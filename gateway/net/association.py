@@ -6,17 +6,14 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from pynetdicom import AE, _config
-from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext, build_context
+from typing import TYPE_CHECKING
 
 from gateway.config import DestinationConfig, TLSConfig
 from gateway.tls import client_context, probe
 
-# A file is streamed from disk rather than loaded whole: a 110 MB cine must
-# not cost 110 MB of memory on a 1 GB Pi.
-_config.STORE_SEND_CHUNKED_DATASET = True
+if TYPE_CHECKING:  # pynetdicom is imported when used: the bulk path does without it
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import PresentationContext
 
 MAX_PDU = 131072
 
@@ -53,6 +50,11 @@ def open_association(
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ssl_context: ssl.SSLContext | None = None,
 ) -> Association:
+    from pynetdicom import AE, _config
+
+    # A file is streamed from disk rather than loaded whole: a 110 MB cine
+    # must not cost 110 MB of memory on a 1 GB Pi.
+    _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = timeouts.connect
     ae.acse_timeout = timeouts.acse
@@ -78,6 +80,8 @@ def open_association(
 def contexts_for(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
     """One context per (SOP class, transfer syntax) seen, plus Explicit VR
     Little Endian for each class so an uncompressed fallback is on offer."""
+    from pynetdicom.presentation import build_context
+
     out: list[PresentationContext] = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for sop_class, ts in pairs:

@@ -186,7 +186,10 @@ def _send_data(
     fragment: int,
     per_write: int,
 ) -> None:
-    buf = bytearray((fragment + 12) * per_write)
+    size = (fragment + 12) * per_write
+    if len(conn.buffer) != size:
+        conn.buffer = bytearray(size)
+    buf = conn.buffer
     view = memoryview(buf)
     sock = conn.sock
     remaining = length

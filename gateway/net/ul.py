@@ -238,6 +238,7 @@ class ULConnection:
         self.timeouts = timeouts
         self.open = True
         self._message_id = 0
+        self.buffer = bytearray()  # reused for every data set sent
 
     # -- set-up and tear-down --
 
