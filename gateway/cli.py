@@ -52,7 +52,11 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
 
 def _outbox(config: GatewayConfig) -> Outbox:
     return Outbox(
-        config.queue.path, [d.name for d in config.destinations], config.queue.min_free_mb
+        config.queue.path,
+        [d.name for d in config.destinations],
+        config.queue.min_free_mb,
+        retention_days=config.queue.retention_days,
+        commitment_destinations=[d.name for d in config.destinations if d.storage_commitment],
     )
 
 
@@ -209,7 +213,7 @@ def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> i
     if not config.destinations:
         raise CommandError("no destinations configured: nothing to flush to")
     outbox.recover()
-    forwarder = Forwarder(outbox, list(config.destinations), config.station.ae_title)
+    forwarder = Forwarder.from_config(outbox, config)
     report = forwarder.flush(timeout=args.timeout)
     stats = outbox.stats()
     pending = sum(s[DeliveryState.PENDING] + s[DeliveryState.IN_FLIGHT] for s in stats.values())

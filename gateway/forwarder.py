@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config import DestinationConfig
+from gateway.config import DestinationConfig, GatewayConfig
 from gateway.net.association import Timeouts, peer_label, tls_context
 from gateway.net.store import (
     EXPLICIT_VR_LE,
@@ -62,6 +62,23 @@ class Forwarder:
     retry_cap: float = 300.0  # never wait longer than this between tries
     _sent: list[int] = field(default_factory=list, init=False)
     _sent_since: float = field(default=0.0, init=False)
+
+    @classmethod
+    def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
+        f = config.forwarding
+        return cls(
+            outbox,
+            list(config.destinations),
+            config.station.ae_title,
+            timeouts=Timeouts(
+                connect=f.connect_timeout_s,
+                acse=f.acse_timeout_s,
+                dimse=f.dimse_timeout_s,
+                network=f.network_timeout_s,
+            ),
+            retry_base=f.retry_base_s,
+            retry_cap=f.retry_cap_s,
+        )
 
     def __post_init__(self) -> None:
         for dest in self.destinations:

@@ -70,11 +70,7 @@ def run(
         stream.start()
     threads: list[threading.Thread] = []
     if "forwarder" in parts and config.destinations:
-        forwarder = Forwarder(
-            Outbox(config.queue.path, destinations),
-            list(config.destinations),
-            config.station.ae_title,
-        )
+        forwarder = Forwarder.from_config(Outbox(config.queue.path, destinations), config)
         threads.append(
             threading.Thread(
                 target=forwarder.run,

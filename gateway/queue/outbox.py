@@ -25,7 +25,7 @@ from typing import Any
 from gateway.queue.db import DurabilityError, open_durable, transaction
 from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OBJECTS_DIR = "objects"
 DB_NAME = "outbox.sqlite"
 
@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at);
 """
+
+# Version 2 (Storage Commitment): added to version-1 databases in place.
+_V2_COLUMNS = {"commit_tx": "TEXT", "commit_requested_at": "REAL"}
 
 
 class QueueError(Exception):
@@ -154,11 +157,21 @@ def _claimer_alive(claimed_by: str | None) -> bool:
 class Outbox:
     """The queue's one interface: add, claim, mark, list, recover."""
 
-    def __init__(self, root: Path, destinations: Sequence[str], min_free_mb: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        destinations: Sequence[str],
+        min_free_mb: int = 0,
+        *,
+        retention_days: float = 7.0,
+        commitment_destinations: Sequence[str] = (),
+    ) -> None:
         self.root = Path(root)
         self.objects_dir = self.root / OBJECTS_DIR
         self.destinations = list(destinations)
         self.min_free_mb = min_free_mb
+        self.retention_s = retention_days * 86400.0
+        self.commitment_destinations = set(commitment_destinations)
         try:
             self.objects_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as exc:
@@ -171,6 +184,10 @@ class Outbox:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            have = {r[1] for r in db.execute("PRAGMA table_info(deliveries)")}
+            for column, kind in _V2_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
@@ -192,6 +209,9 @@ class Outbox:
 
     def check_space(self, needed_bytes: int = 0) -> None:
         free = self.free_mb()
+        if free - needed_bytes // (1024 * 1024) < self.min_free_mb:
+            self.purge(needed_bytes)
+            free = self.free_mb()
         if free - needed_bytes // (1024 * 1024) < self.min_free_mb:
             raise QueueFull(
                 f"disk nearly full: {free} MB free in {self.root}, queue.min_free_mb is "
@@ -294,6 +314,42 @@ class Outbox:
             db.execute("DELETE FROM deliveries WHERE object_id = ?", (object_id,))
             db.execute("DELETE FROM objects WHERE id = ?", (object_id,))
         remove_durably(obj.path)
+
+    def purgeable(self, now: float | None = None) -> list[QueuedObject]:
+        """Objects every destination has taken responsibility for, oldest
+        first: committed, or (where commitment is off) sent longer ago than
+        the retention period. Nothing pending, in flight or failed qualifies."""
+        now = time.time() if now is None else now
+        out: list[QueuedObject] = []
+        for row in self._db.execute("SELECT * FROM objects ORDER BY created_at, id").fetchall():
+            deliveries = self._db.execute(
+                "SELECT destination, state, sent_at FROM deliveries WHERE object_id = ?",
+                (row["id"],),
+            ).fetchall()
+            if deliveries and all(self._released(d, now) for d in deliveries):
+                out.append(self._object(row))
+        return out
+
+    def _released(self, d: sqlite3.Row, now: float) -> bool:
+        if d["state"] == "committed":
+            return True
+        if d["state"] != "sent" or d["destination"] in self.commitment_destinations:
+            return False
+        return d["sent_at"] is not None and now - d["sent_at"] >= self.retention_s
+
+    def purge(self, needed_bytes: int = 0) -> int:
+        """Free space, oldest first, only as much as needed to get back above
+        `min_free_mb` (plus `needed_bytes`); unsent objects are never touched."""
+        purged = 0
+        for obj in self.purgeable():
+            if self.free_mb() - needed_bytes // (1024 * 1024) >= self.min_free_mb:
+                break
+            with self._tx() as db:
+                db.execute("DELETE FROM deliveries WHERE object_id = ?", (obj.id,))
+                db.execute("DELETE FROM objects WHERE id = ?", (obj.id,))
+            remove_durably(obj.path)
+            purged += 1
+        return purged
 
     # -- forwarding -----------------------------------------------------------
 

@@ -13,6 +13,7 @@ Environment: BENCH_PAIRS (default 5), BENCH_SC_COUNT (300), BENCH_CINE_COUNT (5)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -169,17 +170,49 @@ def ours_cmd(config: Path) -> list[str]:
 # Peak RSS from wait4 carries over the forking parent's high-water mark on
 # Linux (this process holds data sets), so each measured tool is started by a
 # tiny launcher; its own ~10 MiB is the floor of the figure, for both tools.
+# The launcher reports the peak RSS of the tool it forked into a file, since
+# even its own figure carries the high-water mark of the vfork it came from.
 LAUNCHER = (
     "import os,sys\n"
     "pid=os.fork()\n"
     "if pid==0:\n"
-    "    os.execvp(sys.argv[1],sys.argv[1:])\n"
-    "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid,0)[1]))\n"
+    "    os.execvp(sys.argv[2],sys.argv[2:])\n"
+    "_,st,ru=os.wait4(pid,0)\n"
+    "open(sys.argv[1],'w').write(str(ru.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n"
 )
+RSS_FILE = Path(tempfile.gettempdir()) / f"bench-forward-rss-{os.getpid()}"
 
 
-def launched(cmd: list[str]) -> list[str]:
-    return [sys.executable, "-S", "-c", LAUNCHER, *cmd]
+def measured(cmd: list[str], env: dict[str, str]) -> Run:
+    run = run_command(
+        [sys.executable, "-S", "-c", LAUNCHER, str(RSS_FILE), *cmd], env=env, timeout=900
+    )
+    rss = int(RSS_FILE.read_text()) / 1024
+    return Run(run.wall, run.cpu, rss)
+
+
+def warm_ours(config: Path, env: dict[str, str]) -> Run:
+    """The forwarder of the running service: start-up excluded from the clock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.benchmarks.forward_warm", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("forward_warm did not start")
+    start = time.perf_counter()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    wall = time.perf_counter() - start
+    proc.wait(timeout=60)
+    data = json.loads(line)
+    return Run(wall, float(data["cpu"]), float(data["rss_mib"]))
 
 
 def make_pki(directory: Path) -> dict[str, Path]:
@@ -207,31 +240,40 @@ def compare(
     env = {"TCP_NODELAY": "1"}
 
     def theirs() -> Run:
-        return run_command(
-            launched(storescu_cmd(pki, port, queue / "objects")), env=env, timeout=900
-        )
+        return measured(storescu_cmd(pki, port, queue / "objects"), env)
 
-    def ours() -> Run:
+    def ours_cli() -> Run:
         reset_queue(queue)
-        return run_command(launched(ours_cmd(config)), env=env, timeout=900)
+        return measured(ours_cmd(config), env)
 
-    comp = Comparison(
-        name=name,
-        dataset=f"{kind}: {count} objects, {total / 1e6:.0f} MB, TLS 1.3 mutual auth, loopback",
-        reference=tool_version(["storescu", "--version"]),
-    )
+    def ours_warm() -> Run:
+        reset_queue(queue)
+        return warm_ours(config, env)
+
+    dataset = f"{kind}: {count} objects, {total / 1e6:.0f} MB, TLS 1.3 mutual auth, loopback"
+    reference = tool_version(["storescu", "--version"])
+    cli = Comparison(name=f"{name}_cli", dataset=dataset, reference=reference)
+    warm = Comparison(name=f"{name}_service", dataset=dataset, reference=reference)
+    cli.extra["ours"] = "dicom-gateway queue flush (a new process: start-up included)"
+    warm.extra["ours"] = "the service's forwarder, already running (start-up excluded)"
     try:
-        comp.pair(theirs, ours, pairs)
+        for _ in range(pairs):  # storescu, ours (CLI), ours (service), storescu, …
+            ref = theirs()
+            cli.theirs.append(ref)
+            warm.theirs.append(ref)
+            cli.ours.append(ours_cli())
+            warm.ours.append(ours_warm())
     finally:
         scp.terminate()
         scp.wait(timeout=10)
     mb = total / 1e6
-    summary = comp.summary()
-    summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
-    summary["ours_median_MB_per_s"] = mb / summary["ours_median_wall_s"]
-    summary["reference_median_MB_per_s"] = mb / summary["reference_median_wall_s"]
-    summary["receiver"] = "TCP_NODELAY=1 storescp --ignore -pdu 131072 +tls"
-    report(summary)
+    for comp in (warm, cli):
+        summary = comp.summary()
+        summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
+        summary["ours_median_MB_per_s"] = mb / summary["ours_median_wall_s"]
+        summary["reference_median_MB_per_s"] = mb / summary["reference_median_wall_s"]
+        summary["receiver"] = "TCP_NODELAY=1 storescp --ignore -pdu 131072 +tls"
+        report(summary)
 
     if kind == "sc":  # one run to a receiver that writes to disk
         out = workdir / "received"
@@ -240,13 +282,11 @@ def compare(
         scp2 = start_storescp(pki, port2, ["-od", str(out)])
         config2 = write_gateway_config(workdir / "sc-od.toml", pki, port2, queue)
         try:
-            ref = run_command(
-                launched(storescu_cmd(pki, port2, queue / "objects")), env=env, timeout=900
-            )
+            ref = measured(storescu_cmd(pki, port2, queue / "objects"), env)
             shutil.rmtree(out)
             out.mkdir()
             reset_queue(queue)
-            mine = run_command(launched(ours_cmd(config2)), env=env, timeout=900)
+            mine = measured(ours_cmd(config2), env)
             received = len(list(out.iterdir()))
         finally:
             scp2.terminate()
@@ -254,7 +294,7 @@ def compare(
         report(
             {
                 "name": "forward_sc_to_disk",
-                "dataset": comp.dataset,
+                "dataset": dataset,
                 "receiver": "TCP_NODELAY=1 storescp -od DIR -pdu 131072 +tls (one pair)",
                 "ratio_ours_over_reference_time": mine.wall / ref.wall,
                 "ours_wall_s": mine.wall,
