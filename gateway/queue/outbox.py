@@ -10,13 +10,14 @@ per (object, destination), so each destination has its own state.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +29,7 @@ from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_ato
 SCHEMA_VERSION = 2
 OBJECTS_DIR = "objects"
 DB_NAME = "outbox.sqlite"
+LOCK_NAME = "add.lock"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -234,8 +236,48 @@ class Outbox:
         waits (state `held`) until `release_exam` — the technician may still
         delete it before finishing the exam."""
         self.check_space(len(data))
+        with self._adding():
+            return self._add(
+                data,
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=sop_class_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                study_instance_uid=study_instance_uid,
+                exam_id=exam_id,
+                hold=hold,
+            )
+
+    @contextlib.contextmanager
+    def _adding(self) -> Iterator[None]:
+        """Shared lock held from file write to row commit: while anyone holds
+        it, `recover` must not take a row-less file for an orphan."""
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _add(
+        self,
+        data: bytes,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        study_instance_uid: str,
+        exam_id: str | None,
+        hold: bool,
+    ) -> QueuedObject:
         name = f"{sop_instance_uid}.dcm"
         path = self.objects_dir / name
+        if (
+            path.exists()
+            and self._db.execute(
+                "SELECT 1 FROM objects WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        ):
+            raise QueueError(f"SOP Instance UID {sop_instance_uid} is already queued")
         try:
             write_atomic(path, data)
         except OSError as exc:
@@ -544,24 +586,31 @@ class Outbox:
         unacknowledged files, reset claims of dead processes, and isolate rows
         whose file vanished (reported as failed, never sent as garbage)."""
         temp_removed = orphan_removed = missing = 0
-        known = {r[0] for r in self._db.execute("SELECT path FROM objects")}
-        for entry in os.scandir(self.objects_dir):
-            rel = f"{OBJECTS_DIR}/{entry.name}"
-            if entry.name.endswith(TMP_SUFFIX):
-                os.unlink(entry.path)
-                temp_removed += 1
-            elif (
-                rel not in known
-                and entry.name.endswith(".dcm")
-                # A file whose row never committed was never acknowledged. But
-                # a concurrent `add` may be between rename and commit: spare
-                # anything written in the last minute.
-                and time.time() - entry.stat().st_mtime > 60
-            ):
-                os.unlink(entry.path)
-                orphan_removed += 1
-        if temp_removed or orphan_removed:
-            fsync_dir(self.objects_dir)
+        lock = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                grace = 0.0  # nobody is between file and row right now
+            except BlockingIOError:
+                grace = 60.0  # an `add` is running: spare recent files
+            known = {r[0] for r in self._db.execute("SELECT path FROM objects")}
+            for entry in os.scandir(self.objects_dir):
+                rel = f"{OBJECTS_DIR}/{entry.name}"
+                try:
+                    age = time.time() - entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if entry.name.endswith(TMP_SUFFIX) and age >= grace:
+                    os.unlink(entry.path)
+                    temp_removed += 1
+                elif rel not in known and entry.name.endswith(".dcm") and age >= grace:
+                    # A file whose row never committed was never acknowledged.
+                    os.unlink(entry.path)
+                    orphan_removed += 1
+            if temp_removed or orphan_removed:
+                fsync_dir(self.objects_dir)
+        finally:
+            os.close(lock)
         with self._tx() as db:
             stale = [
                 (r["object_id"], r["destination"])
