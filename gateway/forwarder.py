@@ -181,6 +181,11 @@ class Forwarder:
         obj = delivery.object
         try:
             sop = read_part10_header(obj.path)
+            if sop.size != obj.size:
+                raise FileProblem(
+                    f"{obj.path.name} is {sop.size} bytes, but {obj.size} were queued "
+                    "(changed behind the gateway's back)"
+                )
             if sop.sop_instance != obj.sop_instance_uid:
                 raise FileProblem(
                     f"{obj.path.name} holds SOP Instance UID {sop.sop_instance}, "

@@ -396,12 +396,13 @@ class Outbox:
     # -- forwarding -----------------------------------------------------------
 
     def claim(self, destination: str, limit: int = 100, now: float | None = None) -> list[Delivery]:
-        """Take due pending deliveries for one destination, oldest first."""
+        """Take due pending deliveries for one destination, oldest first; one
+        that just failed goes behind the rest, so it cannot block the line."""
         now = time.time() if now is None else now
         with self._tx() as db:
             rows = db.execute(
                 "SELECT object_id FROM deliveries WHERE destination = ? AND state = 'pending'"
-                " AND next_attempt_at <= ? ORDER BY object_id LIMIT ?",
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, object_id LIMIT ?",
                 (destination, now, limit),
             ).fetchall()
             ids = [r[0] for r in rows]
