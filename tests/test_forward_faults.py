@@ -17,7 +17,7 @@ from gateway.net.association import Timeouts
 from gateway.queue.outbox import DeliveryState, Outbox
 from gateway.tls import server_context
 from tests.conftest import PKI, StoreSCP
-from tests.peers import StoreSCPy, queue_objects, raw_peer, server_tls
+from tests.peers import StoreSCPy, queue_objects, raw_peer
 
 FAST = Timeouts(connect=3, acse=5, dimse=5, network=5)
 
