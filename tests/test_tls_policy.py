@@ -88,11 +88,13 @@ def test_our_listeners_refuse_a_client_without_certificate(
     client.load_verify_locations(pki.ca.cert)
     client.minimum_version = client.maximum_version = version
     with raw_peer(lambda c: c.sendall(b"hello"), tls=ours) as port:
-        with pytest.raises((ssl.SSLError, ConnectionError)) as info:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-                with client.wrap_socket(raw, server_hostname="localhost") as tls:
-                    if tls.recv(5) == b"":  # TLS 1.3: the refusal arrives after the handshake
-                        raise ConnectionError("closed")
+        with (
+            pytest.raises((ssl.SSLError, ConnectionError)) as info,
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            client.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            if tls.recv(5) == b"":  # TLS 1.3: the refusal arrives after the handshake
+                raise ConnectionError("closed")
         text = str(info.value).lower()
         assert any(w in text for w in ("certificate", "closed", "handshake failure")), text
 
