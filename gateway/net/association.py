@@ -4,9 +4,9 @@ turning failures into one-line reasons an operator can act on."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import DestinationConfig, TLSConfig
 from gateway.tls import client_context, probe
@@ -49,6 +49,9 @@ def open_association(
     contexts: Iterable[PresentationContext],
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ssl_context: ssl.SSLContext | None = None,
+    *,
+    evt_handlers: Sequence[tuple[Any, Any]] = (),
+    roles: Sequence[Any] = (),
 ) -> Association:
     from pynetdicom import AE, _config
 
@@ -64,7 +67,13 @@ def open_association(
     ctx = ssl_context if ssl_context is not None else tls_context(dest.tls)
     tls_args = (ctx, dest.host) if ctx is not None else None
     assoc = ae.associate(
-        dest.host, dest.port, ae_title=dest.ae_title, max_pdu=MAX_PDU, tls_args=tls_args
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        max_pdu=MAX_PDU,
+        tls_args=tls_args,
+        evt_handlers=list(evt_handlers) or None,
+        ext_neg=list(roles) or None,
     )
     if assoc.is_established:
         return assoc
