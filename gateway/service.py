@@ -81,6 +81,11 @@ def run(
         )
     for thread in threads:
         thread.start()
+    stoppers = []
+    if "forwarder" in parts:
+        from gateway.net.scps import start_network_services
+
+        stoppers = start_network_services(config, stop)
     running = [t.name for t in threads] + (["capture"] if stream else [])
     notify.ready(f"running: {', '.join(running) or 'idle'}")
     if on_ready:
@@ -106,5 +111,7 @@ def run(
         stream.stop()
     for thread in threads:
         thread.join(timeout=15)
+    for stop_service in stoppers:
+        stop_service()
     outbox.close()
     return 0

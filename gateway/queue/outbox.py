@@ -67,6 +67,10 @@ class QueueError(Exception):
     """The queue cannot do what was asked; the message says why."""
 
 
+class AlreadyQueued(QueueError):
+    """This SOP Instance UID is in the queue already (durably)."""
+
+
 class QueueFull(QueueError):
     """Below `queue.min_free_mb`: new captures are refused, nothing old is evicted."""
 
@@ -277,7 +281,7 @@ class Outbox:
                 "SELECT 1 FROM objects WHERE sop_instance_uid = ?", (sop_instance_uid,)
             ).fetchone()
         ):
-            raise QueueError(f"SOP Instance UID {sop_instance_uid} is already queued")
+            raise AlreadyQueued(f"SOP Instance UID {sop_instance_uid} is already queued")
         try:
             write_atomic(path, data)
         except OSError as exc:
@@ -311,7 +315,7 @@ class Outbox:
                     ],
                 )
         except sqlite3.IntegrityError:
-            raise QueueError(f"SOP Instance UID {sop_instance_uid} is already queued") from None
+            raise AlreadyQueued(f"SOP Instance UID {sop_instance_uid} is already queued") from None
         except sqlite3.Error as exc:
             remove_durably(path)
             raise QueueError(f"cannot record {sop_instance_uid} in the queue: {exc}") from None
