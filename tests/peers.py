@@ -72,6 +72,7 @@ class StoreSCPy:
     ae_title: str = "PACS"
     port: int = field(default_factory=free_port)
     received: list[str] = field(default_factory=list)
+    datasets: dict[str, Any] = field(default_factory=dict)
     server: Any = None
 
     def start(self) -> StoreSCPy:
@@ -87,6 +88,9 @@ class StoreSCPy:
             status = self.status_for(uid)
             if status == 0:
                 self.received.append(uid)
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                self.datasets[uid] = ds
             return status
 
         def on_pdu(event: Any) -> None:

@@ -3,6 +3,7 @@ gateway's back: every case ends with a clear reason and nothing lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -187,3 +188,65 @@ def test_backoff_grows_with_jitter_and_cap() -> None:
     assert len({round(d, 6) for d in delays}) > 100  # jittered
     assert max(backoff_delay(30, base=1.0, cap=8.0) for _ in range(50)) <= 8.0
     assert min(backoff_delay(4, base=1.0, cap=8.0) for _ in range(50)) >= 4.0
+
+
+def test_compressed_object_falls_back_to_explicit_little_endian(tmp_path: Path, pki: PKI) -> None:
+    """The PACS accepts only Explicit VR Little Endian: the RLE object is
+    decompressed on the way and arrives with identical pixels."""
+    import numpy as np
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.uid import RLELossless
+
+    from tests.peers import SC, small_object
+
+    uid, data = small_object()
+    ds = dcmread(DicomBytesIO(data))
+    pixels = ds.pixel_array.copy()
+    ds.compress(RLELossless, generate_instance_uid=False)
+    out = DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with Outbox(tmp_path / "q", ["pacs"]) as outbox:
+        outbox.add(
+            out.getvalue(),
+            sop_instance_uid=uid,
+            sop_class_uid=SC,
+            transfer_syntax_uid=RLELossless,
+            study_instance_uid="1.2.3.4",
+        )
+        scp = StoreSCPy(tls=mutual_tls(pki)).start()  # Explicit VR Little Endian only
+        try:
+            report = forwarder(outbox, destination(pki, scp.port)).flush(timeout=30)
+        finally:
+            scp.stop()
+        assert report.sent == 1
+        got = scp.datasets[uid]
+        assert np.array_equal(got.pixel_array, pixels)
+        assert not list((tmp_path / "q" / "convert").glob("*"))  # no leftovers
+
+
+def test_cli_stats_and_operator_retry(tmp_path: Path, pki: PKI) -> None:
+    from tests.conftest import Gateway, gateway_config, write_config
+
+    rejected: set[str] = set()
+    scp = StoreSCPy(tls=mutual_tls(pki), status_for=lambda u: 0xA900 if u in rejected else 0)
+    gw = Gateway(write_config(tmp_path / "gw.toml", gateway_config(tmp_path, pki, scp.port)))
+    with Outbox(tmp_path / "queue", ["pacs"]) as outbox:
+        objs = queue_objects(outbox, 3)
+    rejected.add(objs[0].sop_instance_uid)
+    scp.start()
+    try:
+        flushed = gw("queue", "flush", "--timeout", "20")
+        assert flushed.returncode != 0 and "1 failed" in flushed.stderr
+        stats = json.loads(gw("queue", "stats", "--json", check=True).stdout)["pacs"]
+        assert (stats["pending"], stats["failed"], stats["sent"]) == (0, 1, 2)
+        assert stats["last_success"] and stats["oldest_pending_age_s"] is None
+        text = gw("queue", "stats", check=True).stdout
+        assert "pacs:" in text and "failed=1" in text
+        retried = json.loads(gw("queue", "retry", "--all", "--json", check=True).stdout)
+        assert retried == {"retried": 1}
+        rejected.clear()
+        gw("queue", "flush", "--timeout", "20", check=True)
+    finally:
+        scp.stop()
+    assert sorted(scp.received) == sorted(o.sop_instance_uid for o in objs)
