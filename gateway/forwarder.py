@@ -114,17 +114,18 @@ class Forwarder:
         self._sent = []
         self._sent_since = time.monotonic()
         try:
-            for i, delivery in enumerate(batch):
+            for delivery in batch:
                 if not conn.open:
                     # The link broke: the rest were never attempted; they go
                     # back as they were and the next round reconnects.
-                    for rest in batch[i:]:
-                        self.outbox.release(rest.object.id, dest.name)
                     break
                 self._send_one(conn, dest, delivery, report)
         finally:
             conn.release()
             self._commit_sent(dest, force=True)
+            # Whatever ended the loop, no claim outlives it: rows still in
+            # flight go back to pending (a no-op for rows already decided).
+            self.outbox.release_many([d.object.id for d in batch], dest.name)
         if report.sent:
             state.last_success = time.time()
             state.last_error = report.error

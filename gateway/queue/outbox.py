@@ -532,11 +532,14 @@ class Outbox:
 
     def release(self, object_id: int, destination: str) -> None:
         """Return an unattempted claim (the forwarder stopped before sending it)."""
+        self.release_many([object_id], destination)
+
+    def release_many(self, object_ids: Sequence[int], destination: str) -> None:
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE deliveries SET state = 'pending', claimed_by = NULL"
                 " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
-                (object_id, destination),
+                [(i, destination) for i in object_ids],
             )
 
     def mark_failed(self, object_id: int, destination: str, error: str) -> None:
