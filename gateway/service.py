@@ -17,8 +17,7 @@ from drivers import create_driver
 from drivers.stream import FrameStream
 from gateway import notify
 from gateway.config import GatewayConfig
-from gateway.forwarder import Forwarder
-from gateway.queue.outbox import Outbox
+from gateway.forwarder import Forwarder, outbox_for
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,7 @@ def run(
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
 
-    destinations = [d.name for d in config.destinations]
-    outbox = Outbox(config.queue.path, destinations, config.queue.min_free_mb)
+    outbox = outbox_for(config)
     report = outbox.recover()
     log.info("queue %s recovered: %s", config.queue.path, report)
     stream: FrameStream | None = None
@@ -70,7 +68,7 @@ def run(
         stream.start()
     threads: list[threading.Thread] = []
     if "forwarder" in parts and config.destinations:
-        forwarder = Forwarder.from_config(Outbox(config.queue.path, destinations), config)
+        forwarder = Forwarder.from_config(outbox_for(config), config)
         threads.append(
             threading.Thread(
                 target=forwarder.run,
@@ -83,7 +81,7 @@ def run(
         thread.start()
     stoppers = []
     if "forwarder" in parts:
-        from gateway.net.scps import start_network_services
+        from gateway.network_services import start_network_services
 
         stoppers = start_network_services(config, stop)
     running = [t.name for t in threads] + (["capture"] if stream else [])

@@ -9,8 +9,8 @@ import threading
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
+from gateway.forwarder import outbox_for
 from gateway.net.association import Timeouts
-from gateway.queue.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -18,26 +18,16 @@ COMMITMENT_INTERVAL_S = 30.0
 
 
 def start_network_services(
-    config: GatewayConfig, stop: threading.Event, heartbeat: Callable[[], None] | None = None
+    config: GatewayConfig, stop: threading.Event
 ) -> list[Callable[[], None]]:
     """Start what the configuration asks for; returns the functions that stop it."""
     stoppers: list[Callable[[], None]] = []
-    names = [d.name for d in config.destinations]
     commit = [d.name for d in config.destinations if d.storage_commitment]
-
-    def outbox() -> Outbox:
-        return Outbox(
-            config.queue.path,
-            names,
-            config.queue.min_free_mb,
-            retention_days=config.queue.retention_days,
-            commitment_destinations=commit,
-        )
 
     if config.inbound.enabled:
         from gateway.net.inbound import InboundService
 
-        inbound = InboundService(outbox(), config)
+        inbound = InboundService(outbox_for(config), config)
         inbound.start()
         stoppers.append(inbound.stop)
     if commit:
@@ -45,7 +35,7 @@ def start_network_services(
 
         f = config.forwarding
         service = CommitmentService(
-            outbox(),
+            outbox_for(config),
             config,
             Timeouts(f.connect_timeout_s, f.acse_timeout_s, f.dimse_timeout_s, f.network_timeout_s),
         )
