@@ -97,3 +97,47 @@ def test_inbound_objects_are_queued_and_forwarded(
         original = dcmread(f)
         assert received[original.SOPInstanceUID].PixelData == original.PixelData
     outbox.close()
+
+
+def test_run_service_takes_inbound_objects_to_the_pacs(
+    tmp_path: Path, pki: PKI, storescp: StoreSCP
+) -> None:
+    """`dicom-gateway run --only forwarder` as a real process: a modality sends
+    to the inbound port, the object reaches DCMTK storescp over TLS."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import REPO, gateway_config, write_config
+
+    storescp.start()
+    port = free_port()
+    data = gateway_config(tmp_path, pki, storescp.port)
+    data["inbound"] = {
+        "enabled": True,
+        "listen": f"127.0.0.1:{port}",
+        "allowed": [{"ae_title": "MODALITY", "address": "127.0.0.1"}],
+    }
+    data["forwarding"] = {"retry_base_s": 0.2, "retry_cap_s": 1.0}
+    path = write_config(tmp_path / "gateway.toml", data)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(path), "run", "--only", "forwarder"],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, proc)
+        uid, obj = small_object()
+        (tmp_path / "in.dcm").write_bytes(obj)
+        assert storescu(port, "MODALITY", tmp_path / "in.dcm").returncode == 0
+        deadline = time.monotonic() + 30
+        while not storescp.received() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p.name for p in storescp.received()] == [f"SC.{uid}"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
