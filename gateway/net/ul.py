@@ -346,6 +346,9 @@ class ULConnection:
                 control = body[offset + 5]
                 if control & 0x01:
                     parts.append(body[offset + 6 : offset + 4 + length])
+                    if sum(map(len, parts)) > LARGEST_PDU_ACCEPTED:
+                        self.abort()
+                        raise ULError("peer sent an endless DIMSE command")
                     if control & 0x02:
                         self.sock.settimeout(self.timeouts.network)
                         return decode_command(b"".join(parts))
