@@ -235,3 +235,40 @@ def test_purge_only_committed_or_retained_oldest_first(tmp_path: Path) -> None:
     assert [o.id for o in outbox.objects()] == [objs[2].id, objs[3].id]
     assert not objs[0].path.exists() and objs[2].path.exists()
     outbox.close()
+
+
+def test_idle_connection_cannot_block_our_commitment_port(tmp_path: Path, pki: PKI) -> None:
+    """A client that connects and never starts TLS holds only its own thread;
+    a real PACS associates meanwhile, and the idle one is dropped."""
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.presentation import build_role
+
+    listen = free_port()
+    outbox = Outbox(tmp_path / "q", ["pacs"], commitment_destinations=["pacs"])
+    config = gateway(tmp_path, pki, free_port(), listen, handshake_timeout_s=1)
+    service = CommitmentService(outbox, config, FAST)
+    service.start_listener()
+    idle = socket.create_connection(("127.0.0.1", listen), timeout=10)
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(pki.ca.cert)
+        ctx.load_cert_chain(pki.server.cert, pki.server.key)
+        ae = AE(ae_title="PACS")
+        ae.acse_timeout = 5
+        ae.add_requested_context(PUSH_MODEL)
+        assoc = ae.associate(
+            "127.0.0.1",
+            listen,
+            ae_title="EDGE1",
+            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
+            tls_args=(ctx, "localhost"),
+        )
+        assert assoc.is_established
+        assoc.release()
+        assert idle.recv(1) == b""  # the silent client was hung up on
+    finally:
+        idle.close()
+        service.stop()
+        outbox.close()

@@ -250,3 +250,21 @@ def test_cli_stats_and_operator_retry(tmp_path: Path, pki: PKI) -> None:
     finally:
         scp.stop()
     assert sorted(scp.received) == sorted(o.sop_instance_uid for o in objs)
+
+
+def test_each_destination_has_its_own_queue_state(tmp_path: Path, pki: PKI) -> None:
+    up = StoreSCPy(tls=mutual_tls(pki)).start()
+    down = destination(pki, StoreSCPy().port).model_copy(update={"name": "archive"})
+    try:
+        with Outbox(tmp_path / "q", ["pacs", "archive"]) as outbox:
+            objs = queue_objects(outbox, 3)
+            dests = [destination(pki, up.port), down]
+            Forwarder(outbox, dests, "EDGE1", timeouts=FAST).flush(timeout=3)
+            stats = outbox.stats()
+            assert (stats["pacs"]["sent"], stats["pacs"]["pending"]) == (3, 0)
+            assert (stats["archive"]["sent"], stats["archive"]["pending"]) == (0, 3)
+            assert stats["archive"]["oldest_pending_age_s"] is not None
+            assert stats["archive"]["last_success"] is None
+            assert sorted(up.received) == sorted(o.sop_instance_uid for o in objs)
+    finally:
+        up.stop()
