@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
 from pathlib import Path
 
 from gateway.config import load_config
@@ -31,10 +32,15 @@ def main() -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
     report = forwarder.flush(timeout=600)
+    wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(json.dumps({"cpu": cpu, "rss_mib": vm_hwm_mib(), "sent": report.sent}), flush=True)
+    print(
+        json.dumps({"wall": wall, "cpu": cpu, "rss_mib": vm_hwm_mib(), "sent": report.sent}),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
