@@ -12,12 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from drivers import DriverError, create_driver
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config, resolve_config_path
-from gateway.dicom.modules import ModuleError, Patient
 from gateway.logs import setup_logging
-from gateway.net.association import PeerError
 from gateway.queue.outbox import DeliveryState, Outbox, QueueError
 from gateway.tls import TLSSetupError
 
@@ -26,7 +23,15 @@ log = logging.getLogger("gateway")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-USER_ERRORS = (ConfigError, DriverError, QueueError, TLSSetupError, PeerError, ModuleError)
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Imported only when something failed: `queue flush` must not pay for
+    numpy, OpenCV and pynetdicom at start-up (see bench_forward)."""
+    from drivers import DriverError
+    from gateway.dicom.modules import ModuleError
+    from gateway.net.association import PeerError
+
+    return (ConfigError, DriverError, QueueError, TLSSetupError, PeerError, ModuleError)
 
 
 class CommandError(Exception):
@@ -48,7 +53,11 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
 
 def _outbox(config: GatewayConfig) -> Outbox:
     return Outbox(
-        config.queue.path, [d.name for d in config.destinations], config.queue.min_free_mb
+        config.queue.path,
+        [d.name for d in config.destinations],
+        config.queue.min_free_mb,
+        retention_days=config.queue.retention_days,
+        commitment_destinations=[d.name for d in config.destinations if d.storage_commitment],
     )
 
 
@@ -56,6 +65,8 @@ def _outbox(config: GatewayConfig) -> Outbox:
 
 
 def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from drivers import DriverError, create_driver
+
     source = resolve_config_path(args.config) or "built-in defaults"
     # Driver options are validated by the driver's own model, reported the same way.
     try:
@@ -99,7 +110,9 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from drivers import create_driver
     from gateway.capture import Capturer
+    from gateway.dicom.modules import Patient
     from gateway.exam import ExamService
 
     if not (args.patient_id and args.patient_name):
@@ -139,9 +152,8 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_import(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from pathlib import Path
-
     from gateway.capture import Capturer
+    from gateway.dicom.modules import Patient
     from gateway.exam import ExamService
     from gateway.importer import Importer, ImportFileError
 
@@ -249,7 +261,7 @@ def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> i
     if not config.destinations:
         raise CommandError("no destinations configured: nothing to flush to")
     outbox.recover()
-    forwarder = Forwarder(outbox, list(config.destinations), config.station.ae_title)
+    forwarder = Forwarder.from_config(outbox, config)
     report = forwarder.flush(timeout=args.timeout)
     stats = outbox.stats()
     pending = sum(s[DeliveryState.PENDING] + s[DeliveryState.IN_FLIGHT] for s in stats.values())
@@ -399,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    except USER_ERRORS as exc:
+    except _user_errors() as exc:
         print(f"dicom-gateway: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -144,6 +144,55 @@ def default_queue_path() -> Path:
 class QueueConfig(_Model):
     path: Path = Field(default_factory=default_queue_path)
     min_free_mb: int = Field(default=500, ge=0)
+    # With Storage Commitment off, a sent object may be purged (oldest first,
+    # only when space is needed) once it is this old.
+    retention_days: float = Field(default=7.0, ge=0)
+
+
+class ForwardingConfig(_Model):
+    """Retry policy and time-outs of the forwarder (seconds)."""
+
+    retry_base_s: float = Field(default=5.0, gt=0)
+    retry_cap_s: float = Field(default=300.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
+    return value
+
+
+Listen = Annotated[str, AfterValidator(_check_listen)]
+
+
+class CommitmentConfig(_Model):
+    """Storage Commitment SCU. N-EVENT-REPORTs are taken on the N-ACTION's
+    association and, with `listen`, on new associations to our own SCP port."""
+
+    listen: Listen | None = None
+    tls: TLSConfig | None = None
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    wait_on_association_s: float = Field(default=5.0, ge=0)
+    ask_again_after_s: float = Field(default=3600.0, gt=0)
+
+
+class InboundPeer(_Model):
+    ae_title: AETitle
+    address: str = Field(min_length=1)
+
+
+class InboundConfig(_Model):
+    """C-STORE SCP for legacy modalities on the local network (off by default)."""
+
+    enabled: bool = False
+    listen: Listen = "0.0.0.0:11112"
+    ae_title: AETitle | None = None  # default: the station's AE title
+    allowed: list[InboundPeer] = Field(default_factory=list)
 
 
 class UIConfig(_Model):
@@ -216,6 +265,9 @@ class GatewayConfig(_Model):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     certificates: CertificatesConfig = Field(default_factory=CertificatesConfig)
+    forwarding: ForwardingConfig = Field(default_factory=ForwardingConfig)
+    commitment: CommitmentConfig = Field(default_factory=CommitmentConfig)
+    inbound: InboundConfig = Field(default_factory=InboundConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -331,3 +383,6 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     audit = data.get("audit")
     if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):
         fix(audit["collector"].get("tls"), ("ca", "cert", "key"))
+    commitment = data.get("commitment")
+    if isinstance(commitment, dict):
+        fix(commitment.get("tls"), ("ca", "cert", "key"))

@@ -8,22 +8,40 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from gateway.config import DestinationConfig
-from gateway.net.association import (
-    PeerError,
-    Timeouts,
-    contexts_for,
-    open_association,
-    peer_label,
+from gateway.config import DestinationConfig, GatewayConfig
+from gateway.net.association import Timeouts, peer_label, tls_context
+from gateway.net.store import (
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    FileProblem,
+    Outcome,
+    Part10,
+    classify_status,
+    describe_status,
+    read_part10_header,
+    store_file,
 )
-from gateway.net.store import Outcome, classify_status, describe_status
+from gateway.net.ul import Accepted, Proposed, ULConnection, ULError, ULTimeouts
 from gateway.queue.outbox import Delivery, Outbox
-from gateway.tls import TLSSetupError
+from gateway.tls import TLSSetupError, describe_tls_failure
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
+
+
+def outbox_for(config: GatewayConfig) -> Outbox:
+    """The outbox with the configuration's purge policy: which destinations
+    must commit before anything may be forgotten, and the retention period."""
+    return Outbox(
+        config.queue.path,
+        [d.name for d in config.destinations],
+        config.queue.min_free_mb,
+        retention_days=config.queue.retention_days,
+        commitment_destinations=[d.name for d in config.destinations if d.storage_commitment],
+    )
 
 
 @dataclass
@@ -52,6 +70,27 @@ class Forwarder:
     calling_ae: str
     timeouts: Timeouts = field(default_factory=Timeouts)
     status: dict[str, DestinationStatus] = field(default_factory=dict)
+    retry_base: float = 5.0  # seconds before the first retry (doubles, with jitter)
+    retry_cap: float = 300.0  # never wait longer than this between tries
+    _sent: list[int] = field(default_factory=list, init=False)
+    _sent_since: float = field(default=0.0, init=False)
+
+    @classmethod
+    def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
+        f = config.forwarding
+        return cls(
+            outbox,
+            list(config.destinations),
+            config.station.ae_title,
+            timeouts=Timeouts(
+                connect=f.connect_timeout_s,
+                acse=f.acse_timeout_s,
+                dimse=f.dimse_timeout_s,
+                network=f.network_timeout_s,
+            ),
+            retry_base=f.retry_base_s,
+            retry_cap=f.retry_cap_s,
+        )
 
     def __post_init__(self) -> None:
         for dest in self.destinations:
@@ -64,63 +103,137 @@ class Forwarder:
         if not batch:
             return report
         state = self.status[dest.name]
+        contexts, batch = self._contexts(dest, batch)
         try:
-            assoc = open_association(
+            conn = ULConnection.connect(
+                dest.host,
+                dest.port,
                 self.calling_ae,
-                dest,
-                contexts_for((d.object.sop_class_uid, d.object.transfer_syntax_uid) for d in batch),
-                self.timeouts,
+                dest.ae_title,
+                contexts,
+                self._ul_timeouts(),
+                tls_context(dest.tls),
             )
-        except (PeerError, TLSSetupError, OSError) as exc:
-            reason = str(exc)
-            if isinstance(exc, TLSSetupError):
-                reason = f"{peer_label(dest)}: {exc}"
+        except (ULError, TLSSetupError, OSError) as exc:
+            reason = f"{peer_label(dest)}: {self._describe_connect_failure(exc)}"
             for delivery in batch:
-                state.next_try = self.outbox.mark_retry(delivery.object.id, dest.name, reason)
+                state.next_try = self._retry(delivery.object.id, dest.name, reason)
             state.reachable, state.last_error = False, reason
             report.retried, report.error = len(batch), reason
             log.warning("%s; %d object(s) stay queued", reason, len(batch))
             return report
         state.reachable = True
+        self._sent = []
+        self._sent_since = time.monotonic()
         try:
-            for i, delivery in enumerate(batch):
-                if not assoc.is_established:
-                    for rest in batch[i:]:
-                        self.outbox.mark_retry(rest.object.id, dest.name, "association lost")
-                    report.retried += len(batch) - i
-                    report.error = f"{peer_label(dest)}: association lost"
+            for delivery in batch:
+                if not conn.open:
+                    # The link broke: the rest were never attempted; they go
+                    # back as they were and the next round reconnects.
                     break
-                self._send_one(assoc, dest, delivery, report)
+                self._send_one(conn, dest, delivery, report)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            conn.release()
+            self._commit_sent(dest, force=True)
+            # Whatever ended the loop, no claim outlives it: rows still in
+            # flight go back to pending (a no-op for rows already decided).
+            self.outbox.release_many([d.object.id for d in batch], dest.name)
         if report.sent:
             state.last_success = time.time()
             state.last_error = report.error
         return report
 
+    def _retry(self, object_id: int, destination: str, reason: str) -> float:
+        return self.outbox.mark_retry(
+            object_id, destination, reason, base=self.retry_base, cap=self.retry_cap
+        )
+
+    def _commit_sent(self, dest: DestinationConfig, force: bool = False) -> None:
+        """Successes are committed in groups (every 64 objects or half a second)."""
+        if not self._sent:
+            return
+        if force or len(self._sent) >= 64 or time.monotonic() - self._sent_since > 0.5:
+            self.outbox.mark_sent_many(self._sent, dest.name)
+            self._sent = []
+            self._sent_since = time.monotonic()
+
+    def _ul_timeouts(self) -> ULTimeouts:
+        t = self.timeouts
+        return ULTimeouts(connect=t.connect, acse=t.acse, dimse=t.dimse, network=t.network)
+
+    def _describe_connect_failure(self, exc: BaseException) -> str:
+        if isinstance(exc, ULError | TLSSetupError):
+            return str(exc)
+        return describe_tls_failure(exc)
+
+    def _contexts(
+        self, dest: DestinationConfig, batch: list[Delivery]
+    ) -> tuple[list[Proposed], list[Delivery]]:
+        """The object's own transfer syntax, and Explicit VR Little Endian as a
+        fallback, per SOP class; at most 128 contexts (the rest wait a round)."""
+        contexts: dict[tuple[str, tuple[str, ...]], Proposed] = {}
+        kept: list[Delivery] = []
+        for delivery in batch:
+            obj = delivery.object
+            wanted: list[tuple[str, tuple[str, ...]]] = [
+                (obj.sop_class_uid, (obj.transfer_syntax_uid,))
+            ]
+            wanted.append((obj.sop_class_uid, (EXPLICIT_VR_LE, IMPLICIT_VR_LE)))
+            new = [w for w in wanted if w not in contexts]
+            if len(contexts) + len(new) > 128:
+                self.outbox.release(obj.id, dest.name)
+                continue
+            for key in new:
+                contexts[key] = Proposed(2 * len(contexts) + 1, key[0], key[1])
+            kept.append(delivery)
+        return list(contexts.values()), kept
+
     def _send_one(
-        self, assoc: object, dest: DestinationConfig, delivery: Delivery, report: BatchReport
+        self, conn: ULConnection, dest: DestinationConfig, delivery: Delivery, report: BatchReport
     ) -> None:
         obj = delivery.object
-        if not obj.path.is_file():
-            msg = f"queue file {obj.path} is missing"
+        try:
+            sop = read_part10_header(obj.path)
+            if sop.size != obj.size:
+                raise FileProblem(
+                    f"{obj.path.name} is {sop.size} bytes, but {obj.size} were queued "
+                    "(changed behind the gateway's back)"
+                )
+            if sop.sop_instance != obj.sop_instance_uid:
+                raise FileProblem(
+                    f"{obj.path.name} holds SOP Instance UID {sop.sop_instance}, "
+                    f"not the queued {obj.sop_instance_uid}"
+                )
+            choice = self._choose_context(conn, sop)
+            if choice is None:
+                reason = (
+                    f"{peer_label(dest)}: accepts neither {sop.transfer_syntax} nor an "
+                    f"uncompressed transfer syntax for SOP class {sop.sop_class}"
+                )
+                self.outbox.mark_failed(obj.id, dest.name, reason)
+                report.failed += 1
+                log.error("%s; object %d moved to the failed list", reason, obj.id)
+                return
+            code = store_file(conn, sop, choice.id, choice.transfer_syntax, self._workdir())
+        except FileProblem as exc:
+            msg = f"queue file problem: {exc}"
             self.outbox.mark_failed(obj.id, dest.name, msg)
             report.failed += 1
             log.error("%s; object %d isolated as failed", msg, obj.id)
             return
-        try:
-            response = assoc.send_c_store(obj.path)  # type: ignore[attr-defined]
-            code = getattr(response, "Status", None)
-        except (ValueError, OSError) as exc:  # no accepted context, unreadable file
-            self.outbox.mark_failed(obj.id, dest.name, f"cannot send: {exc}")
-            report.failed += 1
-            log.error("object %d to %s: cannot send: %s", obj.id, dest.name, exc)
+        except (ULError, OSError) as exc:
+            conn.abort()
+            reason = f"{peer_label(dest)}: {self._describe_connect_failure(exc)} during C-STORE"
+            self._retry(obj.id, dest.name, reason)
+            report.retried += 1
+            report.error = reason
+            log.warning("%s; object %d will be retried", reason, obj.id)
             return
         outcome = classify_status(code)
         if outcome is Outcome.STORED:
-            self.outbox.mark_sent(obj.id, dest.name)
+            self._sent.append(obj.id)
             report.sent += 1
+            self._commit_sent(dest)
             return
         reason = f"{peer_label(dest)}: C-STORE {describe_status(code)}"
         if outcome is Outcome.PERMANENT:
@@ -128,10 +241,28 @@ class Forwarder:
             report.failed += 1
             log.error("%s; object %d moved to the failed list", reason, obj.id)
         else:
-            self.outbox.mark_retry(obj.id, dest.name, reason)
+            self._retry(obj.id, dest.name, reason)
             report.retried += 1
             report.error = reason
             log.warning("%s; object %d will be retried", reason, obj.id)
+
+    @staticmethod
+    def _choose_context(conn: ULConnection, sop: Part10) -> Accepted | None:
+        same = [
+            a
+            for a in conn.accepted.values()
+            if a.abstract_syntax == sop.sop_class and a.transfer_syntax == sop.transfer_syntax
+        ]
+        if same:
+            return same[0]
+        for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            for a in conn.accepted.values():
+                if a.abstract_syntax == sop.sop_class and a.transfer_syntax == ts:
+                    return a
+        return None
+
+    def _workdir(self) -> Path:
+        return self.outbox.root / "convert"
 
     def pending(self) -> int:
         stats = self.outbox.stats()

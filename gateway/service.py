@@ -18,8 +18,7 @@ from drivers import create_driver
 from drivers.stream import FrameStream
 from gateway import appliance, notify
 from gateway.config import GatewayConfig
-from gateway.forwarder import Forwarder
-from gateway.queue.outbox import Outbox
+from gateway.forwarder import Forwarder, outbox_for
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +63,7 @@ def run(
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
 
-    destinations = [d.name for d in config.destinations]
-    outbox = Outbox(config.queue.path, destinations, config.queue.min_free_mb)
+    outbox = outbox_for(config)
     report = outbox.recover()
     log.info("queue %s recovered: %s", config.queue.path, report)
     stream: FrameStream | None = None
@@ -75,11 +73,7 @@ def run(
     threads: list[threading.Thread] = []
     forwarder: Forwarder | None = None
     if "forwarder" in parts and config.destinations:
-        forwarder = Forwarder(
-            Outbox(config.queue.path, destinations),
-            list(config.destinations),
-            config.station.ae_title,
-        )
+        forwarder = Forwarder.from_config(outbox_for(config), config)
         threads.append(
             threading.Thread(
                 target=forwarder.run,
@@ -104,6 +98,11 @@ def run(
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
     for thread in threads:
         thread.start()
+    stoppers = []
+    if "forwarder" in parts:
+        from gateway.network_services import start_network_services
+
+        stoppers = start_network_services(config, stop)
     notify.ready(f"running: {', '.join(running) or 'idle'}")
     if on_ready:
         on_ready()
@@ -130,5 +129,7 @@ def run(
         stream.stop()
     for thread in threads:
         thread.join(timeout=15)
+    for stop_service in stoppers:
+        stop_service()
     outbox.close()
     return 0

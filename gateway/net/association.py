@@ -4,19 +4,16 @@ turning failures into one-line reasons an operator can act on."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from pynetdicom import AE, _config
-from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext, build_context
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import DestinationConfig, TLSConfig
 from gateway.tls import client_context, probe
 
-# A file is streamed from disk rather than loaded whole: a 110 MB cine must
-# not cost 110 MB of memory on a 1 GB Pi.
-_config.STORE_SEND_CHUNKED_DATASET = True
+if TYPE_CHECKING:  # pynetdicom is imported when used: the bulk path does without it
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import PresentationContext
 
 MAX_PDU = 131072
 
@@ -52,7 +49,15 @@ def open_association(
     contexts: Iterable[PresentationContext],
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ssl_context: ssl.SSLContext | None = None,
+    *,
+    evt_handlers: Sequence[tuple[Any, Any]] = (),
+    roles: Sequence[Any] = (),
 ) -> Association:
+    from pynetdicom import AE, _config
+
+    # A file is streamed from disk rather than loaded whole: a 110 MB cine
+    # must not cost 110 MB of memory on a 1 GB Pi.
+    _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = timeouts.connect
     ae.acse_timeout = timeouts.acse
@@ -62,7 +67,13 @@ def open_association(
     ctx = ssl_context if ssl_context is not None else tls_context(dest.tls)
     tls_args = (ctx, dest.host) if ctx is not None else None
     assoc = ae.associate(
-        dest.host, dest.port, ae_title=dest.ae_title, max_pdu=MAX_PDU, tls_args=tls_args
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        max_pdu=MAX_PDU,
+        tls_args=tls_args,
+        evt_handlers=list(evt_handlers) or None,
+        ext_neg=list(roles) or None,
     )
     if assoc.is_established:
         return assoc
@@ -78,6 +89,8 @@ def open_association(
 def contexts_for(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
     """One context per (SOP class, transfer syntax) seen, plus Explicit VR
     Little Endian for each class so an uncompressed fallback is on offer."""
+    from pynetdicom.presentation import build_context
+
     out: list[PresentationContext] = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for sop_class, ts in pairs:

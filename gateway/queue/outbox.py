@@ -10,13 +10,14 @@ per (object, destination), so each destination has its own state.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,9 +26,10 @@ from typing import Any
 from gateway.queue.db import DurabilityError, open_durable, transaction
 from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OBJECTS_DIR = "objects"
 DB_NAME = "outbox.sqlite"
+LOCK_NAME = "add.lock"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -57,9 +59,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at);
 """
 
+# Version 2 (Storage Commitment): added to version-1 databases in place.
+_V2_COLUMNS = {"commit_tx": "TEXT", "commit_requested_at": "REAL"}
+
 
 class QueueError(Exception):
     """The queue cannot do what was asked; the message says why."""
+
+
+class AlreadyQueued(QueueError):
+    """This SOP Instance UID is in the queue already (durably)."""
 
 
 class QueueFull(QueueError):
@@ -154,11 +163,21 @@ def _claimer_alive(claimed_by: str | None) -> bool:
 class Outbox:
     """The queue's one interface: add, claim, mark, list, recover."""
 
-    def __init__(self, root: Path, destinations: Sequence[str], min_free_mb: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        destinations: Sequence[str],
+        min_free_mb: int = 0,
+        *,
+        retention_days: float = 7.0,
+        commitment_destinations: Sequence[str] = (),
+    ) -> None:
         self.root = Path(root)
         self.objects_dir = self.root / OBJECTS_DIR
         self.destinations = list(destinations)
         self.min_free_mb = min_free_mb
+        self.retention_s = retention_days * 86400.0
+        self.commitment_destinations = set(commitment_destinations)
         try:
             self.objects_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as exc:
@@ -171,6 +190,10 @@ class Outbox:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            have = {r[1] for r in db.execute("PRAGMA table_info(deliveries)")}
+            for column, kind in _V2_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
@@ -193,6 +216,9 @@ class Outbox:
     def check_space(self, needed_bytes: int = 0) -> None:
         free = self.free_mb()
         if free - needed_bytes // (1024 * 1024) < self.min_free_mb:
+            self.purge(needed_bytes)
+            free = self.free_mb()
+        if free - needed_bytes // (1024 * 1024) < self.min_free_mb:
             raise QueueFull(
                 f"disk nearly full: {free} MB free in {self.root}, queue.min_free_mb is "
                 f"{self.min_free_mb}; capture refused, nothing queued was removed"
@@ -214,8 +240,48 @@ class Outbox:
         waits (state `held`) until `release_exam` — the technician may still
         delete it before finishing the exam."""
         self.check_space(len(data))
+        with self._adding():
+            return self._add(
+                data,
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=sop_class_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                study_instance_uid=study_instance_uid,
+                exam_id=exam_id,
+                hold=hold,
+            )
+
+    @contextlib.contextmanager
+    def _adding(self) -> Iterator[None]:
+        """Shared lock held from file write to row commit: while anyone holds
+        it, `recover` must not take a row-less file for an orphan."""
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _add(
+        self,
+        data: bytes,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        study_instance_uid: str,
+        exam_id: str | None,
+        hold: bool,
+    ) -> QueuedObject:
         name = f"{sop_instance_uid}.dcm"
         path = self.objects_dir / name
+        if (
+            path.exists()
+            and self._db.execute(
+                "SELECT 1 FROM objects WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        ):
+            raise AlreadyQueued(f"SOP Instance UID {sop_instance_uid} is already queued")
         try:
             write_atomic(path, data)
         except OSError as exc:
@@ -249,7 +315,7 @@ class Outbox:
                     ],
                 )
         except sqlite3.IntegrityError:
-            raise QueueError(f"SOP Instance UID {sop_instance_uid} is already queued") from None
+            raise AlreadyQueued(f"SOP Instance UID {sop_instance_uid} is already queued") from None
         except sqlite3.Error as exc:
             remove_durably(path)
             raise QueueError(f"cannot record {sop_instance_uid} in the queue: {exc}") from None
@@ -295,15 +361,123 @@ class Outbox:
             db.execute("DELETE FROM objects WHERE id = ?", (object_id,))
         remove_durably(obj.path)
 
+    def purgeable(self, now: float | None = None) -> list[QueuedObject]:
+        """Objects every destination has taken responsibility for, oldest
+        first: committed, or (where commitment is off) sent longer ago than
+        the retention period. Nothing pending, in flight or failed qualifies."""
+        now = time.time() if now is None else now
+        out: list[QueuedObject] = []
+        for row in self._db.execute("SELECT * FROM objects ORDER BY created_at, id").fetchall():
+            deliveries = self._db.execute(
+                "SELECT destination, state, sent_at FROM deliveries WHERE object_id = ?",
+                (row["id"],),
+            ).fetchall()
+            if deliveries and all(self._released(d, now) for d in deliveries):
+                out.append(self._object(row))
+        return out
+
+    def _released(self, d: sqlite3.Row, now: float) -> bool:
+        if d["state"] == "committed":
+            return True
+        if d["state"] != "sent" or d["destination"] in self.commitment_destinations:
+            return False
+        return d["sent_at"] is not None and now - d["sent_at"] >= self.retention_s
+
+    def purge(self, needed_bytes: int = 0) -> int:
+        """Free space, oldest first, only as much as needed to get back above
+        `min_free_mb` (plus `needed_bytes`); unsent objects are never touched."""
+        purged = 0
+        for obj in self.purgeable():
+            if self.free_mb() - needed_bytes // (1024 * 1024) >= self.min_free_mb:
+                break
+            with self._tx() as db:
+                db.execute("DELETE FROM deliveries WHERE object_id = ?", (obj.id,))
+                db.execute("DELETE FROM objects WHERE id = ?", (obj.id,))
+            remove_durably(obj.path)
+            purged += 1
+        return purged
+
+    # -- Storage Commitment -----------------------------------------------------
+
+    def commitment_due(
+        self, destination: str, ask_again_after: float, now: float | None = None
+    ) -> dict[str, list[tuple[int, str, str]]]:
+        """Per finished study (nothing of it held, pending or in flight for
+        `destination`): the sent objects not yet asked for, or asked for so
+        long ago that the answer is presumed lost. Values: (id, class, instance)."""
+        now = time.time() if now is None else now
+        rows = self._db.execute(
+            "SELECT o.id, o.sop_class_uid, o.sop_instance_uid, o.study_instance_uid"
+            " FROM objects o JOIN deliveries d ON d.object_id = o.id"
+            " WHERE d.destination = ?1 AND d.state = 'sent'"
+            " AND (d.commit_tx IS NULL OR d.commit_requested_at < ?2)"
+            " AND o.study_instance_uid NOT IN ("
+            "   SELECT o2.study_instance_uid FROM objects o2 JOIN deliveries d2"
+            "   ON d2.object_id = o2.id WHERE d2.destination = ?1"
+            "   AND d2.state IN ('held', 'pending', 'in_flight'))"
+            " ORDER BY o.id",
+            (destination, now - ask_again_after),
+        ).fetchall()
+        out: dict[str, list[tuple[int, str, str]]] = {}
+        for r in rows:
+            out.setdefault(r[3], []).append((r[0], r[1], r[2]))
+        return out
+
+    def mark_commit_requested(
+        self, destination: str, transaction_uid: str, object_ids: Sequence[int]
+    ) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE deliveries SET commit_tx = ?, commit_requested_at = ?, updated_at = ?"
+                " WHERE object_id = ? AND destination = ? AND state = 'sent'",
+                [(transaction_uid, now, now, i, destination) for i in object_ids],
+            )
+
+    def forget_commit_request(self, transaction_uid: str) -> None:
+        """The request never reached the PACS: ask again at the next round."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET commit_tx = NULL, commit_requested_at = NULL"
+                " WHERE commit_tx = ? AND state = 'sent'",
+                (transaction_uid,),
+            )
+
+    def apply_commitment(
+        self, transaction_uid: str, committed: Sequence[str], failed: Sequence[tuple[str, str]]
+    ) -> tuple[int, int]:
+        """The PACS's answer: committed objects may be purged later; failed
+        ones go back to pending to be sent again. Returns (committed, requeued)."""
+        now = time.time()
+        with self._tx() as db:
+            ok = db.executemany(
+                "UPDATE deliveries SET state = 'committed', updated_at = ?"
+                " WHERE commit_tx = ? AND state = 'sent' AND object_id ="
+                " (SELECT id FROM objects WHERE sop_instance_uid = ?)",
+                [(now, transaction_uid, uid) for uid in committed],
+            ).rowcount
+            bad = db.executemany(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = 0, commit_tx = NULL,"
+                " commit_requested_at = NULL, last_error = ?, updated_at = ?"
+                " WHERE commit_tx = ? AND state = 'sent' AND object_id ="
+                " (SELECT id FROM objects WHERE sop_instance_uid = ?)",
+                [
+                    (f"Storage Commitment failed: {reason}", now, transaction_uid, uid)
+                    for uid, reason in failed
+                ],
+            ).rowcount
+        return ok, bad
+
     # -- forwarding -----------------------------------------------------------
 
     def claim(self, destination: str, limit: int = 100, now: float | None = None) -> list[Delivery]:
-        """Take due pending deliveries for one destination, oldest first."""
+        """Take due pending deliveries for one destination, oldest first; one
+        that just failed goes behind the rest, so it cannot block the line."""
         now = time.time() if now is None else now
         with self._tx() as db:
             rows = db.execute(
                 "SELECT object_id FROM deliveries WHERE destination = ? AND state = 'pending'"
-                " AND next_attempt_at <= ? ORDER BY object_id LIMIT ?",
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, object_id LIMIT ?",
                 (destination, now, limit),
             ).fetchall()
             ids = [r[0] for r in rows]
@@ -315,17 +489,30 @@ class Outbox:
         return [d for i in ids if (d := self.delivery(i, destination)) is not None]
 
     def mark_sent(self, object_id: int, destination: str) -> None:
+        self.mark_sent_many([object_id], destination)
+
+    def mark_sent_many(self, object_ids: Sequence[int], destination: str) -> None:
+        """One durable commit for many successes: an fsync per object would
+        cost more than sending a 1 MB object. Delaying the mark is safe: after
+        a crash the object is sent again, and a resend is harmless."""
         now = time.time()
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE deliveries SET state = 'sent', sent_at = ?, updated_at = ?,"
                 " attempts = attempts + 1, last_error = NULL, claimed_by = NULL"
-                " WHERE object_id = ? AND destination = ?",
-                (now, now, object_id, destination),
+                " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
+                [(now, now, i, destination) for i in object_ids],
             )
 
     def mark_retry(
-        self, object_id: int, destination: str, error: str, delay: float | None = None
+        self,
+        object_id: int,
+        destination: str,
+        error: str,
+        delay: float | None = None,
+        *,
+        base: float = 5.0,
+        cap: float = 300.0,
     ) -> float:
         """Back to pending with a back-off; returns when it is due again."""
         with self._tx() as db:
@@ -334,7 +521,7 @@ class Outbox:
                 (object_id, destination),
             ).fetchone()
             attempts = (row[0] if row else 0) + 1
-            due = time.time() + (backoff_delay(attempts) if delay is None else delay)
+            due = time.time() + (backoff_delay(attempts, base, cap) if delay is None else delay)
             db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = ?, next_attempt_at = ?,"
                 " last_error = ?, claimed_by = NULL, updated_at = ?"
@@ -345,11 +532,14 @@ class Outbox:
 
     def release(self, object_id: int, destination: str) -> None:
         """Return an unattempted claim (the forwarder stopped before sending it)."""
+        self.release_many([object_id], destination)
+
+    def release_many(self, object_ids: Sequence[int], destination: str) -> None:
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE deliveries SET state = 'pending', claimed_by = NULL"
                 " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
-                (object_id, destination),
+                [(i, destination) for i in object_ids],
             )
 
     def mark_failed(self, object_id: int, destination: str, error: str) -> None:
@@ -475,24 +665,31 @@ class Outbox:
         unacknowledged files, reset claims of dead processes, and isolate rows
         whose file vanished (reported as failed, never sent as garbage)."""
         temp_removed = orphan_removed = missing = 0
-        known = {r[0] for r in self._db.execute("SELECT path FROM objects")}
-        for entry in os.scandir(self.objects_dir):
-            rel = f"{OBJECTS_DIR}/{entry.name}"
-            if entry.name.endswith(TMP_SUFFIX):
-                os.unlink(entry.path)
-                temp_removed += 1
-            elif (
-                rel not in known
-                and entry.name.endswith(".dcm")
-                # A file whose row never committed was never acknowledged. But
-                # a concurrent `add` may be between rename and commit: spare
-                # anything written in the last minute.
-                and time.time() - entry.stat().st_mtime > 60
-            ):
-                os.unlink(entry.path)
-                orphan_removed += 1
-        if temp_removed or orphan_removed:
-            fsync_dir(self.objects_dir)
+        lock = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                grace = 0.0  # nobody is between file and row right now
+            except BlockingIOError:
+                grace = 60.0  # an `add` is running: spare recent files
+            known = {r[0] for r in self._db.execute("SELECT path FROM objects")}
+            for entry in os.scandir(self.objects_dir):
+                rel = f"{OBJECTS_DIR}/{entry.name}"
+                try:
+                    age = time.time() - entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if entry.name.endswith(TMP_SUFFIX) and age >= grace:
+                    os.unlink(entry.path)
+                    temp_removed += 1
+                elif rel not in known and entry.name.endswith(".dcm") and age >= grace:
+                    # A file whose row never committed was never acknowledged.
+                    os.unlink(entry.path)
+                    orphan_removed += 1
+            if temp_removed or orphan_removed:
+                fsync_dir(self.objects_dir)
+        finally:
+            os.close(lock)
         with self._tx() as db:
             stale = [
                 (r["object_id"], r["destination"])

@@ -1,0 +1,378 @@
+"""A lean DICOM upper layer (PS3.8) for the one job that moves the bytes:
+C-STORE as an SCU over one connection, in one thread, with no reactor.
+
+Why not pynetdicom for this: its reactor thread, per-PDU queues and
+per-fragment Python objects cost ~10× DCMTK's time and CPU (BENCHMARKS.md).
+Here the connection is owned by the caller's thread, PDUs are written straight
+from the file into one reused buffer, and the only per-PDU Python work is a
+header `pack_into` and a `readinto`. pynetdicom stays in charge of everything
+that is not bulk data (echo, Storage Commitment, the inbound SCP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway import __version__
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+# The gateway's implementation class UID (2.25 form, fixed once).
+IMPLEMENTATION_CLASS_UID = "2.25.160834920376124318069447036711238790409"
+IMPLEMENTATION_VERSION = f"EDGEGW_{__version__}"[:16]
+
+# What we tell the peer we accept: responses are small, but a peer may send
+# large PDUs anyway; anything above this is treated as garbage.
+OUR_MAX_PDU = 1 << 20
+LARGEST_PDU_ACCEPTED = 16 << 20
+
+P_DATA_TF = 0x04
+
+
+class ULError(Exception):
+    """The peer refused, aborted, sent nonsense or went silent; the message
+    says which, worded for an operator."""
+
+
+class PeerClosed(ULError):
+    """The peer closed the connection (orderly EOF) where we expected a PDU."""
+
+
+class AssociationRejected(ULError):
+    """A-ASSOCIATE-RJ: permanent (1) or transient (2) as the peer said."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Proposed:
+    """One presentation context we propose: odd ID, SOP class, syntaxes."""
+
+    id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: int
+    abstract_syntax: str
+    transfer_syntax: str
+
+
+def _uid_bytes(uid: str) -> bytes:
+    return uid.encode("ascii")
+
+
+def _item(item_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(body)) + body
+
+
+def _ae(title: str) -> bytes:
+    return title.encode("ascii").ljust(16, b" ")[:16]
+
+
+def encode_associate_rq(
+    calling_ae: str, called_ae: str, contexts: Sequence[Proposed], max_pdu: int = OUR_MAX_PDU
+) -> bytes:
+    body = bytearray(struct.pack(">HH", 1, 0) + _ae(called_ae) + _ae(calling_ae) + bytes(32))
+    body += _item(0x10, _uid_bytes(APPLICATION_CONTEXT))
+    for ctx in contexts:
+        sub = _item(0x30, _uid_bytes(ctx.abstract_syntax))
+        for ts in ctx.transfer_syntaxes:
+            sub += _item(0x40, _uid_bytes(ts))
+        body += _item(0x20, struct.pack(">BBBB", ctx.id, 0, 0, 0) + sub)
+    user = _item(0x51, struct.pack(">I", max_pdu))
+    user += _item(0x52, _uid_bytes(IMPLEMENTATION_CLASS_UID))
+    user += _item(0x55, IMPLEMENTATION_VERSION.encode("ascii"))
+    body += _item(0x50, user)
+    return struct.pack(">BBI", 0x01, 0, len(body)) + bytes(body)
+
+
+def _iter_items(data: bytes | memoryview, offset: int) -> Iterable[tuple[int, memoryview]]:
+    view = memoryview(data)
+    while offset + 4 <= len(view):
+        item_type, _, length = struct.unpack_from(">BBH", view, offset)
+        yield item_type, view[offset + 4 : offset + 4 + length]
+        offset += 4 + length
+
+
+def decode_associate_ac(
+    body: bytes, proposed: Sequence[Proposed]
+) -> tuple[dict[int, Accepted], int]:
+    """Accepted contexts by ID and the peer's maximum PDU length (0 = no limit)."""
+    by_id = {p.id: p for p in proposed}
+    accepted: dict[int, Accepted] = {}
+    peer_max = 0
+    for item_type, item in _iter_items(body, 68):
+        if item_type == 0x21 and len(item) >= 4:
+            ctx_id, result = item[0], item[2]
+            ts = ""
+            for sub_type, sub in _iter_items(item, 4):
+                if sub_type == 0x40:
+                    ts = bytes(sub).decode("ascii", "replace").rstrip("\0 ")
+            if result == 0 and ctx_id in by_id and ts in by_id[ctx_id].transfer_syntaxes:
+                accepted[ctx_id] = Accepted(ctx_id, by_id[ctx_id].abstract_syntax, ts)
+        elif item_type == 0x50:
+            for sub_type, sub in _iter_items(item, 0):
+                if sub_type == 0x51 and len(sub) == 4:
+                    peer_max = struct.unpack(">I", sub)[0]
+    return accepted, peer_max
+
+
+_RJ_SOURCES = {1: "the peer's DICOM service", 2: "the peer's ACSE", 3: "the peer's presentation"}
+_RJ_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context not supported",
+    (1, 3): "our calling AE title is not recognised",
+    (1, 7): "the called AE title is not recognised",
+    (2, 1): "no reason given",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+
+
+def describe_reject(result: int, source: int, reason: int) -> str:
+    why = _RJ_REASONS.get((source, reason), f"reason {reason}")
+    kind = "permanently" if result == 1 else "for now"
+    return f"association rejected {kind} by {_RJ_SOURCES.get(source, 'the peer')}: {why}"
+
+
+_ABORT_REASONS = {
+    0: "no reason given",
+    1: "unrecognised PDU",
+    2: "unexpected PDU",
+    4: "unrecognised PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
+
+
+def describe_abort(body: bytes) -> str:
+    source = body[2] if len(body) > 2 else 0
+    reason = body[3] if len(body) > 3 else 0
+    if source == 2:
+        return f"peer aborted the association ({_ABORT_REASONS.get(reason, f'reason {reason}')})"
+    return "peer aborted the association"
+
+
+# -- command sets (PS3.7, Implicit VR Little Endian) -----------------------------
+
+
+def _element(group: int, elem: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HHI", group, elem, len(value)) + value
+
+
+def encode_command(elements: Sequence[tuple[int, bytes]]) -> bytes:
+    """(0000,eeee) elements in ascending order, with the group length first."""
+    body = b"".join(_element(0, elem, value) for elem, value in elements)
+    return _element(0, 0, struct.pack("<I", len(body))) + body
+
+
+def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    return encode_command(
+        [
+            (0x0002, _uid_bytes(sop_class)),
+            (0x0100, struct.pack("<H", 0x0001)),
+            (0x0110, struct.pack("<H", message_id)),
+            (0x0700, struct.pack("<H", 0)),  # medium priority
+            (0x0800, struct.pack("<H", 0x0000)),  # a data set follows
+            (0x1000, _uid_bytes(sop_instance)),
+        ]
+    )
+
+
+def decode_command(data: bytes) -> dict[int, bytes]:
+    """Elements of group 0000 by element number; raises ULError on nonsense."""
+    out: dict[int, bytes] = {}
+    offset = 0
+    while offset + 8 <= len(data):
+        group, elem, length = struct.unpack_from("<HHI", data, offset)
+        if group != 0 or offset + 8 + length > len(data):
+            raise ULError("peer sent a malformed DIMSE command")
+        out[elem] = data[offset + 8 : offset + 8 + length]
+        offset += 8 + length
+    if offset != len(data):
+        raise ULError("peer sent a malformed DIMSE command")
+    return out
+
+
+def command_us(command: dict[int, bytes], elem: int) -> int | None:
+    value = command.get(elem)
+    return struct.unpack("<H", value[:2])[0] if value and len(value) >= 2 else None
+
+
+# -- the connection ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ULTimeouts:
+    connect: float = 10.0
+    acse: float = 30.0
+    dimse: float = 60.0
+    network: float = 60.0
+
+
+class ULConnection:
+    """One established association, driven synchronously by one thread."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        accepted: dict[int, Accepted],
+        peer_max_pdu: int,
+        timeouts: ULTimeouts,
+    ) -> None:
+        self.sock = sock
+        self.accepted = accepted
+        self.peer_max_pdu = peer_max_pdu
+        self.timeouts = timeouts
+        self.open = True
+        self._message_id = 0
+        self.buffer = bytearray()  # reused for every data set sent
+
+    # -- set-up and tear-down --
+
+    @classmethod
+    def connect(
+        cls,
+        host: str,
+        port: int,
+        calling_ae: str,
+        called_ae: str,
+        contexts: Sequence[Proposed],
+        timeouts: ULTimeouts,
+        ssl_context: ssl.SSLContext | None,
+    ) -> ULConnection:
+        """Connect, handshake, associate. Raises OSError/ssl.SSLError for the
+        transport and ULError for the DICOM layer."""
+        raw = socket.create_connection((host, port), timeout=timeouts.connect)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock: socket.socket = raw
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(raw, server_hostname=host)
+            sock.settimeout(timeouts.acse)
+            try:
+                sock.sendall(encode_associate_rq(calling_ae, called_ae, contexts))
+                pdu_type, body = read_pdu(sock)
+            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError, PeerClosed):
+                if ssl_context is None:
+                    raise ULError("peer closed the connection instead of answering") from None
+                # TLS 1.3: a server checks our certificate after the handshake
+                # and just hangs up when it does not like it.
+                raise ULError(
+                    "peer closed the TLS connection before answering the association "
+                    "(does it trust our client certificate?)"
+                ) from None
+        except BaseException:
+            raw.close()
+            raise
+        if pdu_type == 0x02:
+            accepted, peer_max = decode_associate_ac(body, contexts)
+            sock.settimeout(timeouts.network)
+            return cls(sock, accepted, peer_max, timeouts)
+        sock.close()
+        if pdu_type == 0x03 and len(body) >= 4:
+            raise AssociationRejected(describe_reject(body[1], body[2], body[3]), body[1] == 1)
+        if pdu_type == 0x07:
+            raise ULError(describe_abort(body))
+        raise ULError(f"peer answered the association request with PDU type 0x{pdu_type:02X}")
+
+    def next_message_id(self) -> int:
+        self._message_id = (self._message_id % 0xFFFF) + 1
+        return self._message_id
+
+    def abort(self) -> None:
+        if self.open:
+            self.open = False
+            try:
+                self.sock.settimeout(2.0)
+                self.sock.sendall(struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0, 0))
+            except OSError:
+                pass
+            self._close()
+
+    def release(self) -> None:
+        """A-RELEASE-RQ and wait (bounded) for the RP; abort if the peer balks."""
+        if not self.open:
+            return
+        try:
+            self.sock.settimeout(self.timeouts.acse)
+            self.sock.sendall(struct.pack(">BBII", 0x05, 0, 4, 0))
+            for _ in range(16):  # a stray late PDU or two, never forever
+                pdu_type, _body = read_pdu(self.sock)
+                if pdu_type in (0x06, 0x07):
+                    break
+        except (OSError, ULError):
+            pass
+        self.open = False
+        self._close()
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # -- DIMSE --
+
+    def read_command(self, timeout: float) -> dict[int, bytes]:
+        """The next complete command set from the peer (data PDVs skipped)."""
+        self.sock.settimeout(timeout)
+        parts: list[bytes] = []
+        while True:
+            pdu_type, body = read_pdu(self.sock)
+            if pdu_type == 0x07:
+                self.open = False
+                self._close()
+                raise ULError(describe_abort(body))
+            if pdu_type != P_DATA_TF:
+                self.abort()
+                raise ULError(f"peer sent an unexpected PDU (type 0x{pdu_type:02X})")
+            offset = 0
+            while offset + 6 <= len(body):
+                length = struct.unpack_from(">I", body, offset)[0]
+                if length < 2 or offset + 4 + length > len(body):
+                    self.abort()
+                    raise ULError("peer sent a malformed P-DATA PDU")
+                control = body[offset + 5]
+                if control & 0x01:
+                    parts.append(body[offset + 6 : offset + 4 + length])
+                    if sum(map(len, parts)) > LARGEST_PDU_ACCEPTED:
+                        self.abort()
+                        raise ULError("peer sent an endless DIMSE command")
+                    if control & 0x02:
+                        self.sock.settimeout(self.timeouts.network)
+                        return decode_command(b"".join(parts))
+                offset += 4 + length
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise PeerClosed("peer closed the connection")
+        got += n
+    return bytes(buf)
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One PDU: (type, body). A time-out surfaces as TimeoutError."""
+    header = _recv_exact(sock, 6)
+    pdu_type, _, length = struct.unpack(">BBI", header)
+    if pdu_type not in range(1, 8):
+        raise ULError(f"peer sent garbage (PDU type 0x{pdu_type:02X}); not a DICOM peer?")
+    if length > LARGEST_PDU_ACCEPTED:
+        raise ULError(f"peer sent an implausible PDU length ({length} bytes)")
+    return pdu_type, _recv_exact(sock, length)

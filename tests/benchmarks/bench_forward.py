@@ -1,0 +1,325 @@
+"""Forwarding throughput: `dicom-gateway queue flush` (ours) against DCMTK
+`storescu` sending the same files to the same DCMTK `storescp` in the same
+run, alternating, over TLS 1.3 with mutual authentication (BENCHMARKS.md).
+
+Data sets are generated into a temporary directory: (a) `sc`, 300 Secondary
+Capture objects of 800×600 RGB random pixels (≈1.44 MB each); (b) `cine`, 5
+Ultrasound Multi-frame objects of 120 frames 640×480 RGB (≈110 MB each). The
+objects are put into a real outbox; storescu sends that outbox's `objects/`
+directory, ours flushes the outbox (its rows are reset to pending between runs).
+
+Environment: BENCH_PAIRS (default 5), BENCH_SC_COUNT (300), BENCH_CINE_COUNT (5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from gateway.certs import make_authority
+from gateway.queue.outbox import Outbox
+from tests.benchmarks.common import Comparison, Run, report, run_command, tool_version
+from tests.conftest import free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parents[2]
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+US_MULTIFRAME_CLASS = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
+def make_object(sop_class: str, rows: int, cols: int, frames: int, rng: Any) -> tuple[str, bytes]:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    uid = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uid
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "Bench^Mark"
+    ds.PatientID = "BENCH"
+    ds.Modality = "US" if frames > 1 else "OT"
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = rng.integers(0, 256, rows * cols * 3 * frames, dtype=np.uint8).tobytes()
+    out = DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return uid, out.getvalue()
+
+
+def fill_queue(root: Path, kind: str, count: int) -> Outbox:
+    outbox = Outbox(root, ["pacs"], min_free_mb=0)
+    rng = np.random.default_rng(42)
+    for _ in range(count):
+        if kind == "sc":
+            uid, data = make_object(SC_CLASS, 600, 800, 1, rng)
+            cls = SC_CLASS
+        else:
+            uid, data = make_object(US_MULTIFRAME_CLASS, 480, 640, 120, rng)
+            cls = US_MULTIFRAME_CLASS
+        outbox.add(
+            data,
+            sop_instance_uid=uid,
+            sop_class_uid=cls,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            study_instance_uid="1.2.3",
+        )
+        del data
+    return outbox
+
+
+def reset_queue(root: Path) -> None:
+    with sqlite3.connect(root / "outbox.sqlite") as db:
+        db.execute("UPDATE deliveries SET state = 'pending', next_attempt_at = 0, sent_at = NULL")
+
+
+def start_storescp(pki: dict[str, Path], port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    cmd = [
+        "storescp",
+        *extra,
+        "-pdu",
+        "131072",
+        "+tls",
+        str(pki["server_key"]),
+        str(pki["server_cert"]),
+        "-pw",
+        "+cf",
+        str(pki["ca"]),
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for_port(port, proc)
+    return proc
+
+
+def storescu_cmd(pki: dict[str, Path], port: int, directory: Path) -> list[str]:
+    return [
+        "storescu",
+        "--max-pdu",
+        "131072",
+        "+tls",
+        str(pki["client_key"]),
+        str(pki["client_cert"]),
+        "-pw",
+        "+cf",
+        str(pki["ca"]),
+        "-aet",
+        "EDGE1",
+        "-aec",
+        "PACS",
+        "localhost",
+        str(port),
+        "+sd",
+        str(directory),
+    ]
+
+
+def write_gateway_config(path: Path, pki: dict[str, Path], port: int, queue: Path) -> Path:
+    data = {
+        "station": {"ae_title": "EDGE1"},
+        "destinations": [
+            {
+                "name": "pacs",
+                "ae_title": "PACS",
+                "host": "localhost",
+                "port": port,
+                "tls": {
+                    "ca": str(pki["ca"]),
+                    "cert": str(pki["client_cert"]),
+                    "key": str(pki["client_key"]),
+                },
+            }
+        ],
+        "queue": {"path": str(queue), "min_free_mb": 0},
+    }
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def ours_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "gateway", "--config", str(config), "queue", "flush"]
+
+
+# Peak RSS from wait4 carries over the forking parent's high-water mark on
+# Linux (this process holds data sets), so each measured tool is started by a
+# tiny launcher; its own ~10 MiB is the floor of the figure, for both tools.
+# The launcher reports the peak RSS of the tool it forked into a file, since
+# even its own figure carries the high-water mark of the vfork it came from.
+LAUNCHER = (
+    "import os,sys\n"
+    "pid=os.fork()\n"
+    "if pid==0:\n"
+    "    os.execvp(sys.argv[2],sys.argv[2:])\n"
+    "_,st,ru=os.wait4(pid,0)\n"
+    "open(sys.argv[1],'w').write(str(ru.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n"
+)
+RSS_FILE = Path(tempfile.gettempdir()) / f"bench-forward-rss-{os.getpid()}"
+
+
+def measured(cmd: list[str], env: dict[str, str]) -> Run:
+    run = run_command(
+        [sys.executable, "-S", "-c", LAUNCHER, str(RSS_FILE), *cmd], env=env, timeout=900
+    )
+    rss = int(RSS_FILE.read_text()) / 1024
+    return Run(run.wall, run.cpu, rss)
+
+
+def warm_ours(config: Path, env: dict[str, str]) -> Run:
+    """The forwarder of the running service: start-up excluded from the clock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.benchmarks.forward_warm", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("forward_warm did not start")
+    start = time.perf_counter()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    wall = time.perf_counter() - start
+    proc.wait(timeout=60)
+    data = json.loads(line)
+    return Run(wall, float(data["cpu"]), float(data["rss_mib"]))
+
+
+def make_pki(directory: Path) -> dict[str, Path]:
+    ca = make_authority(directory, "ca")
+    server = ca.issue(directory, "pacs")
+    client = ca.issue(directory, "gateway")
+    return {
+        "ca": ca.cert,
+        "server_cert": server.cert,
+        "server_key": server.key,
+        "client_cert": client.cert,
+        "client_key": client.key,
+    }
+
+
+def compare(
+    name: str, kind: str, count: int, pairs: int, workdir: Path, pki: dict[str, Path]
+) -> None:
+    queue = workdir / f"queue-{kind}"
+    fill_queue(queue, kind, count).close()
+    total = sum(p.stat().st_size for p in (queue / "objects").iterdir())
+    port = free_port()
+    scp = start_storescp(pki, port, ["--ignore"])
+    config = write_gateway_config(workdir / f"{kind}.toml", pki, port, queue)
+    env = {"TCP_NODELAY": "1"}
+
+    def theirs() -> Run:
+        return measured(storescu_cmd(pki, port, queue / "objects"), env)
+
+    def ours_cli() -> Run:
+        reset_queue(queue)
+        return measured(ours_cmd(config), env)
+
+    def ours_warm() -> Run:
+        reset_queue(queue)
+        return warm_ours(config, env)
+
+    dataset = f"{kind}: {count} objects, {total / 1e6:.0f} MB, TLS 1.3 mutual auth, loopback"
+    reference = tool_version(["storescu", "--version"])
+    cli = Comparison(name=f"{name}_cli", dataset=dataset, reference=reference)
+    warm = Comparison(name=f"{name}_service", dataset=dataset, reference=reference)
+    cli.extra["ours"] = "dicom-gateway queue flush (a new process: start-up included)"
+    warm.extra["ours"] = "the service's forwarder, already running (start-up excluded)"
+    try:
+        for _ in range(pairs):  # storescu, ours (CLI), ours (service), storescu, …
+            ref = theirs()
+            cli.theirs.append(ref)
+            warm.theirs.append(ref)
+            cli.ours.append(ours_cli())
+            warm.ours.append(ours_warm())
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    mb = total / 1e6
+    for comp in (warm, cli):
+        summary = comp.summary()
+        summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
+        summary["ours_median_MB_per_s"] = mb / summary["ours_median_wall_s"]
+        summary["reference_median_MB_per_s"] = mb / summary["reference_median_wall_s"]
+        summary["receiver"] = "TCP_NODELAY=1 storescp --ignore -pdu 131072 +tls"
+        report(summary)
+
+    if kind == "sc":  # one run to a receiver that writes to disk
+        out = workdir / "received"
+        out.mkdir()
+        port2 = free_port()
+        scp2 = start_storescp(pki, port2, ["-od", str(out)])
+        config2 = write_gateway_config(workdir / "sc-od.toml", pki, port2, queue)
+        try:
+            ref = measured(storescu_cmd(pki, port2, queue / "objects"), env)
+            shutil.rmtree(out)
+            out.mkdir()
+            reset_queue(queue)
+            mine = measured(ours_cmd(config2), env)
+            received = len(list(out.iterdir()))
+        finally:
+            scp2.terminate()
+            scp2.wait(timeout=10)
+        report(
+            {
+                "name": "forward_sc_to_disk",
+                "dataset": dataset,
+                "receiver": "TCP_NODELAY=1 storescp -od DIR -pdu 131072 +tls (one pair)",
+                "ratio_ours_over_reference_time": mine.wall / ref.wall,
+                "ours_wall_s": mine.wall,
+                "ours_cpu_s": mine.cpu,
+                "ours_peak_rss_mib": mine.max_rss_mib,
+                "reference_wall_s": ref.wall,
+                "reference_cpu_s": ref.cpu,
+                "received_by_ours_run": received,
+            }
+        )
+    shutil.rmtree(queue)
+
+
+def main() -> None:
+    pairs = int(os.environ.get("BENCH_PAIRS", "5"))
+    sc_count = int(os.environ.get("BENCH_SC_COUNT", "300"))
+    cine_count = int(os.environ.get("BENCH_CINE_COUNT", "5"))
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
+        workdir = Path(tmp)
+        pki = make_pki(workdir / "pki")
+        compare("forward_sc", "sc", sc_count, pairs, workdir, pki)
+        compare("forward_cine", "cine", cine_count, pairs, workdir, pki)
+    print(f"bench_forward: total {time.monotonic() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
