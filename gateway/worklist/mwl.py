@@ -1,0 +1,307 @@
+"""Between WorklistQuery/WorklistEntry and the Modality Worklist identifier.
+
+Responses come from a RIS we do not control: every value is read defensively.
+A missing, over-long, badly encoded or illegal value becomes a plain warning on
+that entry (and a cleaned value), never an exception, so one bad entry cannot
+hide the rest of the list from the technician.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from datetime import date, datetime, time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from gateway.dicom.modules import Code, ModuleError, Order, Patient
+from gateway.dicom.uids import new_uid
+from gateway.worklist.model import WorklistEntry, WorklistQuery
+
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+# Return keys: what Scheduled Workflow carries into the objects and what the
+# technician needs to pick the right line.
+_TOP_KEYS = (
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "RequestedProcedureID",
+    "RequestedProcedureDescription",
+)
+_STEP_KEYS = (
+    "Modality",
+    "ScheduledStationAETitle",
+    "ScheduledStationName",
+    "ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepStartTime",
+    "ScheduledPerformingPhysicianName",
+    "ScheduledProcedureStepDescription",
+    "ScheduledProcedureStepID",
+    "ScheduledProcedureStepLocation",
+)
+
+
+def _da(value: date) -> str:
+    return value.strftime("%Y%m%d")
+
+
+def build_identifier(query: WorklistQuery) -> Dataset:
+    ds = Dataset()
+    text = " ".join(v or "" for v in (query.patient_name, query.patient_id, query.accession_number))
+    if not text.isascii():
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    else:
+        # Asked for, so the server tells us which character set it answers in.
+        ds.SpecificCharacterSet = ""
+    for key in _TOP_KEYS:
+        setattr(ds, key, "")
+    if query.patient_name:
+        ds.PatientName = query.patient_name
+    if query.patient_id:
+        ds.PatientID = query.patient_id
+    if query.accession_number:
+        ds.AccessionNumber = query.accession_number
+    step = Dataset()
+    for key in _STEP_KEYS:
+        setattr(step, key, "")
+    code = Dataset()
+    code.CodeValue = code.CodingSchemeDesignator = code.CodeMeaning = ""
+    step.ScheduledProtocolCodeSequence = Sequence([code])
+    if query.modality:
+        step.Modality = query.modality
+    if query.station_ae_title:
+        step.ScheduledStationAETitle = query.station_ae_title
+    if query.date_from or query.date_to:
+        start = _da(query.date_from) if query.date_from else ""
+        end = _da(query.date_to) if query.date_to else ""
+        step.ScheduledProcedureStepStartDate = start if start == end else f"{start}-{end}"
+    ds.ScheduledProcedureStepSequence = Sequence([step])
+    return ds
+
+
+class _Reader:
+    """Reads values out of one response, collecting what was wrong with them."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def raw(self, ds: Dataset, keyword: str, label: str) -> Any:
+        # pydicom decodes on access and only *warns* about an unknown character
+        # set or bytes that do not fit it: catch those as the entry's warnings.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                value = ds.get(keyword)
+            except Exception as exc:
+                self.warn(f"{label}: cannot be decoded ({type(exc).__name__})")
+                return None
+        for w in caught:
+            msg = str(w.message)
+            if "encoding" in msg.lower() or "character set" in msg.lower():
+                self.warn(f"{label}: {_charset_problem(msg)}")
+            else:
+                self.warn(f"{label}: {msg.splitlines()[0][:120]}")
+        return value
+
+    def text(
+        self, ds: Dataset, keyword: str, label: str, max_len: int, *, required: bool = False
+    ) -> str:
+        value = self.raw(ds, keyword, label)
+        if value is None or value == "":
+            if required:
+                self.warn(f"{label} is missing")
+            return ""
+        if not isinstance(value, str) and hasattr(value, "__iter__"):
+            items = [str(v) for v in value]
+            if len(items) > 1 and keyword not in ("ScheduledStationAETitle",):
+                self.warn(f"{label}: several values; the first is used")
+            value = items[0] if items else ""
+        text = str(value).strip()
+        if _CONTROL.search(text):
+            self.warn(f"{label}: illegal control characters removed")
+            text = _CONTROL.sub("", text)
+        if "\\" in text:
+            self.warn(f"{label}: illegal backslash removed")
+            text = text.replace("\\", "")
+        if len(text) > max_len:
+            self.warn(f"{label}: {len(text)} characters, cut to {max_len}")
+            text = text[:max_len]
+        if required and not text:
+            self.warn(f"{label} is missing")
+        return text
+
+    def person(self, ds: Dataset, keyword: str, label: str, *, required: bool = False) -> str:
+        value = self.raw(ds, keyword, label)
+        if value is None or str(value) == "":
+            if required:
+                self.warn(f"{label} is missing")
+            return ""
+        text = str(value).strip()
+        if _CONTROL.search(text) or "\\" in text:
+            self.warn(f"{label}: illegal characters removed")
+            text = _CONTROL.sub("", text).replace("\\", "")
+        groups = text.split("=")[:3]
+        fixed = []
+        for group in groups:
+            parts = group.split("^")
+            if len(parts) > 5:
+                self.warn(f"{label}: more than five name components; extra ones dropped")
+                parts = parts[:5]
+            joined = "^".join(parts)
+            if len(joined) > 64:
+                self.warn(f"{label}: {len(joined)} characters, cut to 64")
+                joined = joined[:64]
+            fixed.append(joined)
+        return "=".join(fixed)
+
+    def date(self, ds: Dataset, keyword: str, label: str) -> date | None:
+        text = self.text(ds, keyword, label, 64)
+        if not text:
+            return None
+        try:
+            return datetime.strptime(text[:8], "%Y%m%d").date()
+        except ValueError:
+            self.warn(f"{label}: {text!r} is not a date (YYYYMMDD)")
+            return None
+
+    def time(self, ds: Dataset, keyword: str, label: str) -> time | None:
+        text = self.text(ds, keyword, label, 64).replace(":", "")
+        if not text:
+            return None
+        digits = text.split(".")[0]
+        try:
+            hour = int(digits[0:2])
+            minute = int(digits[2:4] or 0)
+            second = int(digits[4:6] or 0)
+            return time(hour, minute, min(second, 59))
+        except ValueError:
+            self.warn(f"{label}: {text!r} is not a time (HHMMSS)")
+            return None
+
+
+def _charset_problem(message: str) -> str:
+    found = re.search(r"[Uu]nknown encoding '([^']*)'", message)
+    if found:
+        return f"unknown character set {found.group(1)!r}; shown as plain ASCII"
+    return "characters that do not fit the declared character set were replaced"
+
+
+def _first_item(reader: _Reader, ds: Dataset) -> Dataset:
+    seq = reader.raw(ds, "ScheduledProcedureStepSequence", "Scheduled Procedure Step")
+    if not seq:
+        reader.warn("Scheduled Procedure Step Sequence is missing")
+        return Dataset()
+    if len(seq) > 1:
+        reader.warn("several scheduled steps in one response; the first is used")
+    item = seq[0]
+    return item if isinstance(item, Dataset) else Dataset()
+
+
+def _codes(reader: _Reader, step: Dataset) -> tuple[Code, ...]:
+    seq = reader.raw(step, "ScheduledProtocolCodeSequence", "Scheduled Protocol Code") or []
+    out: list[Code] = []
+    for item in seq:
+        value = reader.text(item, "CodeValue", "Protocol Code Value", 16)
+        scheme = reader.text(item, "CodingSchemeDesignator", "Protocol Coding Scheme", 16)
+        meaning = reader.text(item, "CodeMeaning", "Protocol Code Meaning", 64)
+        if value or meaning:
+            out.append(Code(value=value, scheme=scheme, meaning=meaning))
+    return tuple(out)
+
+
+def _charset(reader: _Reader, ds: Dataset) -> str:
+    value = reader.raw(ds, "SpecificCharacterSet", "Specific Character Set")
+    if not value:
+        return "ISO_IR 6"
+    if isinstance(value, str):
+        return value
+    return "\\".join(str(v) for v in value)
+
+
+def parse_entry(ds: Dataset) -> WorklistEntry:
+    """Never raises for what the server sent: problems become `warnings`."""
+    r = _Reader()
+    step = _first_item(r, ds)
+    # Sequence items inherit the response's character set.
+    birth = r.date(ds, "PatientBirthDate", "Patient's Birth Date")
+    sex = r.text(ds, "PatientSex", "Patient's Sex", 16).upper()
+    if sex not in ("M", "F", "O", ""):
+        r.warn(f"Patient's Sex: {sex!r} is not M, F or O; left empty")
+        sex = ""
+    name = r.person(ds, "PatientName", "Patient's Name", required=True)
+    patient_id = r.text(ds, "PatientID", "Patient ID", 64, required=True)
+    issuer = r.text(ds, "IssuerOfPatientID", "Issuer of Patient ID", 64)
+    try:
+        patient = Patient(
+            name=name,
+            id=patient_id,
+            birth_date=birth,
+            sex=sex,  # type: ignore[arg-type]  # checked just above
+            issuer_of_id=issuer,
+        )
+    except ModuleError as exc:  # belt and braces: values were cleaned above
+        r.warn(str(exc))
+        patient = Patient(name="", id="")
+    study_uid = r.text(ds, "StudyInstanceUID", "Study Instance UID", 64)
+    if not study_uid or not _UID.match(study_uid):
+        r.warn(
+            "Study Instance UID is missing or invalid; the images will get a new study "
+            "that the RIS may not link to the order"
+        )
+        study_uid = new_uid()
+    start_date = r.date(step, "ScheduledProcedureStepStartDate", "Scheduled Start Date")
+    start_time = r.time(step, "ScheduledProcedureStepStartTime", "Scheduled Start Time")
+    try:
+        order = Order(
+            study_instance_uid=study_uid,
+            accession_number=r.text(ds, "AccessionNumber", "Accession Number", 16),
+            referring_physician=r.person(
+                ds, "ReferringPhysicianName", "Referring Physician's Name"
+            ),
+            requested_procedure_id=r.text(ds, "RequestedProcedureID", "Requested Procedure ID", 16),
+            requested_procedure_description=r.text(
+                ds, "RequestedProcedureDescription", "Requested Procedure Description", 64
+            ),
+            scheduled_procedure_step_id=r.text(
+                step, "ScheduledProcedureStepID", "Scheduled Procedure Step ID", 16
+            ),
+            scheduled_procedure_step_description=r.text(
+                step, "ScheduledProcedureStepDescription", "Scheduled Step Description", 64
+            ),
+            scheduled_protocol_codes=_codes(r, step),
+            specific_character_set=_charset(r, ds),
+        )
+    except ModuleError as exc:  # belt and braces: values were cleaned above
+        r.warn(str(exc))
+        order = Order(study_instance_uid=study_uid)
+    stations = r.raw(step, "ScheduledStationAETitle", "Scheduled Station AE Title")
+    station = ""
+    if stations:
+        station = stations if isinstance(stations, str) else "\\".join(str(s) for s in stations)
+    return WorklistEntry(
+        patient=patient,
+        order=order,
+        scheduled_start=(
+            datetime.combine(start_date, start_time or time(0, 0)) if start_date else None
+        ),
+        modality=r.text(step, "Modality", "Modality", 16),
+        station_ae_title=station[:64],
+        performing_physician=r.person(
+            step, "ScheduledPerformingPhysicianName", "Performing Physician"
+        ),
+        location=r.text(step, "ScheduledProcedureStepLocation", "Location", 16),
+        warnings=tuple(r.warnings),
+    )
