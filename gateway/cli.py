@@ -14,7 +14,7 @@ from typing import Any
 from drivers import DriverError, create_driver
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config, resolve_config_path
-from gateway.dicom.modules import ModuleError, Patient
+from gateway.dicom.modules import ModuleError
 from gateway.logs import setup_logging
 from gateway.net.association import PeerError
 from gateway.queue.outbox import DeliveryState, Outbox, QueueError
@@ -97,13 +97,94 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     return EXIT_FAILURE if failed else 0
 
 
+def cmd_worklist(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.worklist.jsonform import result_to_dict
+    from gateway.worklist.model import WorklistQuery
+    from gateway.worklist.service import WorklistError, WorklistService, parse_date_option
+
+    try:
+        date_from, date_to = parse_date_option(args.date)
+    except WorklistError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    station = args.station if args.station is not None else config.station.ae_title
+    query = WorklistQuery(
+        date_from=date_from,
+        date_to=date_to,
+        modality=args.modality,
+        station_ae_title=None if station.lower() == "any" else station,
+        patient_name=args.patient_name,
+        patient_id=args.patient_id,
+        accession_number=args.accession,
+    )
+    with WorklistService(config) as service:
+        result = service.query(query, offline=args.offline)
+    if args.json:
+        print(json.dumps(result_to_dict(result), indent=2, ensure_ascii=False))
+    else:
+        print(_worklist_text(result))
+    if result.error and result.cached_at is None:
+        print(f"dicom-gateway: {result.error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _worklist_text(result: Any) -> str:
+    lines = []
+    if result.cached_at is not None:
+        why = f" — {result.error}" if result.error else ""
+        lines.append(f"cached at {result.cached_at:%Y-%m-%d %H:%M}{why}")
+    for e in result.entries:
+        when = f"{e.scheduled_start:%Y-%m-%d %H:%M}" if e.scheduled_start else "(no time)"
+        mark = " [performed]" if e.performed else ""
+        warn = f"  ! {'; '.join(e.warnings)}" if e.warnings else ""
+        lines.append(
+            f"{when}  {e.modality:<3} {e.order.accession_number:<16} {e.patient.id:<12} "
+            f"{e.patient.name}  {e.order.requested_procedure_description}"
+            f"{'  @' + e.location if e.location else ''}{mark}{warn}"
+        )
+    if not result.entries:
+        lines.append("no worklist entries")
+    lines.extend(f"warning: {w}" for w in result.warnings)
+    return "\n".join(lines)
+
+
 def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.capture import Capturer
     from gateway.exam import ExamService
 
-    if not (args.patient_id and args.patient_name):
-        raise CommandError("capture needs --patient-id and --patient-name", EXIT_USAGE)
-    patient = Patient(name=args.patient_name, id=args.patient_id)
+    order = None
+    if args.accession:
+        if args.patient_id or args.patient_name:
+            raise CommandError(
+                "capture takes --accession or --patient-id/--patient-name, not both", EXIT_USAGE
+            )
+        from gateway.worklist.service import WorklistError, WorklistService
+
+        with WorklistService(config) as worklist:
+            try:
+                entry, looked_up = worklist.lookup_accession(args.accession)
+            except WorklistError as exc:
+                raise CommandError(str(exc)) from None
+        if looked_up.cached_at is not None:
+            print(
+                f"dicom-gateway: worklist entry from the cache (cached at "
+                f"{looked_up.cached_at:%Y-%m-%d %H:%M})",
+                file=sys.stderr,
+            )
+        patient, order = entry.patient, entry.order
+    elif not (args.patient_id and args.patient_name):
+        raise CommandError(
+            "capture needs --accession, or --patient-id and --patient-name", EXIT_USAGE
+        )
+    else:
+        from gateway.worklist.unscheduled import UnscheduledPatientError, unscheduled_patient
+
+        try:
+            patient = unscheduled_patient(
+                args.patient_name, args.patient_id, args.birth_date or "", args.sex or ""
+            )
+        except UnscheduledPatientError as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from None
     driver = create_driver(config.capture.driver, config.capture.options)
     captured: list[dict[str, Any]] = []
     with _outbox(config) as outbox:
@@ -111,7 +192,8 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
         exams = ExamService(
             config, outbox, Capturer(config, outbox, driver.source), hold_until_finished=False
         )
-        exam = exams.start(patient)
+        closers = _subscribe_listeners(config, exams)
+        exam = exams.start(patient, order)
         with driver:
             for frame in driver.frames(args.frames):
                 queued = exams.capture(exam, frame)
@@ -128,13 +210,44 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
                         f"({queued.sop_instance_uid})",
                         flush=True,
                     )
+        exams.finish(exam)  # MPPS COMPLETED; the worklist step is marked performed
+        for close in closers:
+            close()
     if args.json:
         print(
             json.dumps(
-                {"study_instance_uid": exam.study.instance_uid, "captured": captured}, indent=2
+                {
+                    "study_instance_uid": exam.study.instance_uid,
+                    "accession_number": exam.study.accession_number,
+                    "captured": captured,
+                },
+                indent=2,
             )
         )
     return 0
+
+
+def _subscribe_listeners(config: GatewayConfig, exams: Any) -> list[Callable[[], None]]:
+    """With an MPPS peer (or a worklist server), the exam's MPPS messages are
+    queued (`run` sends them) and its worklist step is marked performed.
+    Returns what to close afterwards."""
+    from gateway.net.mpps import mpps_peer
+
+    closers: list[Callable[[], None]] = []
+    if mpps_peer(config) is not None:
+        from gateway.mpps import MppsListener
+        from gateway.queue.mpps import MppsQueue
+
+        queue = MppsQueue(config.queue.path)
+        exams.subscribe(MppsListener(config, queue))
+        closers.append(queue.close)
+    if config.worklist is not None:
+        from gateway.worklist.service import WorklistService
+
+        worklist = WorklistService(config)
+        exams.subscribe(worklist.listener)
+        closers.append(worklist.close)
+    return closers
 
 
 def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -261,8 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("capture", parents=[common], help="headless capture into the queue")
     p.add_argument("--patient-id")
     p.add_argument("--patient-name")
+    p.add_argument("--birth-date", help="unscheduled patient: YYYY-MM-DD")
+    p.add_argument("--sex", help="unscheduled patient: M, F or O")
+    p.add_argument("--accession", help="start the exam from this worklist entry")
     p.add_argument("--frames", type=int, default=1)
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("worklist", parents=[common], help="query the Modality Worklist")
+    p.add_argument("--date", default="today", help="today | YYYYMMDD | YYYYMMDD-YYYYMMDD | any")
+    p.add_argument("--modality")
+    p.add_argument("--station", help="scheduled station AE title (default ours; 'any')")
+    p.add_argument("--patient-id")
+    p.add_argument("--patient-name", help="wildcards * and ? allowed")
+    p.add_argument("--accession")
+    p.add_argument("--offline", action="store_true", help="answer from the cache only")
+    p.set_defaults(func=cmd_worklist)
 
     p = sub.add_parser("queue", parents=[common], help="inspect and act on the queue")
     p.add_argument("action", nargs="?", choices=["list", "stats", "retry", "show", "flush"])
