@@ -8,17 +8,33 @@ hide the rest of the list from the technician.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import warnings
 from datetime import date, datetime, time
 from typing import Any
 
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from gateway.dicom.modules import Code, ModuleError, Order, Patient
 from gateway.dicom.uids import new_uid
 from gateway.worklist.model import WorklistEntry, WorklistQuery
+
+# pydicom logs what it dislikes in a value, with the value (a birth date, a
+# name): patient data must stay out of the journal. While this thread reads a
+# response, those records are dropped; the entry's warnings say it instead.
+_parsing = threading.local()
+
+
+class _QuietWhileParsing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_parsing, "active", False)
+
+
+logging.getLogger("pydicom").addFilter(_QuietWhileParsing())
 
 _CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -101,6 +117,7 @@ class _Reader:
     def raw(self, ds: Dataset, keyword: str, label: str) -> Any:
         # pydicom decodes on access and only *warns* about an unknown character
         # set or bytes that do not fit it: catch those as the entry's warnings.
+        _parsing.active = True
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -108,6 +125,8 @@ class _Reader:
             except Exception as exc:
                 self.warn(f"{label}: cannot be decoded ({type(exc).__name__})")
                 return None
+            finally:
+                _parsing.active = False
         for w in caught:
             msg = str(w.message)
             if "encoding" in msg.lower() or "character set" in msg.lower():
@@ -195,7 +214,7 @@ class _Reader:
 def _charset_problem(message: str) -> str:
     found = re.search(r"[Uu]nknown encoding '([^']*)'", message)
     if found:
-        return f"unknown character set {found.group(1)!r}; shown as plain ASCII"
+        return f"unknown character set {found.group(1)!r}"
     return "characters that do not fit the declared character set were replaced"
 
 
@@ -223,12 +242,20 @@ def _codes(reader: _Reader, step: Dataset) -> tuple[Code, ...]:
 
 
 def _charset(reader: _Reader, ds: Dataset) -> str:
+    """The response's Specific Character Set. pydicom falls back to Latin-1
+    for a term it does not know (and says so only once, at decoding time,
+    outside our reach): check the terms here so the entry carries the warning."""
     value = reader.raw(ds, "SpecificCharacterSet", "Specific Character Set")
     if not value:
         return "ISO_IR 6"
-    if isinstance(value, str):
-        return value
-    return "\\".join(str(v) for v in value)
+    terms = [value] if isinstance(value, str) else [str(v) for v in value]
+    for term in terms:
+        if term.strip() and term.strip() not in python_encoding:
+            reader.warn(
+                f"unknown character set {term.strip()!r}; names were read as Latin-1 "
+                "and may be wrong"
+            )
+    return "\\".join(terms)
 
 
 def parse_entry(ds: Dataset) -> WorklistEntry:
