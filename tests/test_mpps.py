@@ -345,3 +345,60 @@ def test_refused_set_is_failed_not_retried_forever(rig: Rig, scp: MppsSCP) -> No
     assert rig.queue.retry() == 1
     assert rig.sender.flush(timeout=20).sent == 1
     assert rig.queue.counts()["sent"] == 2
+
+
+def test_unfinished_exam_survives_a_restart(tmp_path: Path, scp: MppsSCP) -> None:
+    from gateway.exam_store import ExamStore
+
+    config = parse_config(
+        {
+            "station": {"ae_title": "EDGE1", "modality": "US"},
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+            "mpps": {"ae_title": "RIS", "host": "127.0.0.1", "port": scp.port},
+        }
+    )
+
+    def service() -> tuple[ExamService, Outbox, MppsQueue, ExamStore]:
+        outbox = Outbox(config.queue.path, ["pacs"])
+        exams = ExamService(config, outbox, Capturer(config, outbox, "synthetic"))
+        queue, store = MppsQueue(config.queue.path), ExamStore(config.queue.path)
+        exams.subscribe(MppsListener(config, queue))
+        exams.subscribe(store)
+        return exams, outbox, queue, store
+
+    exams, outbox, queue, store = service()
+    exam = exams.start(PATIENT, ORDER)
+    driver = create_driver("testpattern", {"width": 32, "height": 24, "realtime": False})
+    with driver:
+        for frame in driver.frames(2):
+            exams.capture(exam, frame)
+    done = exams.start(Patient(name="Doe^Jane", id="U1"))
+    exams.finish(done)
+    for closeable in (outbox, queue, store):
+        closeable.close()  # power cut: only what is on disk remains
+
+    exams, outbox, queue, store = service()
+    try:
+        (restored,) = store.unfinished(outbox)
+        assert restored.id == exam.id and restored.state.value == "in_progress"
+        assert (restored.patient, restored.order) == (PATIENT, ORDER)
+        assert restored.study.instance_uid == ORDER.study_instance_uid
+        assert restored.series.instance_uid == exam.series.instance_uid
+        assert [i.sop_instance_uid for i in restored.images] == [
+            i.sop_instance_uid for i in exam.images
+        ]
+        assert exams.finish(restored) == 2  # the held images are released
+        assert store.unfinished(outbox) == []
+        peer = mpps_peer(config)
+        assert peer is not None
+        scp.start()
+        assert MppsSender(queue, peer, "EDGE1").flush(timeout=20).sent == 4
+        final = scp.instances[queue.messages(exam.id)[0].mpps_uid]
+        assert final.PerformedProcedureStepStatus == "COMPLETED"
+        refs = final.PerformedSeriesSequence[0].ReferencedImageSequence
+        assert [r.ReferencedSOPInstanceUID for r in refs] == [
+            i.sop_instance_uid for i in exam.images
+        ]
+    finally:
+        for closeable in (outbox, queue, store):
+            closeable.close()
