@@ -213,6 +213,24 @@ def test_consumer_stopping_sends_c_cancel(ris: Callable[[Handler], FakeRIS]) -> 
     assert server.cancelled.wait(5)
 
 
+def test_service_stream_stops_early_with_c_cancel(
+    tmp_path: Path, ris: Callable[[Handler], FakeRIS]
+) -> None:
+    def many(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for n in range(1000):
+            yield 0xFF00, _entry(f"MANY^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
+        yield 0x0000, None
+
+    server = ris(many)
+    with WorklistService(_config(tmp_path, server.port)) as service:
+        stream = service.stream(WorklistQuery())
+        first = [next(stream) for _ in range(5)]
+        stream.close()  # the technician pressed Stop
+        assert [e.patient.name for e in first] == [f"MANY^{n}" for n in range(5)]
+        assert server.cancelled.wait(5)
+        assert service.cache.lookup(WorklistQuery()) == ([], None)
+
+
 def test_failure_status_falls_back_to_cache(
     tmp_path: Path, ris: Callable[[Handler], FakeRIS]
 ) -> None:

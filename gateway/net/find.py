@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 
 from pydicom.dataset import Dataset
@@ -97,6 +97,10 @@ class WorklistFind:
         self.undecodable = 0
 
     def __iter__(self) -> Iterator[Dataset]:
+        return self.matches_generator()
+
+    def matches_generator(self) -> Generator[Dataset, None, None]:
+        """The matches; `close()` it to stop early (sends C-CANCEL)."""
         deadline = time.monotonic() + self.limits.seconds
         assoc = open_association(
             self.calling_ae,

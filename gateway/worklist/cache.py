@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -204,8 +204,8 @@ def _mark_performed(entry: WorklistEntry) -> WorklistEntry:
 
 def mark_performed_entries(
     entries: Iterable[WorklistEntry], performed: set[str]
-) -> list[WorklistEntry]:
-    return [_mark_performed(e) if e.key in performed else e for e in entries]
+) -> Iterator[WorklistEntry]:
+    return (_mark_performed(e) if e.key in performed else e for e in entries)
 
 
 def _sort_key(entry: WorklistEntry) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
@@ -106,8 +107,32 @@ class WorklistService:
             self.cache.store(query, entries)
         performed = self.cache.performed_keys()
         return WorklistResult(
-            entries=mark_performed_entries(entries, performed), warnings=tuple(warnings)
+            entries=list(mark_performed_entries(entries, performed)), warnings=tuple(warnings)
         )
+
+    def stream(self, query: WorklistQuery) -> Iterator[WorklistEntry]:
+        """Live entries one by one as the server sends them, for a list that
+        fills while the technician watches. Closing the generator early (the
+        Stop button) sends C-CANCEL. Not cached: an abandoned list is partial.
+        Raises PeerError / TLSSetupError when the server cannot be reached."""
+        peer = worklist_peer(self.config)
+        if peer is None:
+            raise WorklistError("no worklist server configured ([worklist])")
+        performed = self.cache.performed_keys()
+        find = WorklistFind(
+            self.config.station.ae_title,
+            peer,
+            build_identifier(query),
+            timeouts=self.timeouts,
+            limits=self.limits,
+        )
+        matches = find.matches_generator()
+        try:
+            for ds in matches:
+                entry = parse_entry(ds)
+                yield replace(entry, performed=True) if entry.key in performed else entry
+        finally:
+            matches.close()  # explicit: C-CANCEL now, not whenever it is collected
 
     def _live(
         self, peer: DestinationConfig, query: WorklistQuery
