@@ -62,11 +62,13 @@ def _exam_to_json(exam: Exam) -> str:
 
 class ExamStore:
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True, mode=0o750)
         try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o750)
             self._db = open_durable(root / DB_NAME)
         except DurabilityError as exc:
             raise QueueError(str(exc)) from None
+        except OSError as exc:
+            raise QueueError(f"cannot create {root}: {exc.strerror}") from None
         with transaction(self._db) as db:
             db.execute(_SCHEMA)
 

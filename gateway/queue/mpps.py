@@ -98,11 +98,13 @@ def _alive(claimed_by: str | None) -> bool:
 
 class MppsQueue:
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True, mode=0o750)
         try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o750)
             self._db = open_durable(root / DB_NAME)
         except DurabilityError as exc:
             raise QueueError(str(exc)) from None
+        except OSError as exc:
+            raise QueueError(f"cannot create {root}: {exc.strerror}") from None
         with self._tx() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():

@@ -103,6 +103,9 @@ class WorklistService:
         except (PeerError, TLSSetupError, OSError) as exc:
             log.warning("worklist query failed, answering from the cache: %s", exc)
             return self._cached(query, f"worklist server unreachable: {exc}")
+        except Exception as exc:  # a peer we do not control must not crash the UI
+            log.exception("worklist query failed unexpectedly; answering from the cache")
+            return self._cached(query, f"worklist query failed ({type(exc).__name__})")
         if complete:  # only a complete answer may replace what the cache holds
             self.cache.store(query, entries)
         performed = self.cache.performed_keys()
