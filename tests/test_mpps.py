@@ -402,3 +402,22 @@ def test_unfinished_exam_survives_a_restart(tmp_path: Path, scp: MppsSCP) -> Non
     finally:
         for closeable in (outbox, queue, store):
             closeable.close()
+
+
+def test_mpps_peer_defaults_to_the_worklist_server(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+
+    base = {"queue": {"path": str(tmp_path)}}
+    worklist = {"ae_title": "RIS", "host": "ris.example", "port": 104}
+    assert mpps_peer(parse_config(base)) is None
+    peer = mpps_peer(parse_config({**base, "worklist": worklist}))
+    assert peer is not None and (peer.ae_title, peer.host, peer.port) == ("RIS", "ris.example", 104)
+    own = {"ae_title": "MPPS", "host": "mpps.example", "port": 11112}
+    peer = mpps_peer(parse_config({**base, "worklist": worklist, "mpps": own}))
+    assert peer is not None and (peer.ae_title, peer.port) == ("MPPS", 11112)
+    cfg = parse_config({**base, "worklist": {**worklist, "cache_days": 3, "timeout": 5}})
+    assert cfg.worklist is not None and (cfg.worklist.cache_days, cfg.worklist.timeout) == (3, 5)
+    with pytest.raises(ConfigError, match=r"mpps\.port: .*less than or equal to 65535"):
+        parse_config({**base, "mpps": {**own, "port": 70000}})
+    with pytest.raises(ConfigError, match=r"worklist\.cache_day: unknown key"):
+        parse_config({**base, "worklist": {**worklist, "cache_day": 3}})

@@ -25,8 +25,21 @@ STUDY_UTF8 = "1.2.826.0.1.3680043.10.543.1"
 STUDY_JIS = "1.2.826.0.1.3680043.10.543.2"
 
 
+LATIN1_NAME = "Ångström^Åsa^Çelik"
+
+
 def _add_today_entries(db: Path) -> None:
     today = date.today()
+    write_entry(
+        db / "latin1.wl",
+        name=LATIN1_NAME,
+        patient_id="P-LATIN1",
+        accession="ACC-LATIN1",
+        study_uid="1.2.826.0.1.3680043.10.543.9",
+        day=date(2020, 1, 2),
+        charset="ISO_IR 100",
+        station="LATIN1",
+    )
     write_entry(
         db / "utf8.wl",
         name=UTF8_NAME,
@@ -77,7 +90,7 @@ def test_examples_and_character_sets_over_plain_tcp(tmp_path: Path, wlm: WlmSCP)
     with WorklistService(_config(tmp_path, wlm.port)) as service:
         result = service.query(WorklistQuery())
     assert result.error is None and result.cached_at is None
-    assert len(result.entries) == 12
+    assert len(result.entries) == 13
     by_accession = {e.order.accession_number: e for e in result.entries}
     vivaldi = by_accession["00000"]
     assert vivaldi.patient.name == "VIVALDI^ANTONIO"
@@ -94,6 +107,9 @@ def test_examples_and_character_sets_over_plain_tcp(tmp_path: Path, wlm: WlmSCP)
     assert vivaldi.location == "B34F56"
     assert vivaldi.order.specific_character_set == "ISO_IR 100"
     assert vivaldi.warnings == ()
+    latin1 = by_accession["ACC-LATIN1"]
+    assert latin1.patient.name == LATIN1_NAME
+    assert latin1.order.specific_character_set == "ISO_IR 100"
     utf8 = by_accession["ACC-UTF8"]
     assert utf8.patient.name == UTF8_NAME
     assert utf8.order.specific_character_set == "ISO_IR 192"

@@ -89,6 +89,7 @@ class WorklistCache:
             raise QueueError(f"cannot create {root}: {exc.strerror}") from None
         self.path = root / DB_NAME
         self.keep_seconds = keep_days * 86400
+        self._decoded: dict[str, tuple[float, WorklistEntry]] = {}
         try:
             self._db = open_durable(self.path)
         except DurabilityError as exc:
@@ -159,7 +160,7 @@ class WorklistCache:
     def lookup(self, query: WorklistQuery) -> tuple[list[WorklistEntry], datetime | None]:
         """Cached entries matching `query` (performed ones marked) and when
         the oldest of them was fetched; None when nothing was ever cached."""
-        sql = "SELECT data, fetched_at FROM worklist_entries WHERE fetched_at >= ?"
+        sql = "SELECT key, data, fetched_at FROM worklist_entries WHERE fetched_at >= ?"
         args: list[object] = [time.time() - self.keep_seconds]
         # Narrow in SQL where it is exact; the wildcard rest is done in Python.
         if query.date_from:
@@ -178,7 +179,7 @@ class WorklistCache:
         performed = self.performed_keys()
         found: list[tuple[WorklistEntry, float]] = []
         for row in rows:
-            entry = entry_from_dict(json.loads(row["data"]))
+            entry = self._entry(row["key"], row["fetched_at"], row["data"])
             if matches(entry, query):
                 if entry.key in performed:
                     entry = _mark_performed(entry)
@@ -192,6 +193,16 @@ class WorklistCache:
                 return [], None
             oldest = last
         return [e for e, _ in found], datetime.fromtimestamp(oldest).astimezone()
+
+    def _entry(self, key: str, fetched_at: float, data: str) -> WorklistEntry:
+        """Rows are immutable per (key, fetch time): a long-lived service (the
+        touchscreen) decodes each once, so searching the offline list stays fast."""
+        known = self._decoded.get(key)
+        if known is not None and known[0] == fetched_at:
+            return known[1]
+        entry = entry_from_dict(json.loads(data))
+        self._decoded[key] = (fetched_at, entry)
+        return entry
 
     def mark_performed(self, entry_key: str, accession_number: str, exam_id: str) -> None:
         with transaction(self._db) as db:

@@ -85,6 +85,14 @@ def main() -> None:
                 lambda: run_in_process(lambda: service.query(query)),
                 pairs=PAIRS,
             )
+            cold: list[float] = []
+            for _ in range(PAIRS):  # a fresh service: every cached row decoded
+                with WorklistService(config) as fresh:
+                    start = time.perf_counter()
+                    result = fresh.query(query, offline=True)
+                    cold.append(time.perf_counter() - start)
+                if len(result.entries) != ENTRIES:
+                    raise RuntimeError("cold cached lookup did not return the whole list")
             cached: list[float] = []
             for _ in range(CACHED_RUNS):
                 start = time.perf_counter()
@@ -95,11 +103,16 @@ def main() -> None:
             cmp.extra = {
                 "entries": ENTRIES,
                 "target_ratio": 1.2,
+                "cached_lookup_cold_median_ms": statistics.median(cold) * 1000,
+                "cached_lookup_cold_min_ms": min(cold) * 1000,
+                "cached_lookup_cold_max_ms": max(cold) * 1000,
                 "cached_lookup_median_ms": statistics.median(cached) * 1000,
                 "cached_lookup_min_ms": min(cached) * 1000,
                 "cached_lookup_max_ms": max(cached) * 1000,
                 "cached_lookup_runs": CACHED_RUNS,
                 "cached_lookup_target_ms": 50,
+                "note_cached": "cold: first lookup of a new WorklistService (decodes every row); "
+                "warm: repeated lookups of one long-lived service (the touchscreen's)",
                 "note": "ours measured in-process (as the UI calls it), incl. parsing and "
                 "the durable cache write; findscu as a process (incl. its start-up)",
             }
