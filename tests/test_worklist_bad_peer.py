@@ -31,7 +31,8 @@ Handler = Callable[[Any], Iterator[tuple[int, Dataset | None]]]
 class FakeRIS:
     """A pynetdicom worklist SCP whose C-FIND handler the test supplies."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, ignore_cancel: bool = False) -> None:
+        self.ignore_cancel = ignore_cancel
         self.port = free_port()
         self.cancelled = threading.Event()
         self.handler = handler
@@ -45,7 +46,7 @@ class FakeRIS:
 
     def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         for status, ds in self.handler(event):
-            if event.is_cancelled:
+            if event.is_cancelled and not self.ignore_cancel:
                 self.cancelled.set()
                 yield 0xFE00, None
                 return
@@ -262,3 +263,24 @@ def test_endless_server_through_service_shows_partial_list(
         # An incomplete answer is not cached as if it were the whole list.
         cached, when = service.cache.lookup(WorklistQuery())
         assert cached == [] and when is None
+
+
+def test_server_ignoring_c_cancel_is_aborted(ris: Callable[[Handler], FakeRIS]) -> None:
+    def endless(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        started = time.monotonic()
+        n = 0
+        while n < 200_000 and time.monotonic() - started < 30:
+            n += 1
+            yield 0xFF00, _entry(f"LOOP^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
+
+    server = ris(endless)
+    server.ignore_cancel = True
+    find = WorklistFind(
+        "EDGE1",
+        server.peer,
+        build_identifier(WorklistQuery()),
+        limits=FindLimits(max_matches=10, seconds=20, cancel_grace=0.5),
+    )
+    assert len(list(find)) == 10  # returns: the association is aborted after the grace
+    assert find.stopped is not None and "stopped after 10 entries" in find.stopped
+    assert find.status is None  # no final status: we aborted
