@@ -284,3 +284,22 @@ def test_server_ignoring_c_cancel_is_aborted(ris: Callable[[Handler], FakeRIS]) 
     assert len(list(find)) == 10  # returns: the association is aborted after the grace
     assert find.stopped is not None and "stopped after 10 entries" in find.stopped
     assert find.status is None  # no final status: we aborted
+
+
+def test_server_going_silent_keeps_what_arrived(ris: Callable[[Handler], FakeRIS]) -> None:
+    def silent(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xFF00, _entry("FIRST^ONE", "P1", "A1", "1.2.3.1")
+        yield 0xFF00, _entry("SECOND^ONE", "P2", "A2", "1.2.3.2")
+        time.sleep(2.5)  # then nothing for longer than our limit
+        yield 0x0000, None
+
+    server = ris(silent)
+    find = WorklistFind(
+        "EDGE1",
+        server.peer,
+        build_identifier(WorklistQuery()),
+        limits=FindLimits(seconds=1.0),
+    )
+    names = [str(ds.PatientName) for ds in find]
+    assert names == ["FIRST^ONE", "SECOND^ONE"]
+    assert find.stopped is not None and "stopped answering after 2 entries" in find.stopped

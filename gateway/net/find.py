@@ -115,11 +115,18 @@ class WorklistFind:
             responses = assoc.send_c_find(self.identifier, MWL_FIND, msg_id=_MESSAGE_ID)
             for status, identifier in responses:
                 code = status.get("Status")
-                if code is None:
-                    raise PeerError(
-                        f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}: "
-                        "no answer to the worklist query (timed out or connection lost)"
+                if code is None:  # pynetdicom has aborted the association
+                    if self.matches == 0:
+                        raise PeerError(
+                            f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}: "
+                            "no answer to the worklist query (timed out or connection lost)"
+                        )
+                    self.stopped = (
+                        f"the server stopped answering after {self.matches} entries "
+                        "(timed out or connection lost)"
                     )
+                    finished = True
+                    break
                 if code not in PENDING:
                     self.status = int(code)
                     finished = True
