@@ -46,7 +46,8 @@ class MppsListener:
         uid = new_uid()
         step = mpps.PerformedStep(
             mpps_uid=uid,
-            step_id=exam.study.study_id[:16] or exam.started.strftime("%H%M%S"),
+            # Unique per performed step (one order may be performed twice).
+            step_id=exam.started.strftime("%y%m%d%H%M%S") + exam.id[:4].upper(),
             patient=exam.patient,
             study=exam.study,
             order=exam.order,
@@ -86,6 +87,7 @@ class MppsListener:
             station_ae_title=self.config.station.ae_title,
             reason=reason,
             comments=comments,
+            specific_character_set=order.specific_character_set if order else "ISO_IR 192",
         )
         self.queue.add(exam.id, uid, MessageKind.SET, status, ds)
         self._uids.pop(exam.id, None)

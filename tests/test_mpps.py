@@ -200,7 +200,7 @@ def test_completed_exam_exact_attributes(rig: Rig, scp: MppsSCP) -> None:
         "PerformedProcedureStepEndDate": "",
         "PerformedProcedureStepEndTime": "",
         "PerformedProcedureStepStatus": "IN PROGRESS",
-        "PerformedProcedureStepID": "RP77",
+        "PerformedProcedureStepID": started.strftime("%y%m%d%H%M%S") + exam.id[:4].upper(),
         "PerformedProcedureStepDescription": "US abdomen",
         "PerformedProcedureTypeDescription": "",
         "ProcedureCodeSequence": [],
@@ -215,6 +215,7 @@ def test_completed_exam_exact_attributes(rig: Rig, scp: MppsSCP) -> None:
     }
     assert exam.ended is not None
     assert _elements(modified) == {
+        "SpecificCharacterSet": "ISO_IR 192",
         "PerformedProcedureStepEndDate": exam.ended.strftime("%Y%m%d"),
         "PerformedProcedureStepEndTime": exam.ended.strftime("%H%M%S"),
         "PerformedProcedureStepStatus": "COMPLETED",
@@ -247,7 +248,7 @@ def test_discontinued_with_reason_codes(rig: Rig, scp: MppsSCP) -> None:
     _capture(rig, coded, 1)
     rig.exams.discontinue(coded, "110505")
     unscheduled = rig.exams.start(Patient(name="Doe^Jane", id="U1"))
-    rig.exams.discontinue(unscheduled, "the probe broke")
+    rig.exams.discontinue(unscheduled, "Sonde defekt – Patient hat sich bewegt")
     assert rig.sender.flush(timeout=20).sent == 4
     sets = [ds for kind, _, ds in scp.received if kind == "set"]
     first, second = sets
@@ -263,7 +264,7 @@ def test_discontinued_with_reason_codes(rig: Rig, scp: MppsSCP) -> None:
     assert [r.ReferencedSOPInstanceUID for r in refs] == [coded.images[0].sop_instance_uid]
     free = second.PerformedProcedureStepDiscontinuationReasonCodeSequence[0]
     assert (free.CodeValue, free.CodeMeaning) == ("110513", "Discontinued for unspecified reason")
-    assert second.CommentsOnThePerformedProcedureStep == "the probe broke"
+    assert second.CommentsOnThePerformedProcedureStep == "Sonde defekt – Patient hat sich bewegt"
     assert len(second.PerformedSeriesSequence) == 0
     creates = [ds for kind, _, ds in scp.received if kind == "create"]
     unscheduled_step = creates[1].ScheduledStepAttributesSequence[0]
@@ -421,3 +422,23 @@ def test_mpps_peer_defaults_to_the_worklist_server(tmp_path: Path) -> None:
         parse_config({**base, "mpps": {**own, "port": 70000}})
     with pytest.raises(ConfigError, match=r"worklist\.cache_day: unknown key"):
         parse_config({**base, "worklist": {**worklist, "cache_day": 3}})
+
+
+def test_japanese_order_keeps_its_character_set(rig: Rig, scp: MppsSCP) -> None:
+    scp.start()
+    order = Order(
+        study_instance_uid="1.2.826.0.1.3680043.10.543.88",
+        accession_number="ACC88",
+        scheduled_procedure_step_description="腹部",
+        specific_character_set="\\ISO 2022 IR 87",
+    )
+    patient = Patient(name="Yamada^Tarou=山田^太郎=やまだ^たろう", id="J88")
+    exam = rig.exams.start(patient, order)
+    _capture(rig, exam, 1)
+    rig.exams.finish(exam)
+    assert rig.sender.flush(timeout=20).sent == 2
+    (_, _, created), (_, _, modified) = scp.received
+    assert list(created.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
+    assert str(created.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert created.ScheduledStepAttributesSequence[0].ScheduledProcedureStepDescription == "腹部"
+    assert modified.PerformedSeriesSequence[0].ProtocolName == "腹部"

@@ -74,6 +74,11 @@ class ReferencedObject:
     sop_instance_uid: str
 
 
+def _charset_value(value: str) -> str | list[str]:
+    """ "\\ISO 2022 IR 87" is two values (the first empty), not one string."""
+    return value.split("\\") if "\\" in value else value
+
+
 def _code_item(code: Code) -> Dataset:
     item = Dataset()
     item.CodeValue = code.value
@@ -96,7 +101,9 @@ def n_create(step: PerformedStep) -> Dataset:
     attributes that the N-SET fills in."""
     ds = Dataset()
     order = step.order
-    ds.SpecificCharacterSet = order.specific_character_set if order else "ISO_IR 192"
+    ds.SpecificCharacterSet = _charset_value(
+        order.specific_character_set if order else "ISO_IR 192"
+    )
     sched = Dataset()
     sched.StudyInstanceUID = step.study.instance_uid
     sched.ReferencedStudySequence = Sequence()
@@ -171,6 +178,7 @@ def n_set_final(
     station_ae_title: str = "",
     reason: Code | None = None,
     comments: str = "",
+    specific_character_set: str = "ISO_IR 192",
 ) -> Dataset:
     """The final N-SET: COMPLETED or DISCONTINUED, the end time, and the
     Performed Series Sequence referencing every object of the exam (objects
@@ -178,6 +186,8 @@ def n_set_final(
     if status not in (COMPLETED, DISCONTINUED):
         raise ValueError(f"final MPPS status must be COMPLETED or DISCONTINUED, not {status!r}")
     ds = Dataset()
+    # The protocol name and the comments may be in the worklist's language.
+    ds.SpecificCharacterSet = _charset_value(specific_character_set)
     ds.PerformedProcedureStepEndDate = _date(ended)
     ds.PerformedProcedureStepEndTime = _time(ended)
     ds.PerformedProcedureStepStatus = status
