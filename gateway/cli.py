@@ -71,7 +71,9 @@ def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
 def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.net.echo import echo
 
-    dests = [config.destination(args.name)] if args.name else list(config.destinations)
+    dests = list(config.destinations) if not args.name else []
+    if args.name and args.name not in ("worklist", "mpps"):
+        dests = [config.destination(args.name)]
     if config.worklist and (not args.name or args.name == "worklist"):
         from gateway.config import DestinationConfig
 
@@ -80,6 +82,12 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
             name="worklist", ae_title=wl.ae_title, host=wl.host, port=wl.port, tls=wl.tls
         )
         dests = [d for d in dests if d.name != "worklist"] + [wl_dest]
+    if config.mpps and (not args.name or args.name == "mpps"):
+        from gateway.net.mpps import mpps_peer
+
+        mpps_dest = mpps_peer(config)
+        if mpps_dest is not None:
+            dests = [d for d in dests if d.name != "mpps"] + [mpps_dest]
     if not dests:
         raise CommandError("no peers configured: add a [[destinations]] table")
     results = [echo(config.station.ae_title, d) for d in dests]
