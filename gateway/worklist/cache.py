@@ -120,11 +120,13 @@ class WorklistCache:
         with transaction(self._db) as db:
             stale = [
                 row["key"]
-                for row in db.execute("SELECT key, data FROM worklist_entries")
+                for row in db.execute("SELECT key, data, fetched_at FROM worklist_entries")
                 if row["key"] not in keys
-                and matches(entry_from_dict(json.loads(row["data"])), query)
+                and matches(self._entry(row["key"], row["fetched_at"], row["data"]), query)
             ]
             db.executemany("DELETE FROM worklist_entries WHERE key = ?", [(k,) for k in stale])
+            for key in stale:
+                self._decoded.pop(key, None)
             db.executemany(
                 "INSERT INTO worklist_entries (key, scheduled_date, modality, patient_id,"
                 " accession_number, data, fetched_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
