@@ -198,8 +198,10 @@ def test_slow_endless_pending_hits_the_time_limit(ris: Callable[[Handler], FakeR
 
 def test_consumer_stopping_sends_c_cancel(ris: Callable[[Handler], FakeRIS]) -> None:
     def many(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        for n in range(1000):
+        # Paced, so the list is still being sent when the consumer stops.
+        for n in range(500):
             yield 0xFF00, _entry(f"MANY^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
+            time.sleep(0.01)
         yield 0x0000, None
 
     server = ris(many)
@@ -218,8 +220,10 @@ def test_service_stream_stops_early_with_c_cancel(
     tmp_path: Path, ris: Callable[[Handler], FakeRIS]
 ) -> None:
     def many(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        for n in range(1000):
+        # Paced, so the list is still being sent when the consumer stops.
+        for n in range(500):
             yield 0xFF00, _entry(f"MANY^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
+            time.sleep(0.01)
         yield 0x0000, None
 
     server = ris(many)
