@@ -83,7 +83,9 @@ def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
 def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.net.echo import echo
 
-    dests = [config.destination(args.name)] if args.name else list(config.destinations)
+    dests = list(config.destinations) if not args.name else []
+    if args.name and args.name not in ("worklist", "mpps"):
+        dests = [config.destination(args.name)]
     if config.worklist and (not args.name or args.name == "worklist"):
         from gateway.config import DestinationConfig
 
@@ -92,6 +94,12 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
             name="worklist", ae_title=wl.ae_title, host=wl.host, port=wl.port, tls=wl.tls
         )
         dests = [d for d in dests if d.name != "worklist"] + [wl_dest]
+    if config.mpps and (not args.name or args.name == "mpps"):
+        from gateway.net.mpps import mpps_peer
+
+        mpps_dest = mpps_peer(config)
+        if mpps_dest is not None:
+            dests = [d for d in dests if d.name != "mpps"] + [mpps_dest]
     if not dests:
         raise CommandError("no peers configured: add a [[destinations]] table")
     results = [echo(config.station.ae_title, d) for d in dests]
@@ -109,15 +117,104 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     return EXIT_FAILURE if failed else 0
 
 
+def cmd_worklist(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.worklist.jsonform import result_to_dict
+    from gateway.worklist.model import WorklistQuery
+    from gateway.worklist.service import WorklistError, WorklistService, parse_date_option
+
+    try:
+        date_from, date_to = parse_date_option(args.date)
+    except WorklistError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    station = args.station if args.station is not None else config.station.ae_title
+    query = WorklistQuery(
+        date_from=date_from,
+        date_to=date_to,
+        modality=args.modality,
+        station_ae_title=None if station.lower() == "any" else station,
+        patient_name=args.patient_name,
+        patient_id=args.patient_id,
+        accession_number=args.accession,
+    )
+    with WorklistService(config) as service:
+        result = service.query(query, offline=args.offline)
+    if args.json:
+        print(json.dumps(result_to_dict(result), indent=2, ensure_ascii=False))
+    else:
+        print(_worklist_text(result))
+    if result.error and result.cached_at is None:
+        print(f"dicom-gateway: {result.error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _worklist_text(result: Any) -> str:
+    lines = []
+    if result.cached_at is not None:
+        why = f" — {result.error}" if result.error else ""
+        lines.append(f"cached at {result.cached_at:%Y-%m-%d %H:%M}{why}")
+    for e in result.entries:
+        when = f"{e.scheduled_start:%Y-%m-%d %H:%M}" if e.scheduled_start else "(no time)"
+        mark = " [performed]" if e.performed else ""
+        warn = f"  ! {'; '.join(e.warnings)}" if e.warnings else ""
+        lines.append(
+            f"{when}  {e.modality:<3} {e.order.accession_number:<16} {e.patient.id:<12} "
+            f"{e.patient.name}  {e.order.requested_procedure_description}"
+            f"{'  @' + e.location if e.location else ''}{mark}{warn}"
+        )
+    if not result.entries:
+        lines.append("no worklist entries")
+    lines.extend(f"warning: {w}" for w in result.warnings)
+    return "\n".join(lines)
+
+
+def _exam_subject(args: argparse.Namespace, config: GatewayConfig, verb: str) -> tuple[Any, Any]:
+    """Who the images belong to: the worklist entry for --accession (IHE
+    Scheduled Workflow), else an unscheduled patient from --patient-id/-name.
+    Shared by `capture` and `import` so both take the same options."""
+    order = None
+    if args.accession:
+        if args.patient_id or args.patient_name:
+            raise CommandError(
+                f"{verb} takes --accession or --patient-id/--patient-name, not both", EXIT_USAGE
+            )
+        from gateway.worklist.service import WorklistError, WorklistService
+
+        with WorklistService(config) as worklist:
+            try:
+                entry, looked_up = worklist.lookup_accession(args.accession)
+            except WorklistError as exc:
+                raise CommandError(str(exc)) from None
+        if looked_up.cached_at is not None:
+            print(
+                f"dicom-gateway: worklist entry from the cache (cached at "
+                f"{looked_up.cached_at:%Y-%m-%d %H:%M})",
+                file=sys.stderr,
+            )
+        patient, order = entry.patient, entry.order
+    elif not (args.patient_id and args.patient_name):
+        raise CommandError(
+            f"{verb} needs --accession, or --patient-id and --patient-name", EXIT_USAGE
+        )
+    else:
+        from gateway.worklist.unscheduled import UnscheduledPatientError, unscheduled_patient
+
+        try:
+            patient = unscheduled_patient(
+                args.patient_name, args.patient_id, args.birth_date or "", args.sex or ""
+            )
+        except UnscheduledPatientError as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from None
+    return patient, order
+
+
 def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
     from drivers import create_driver
     from gateway.capture import Capturer
-    from gateway.dicom.modules import Patient
     from gateway.exam import ExamService
+    from gateway.exam_listeners import attach
 
-    if not (args.patient_id and args.patient_name):
-        raise CommandError("capture needs --patient-id and --patient-name", EXIT_USAGE)
-    patient = Patient(name=args.patient_name, id=args.patient_id)
+    patient, order = _exam_subject(args, config, "capture")
     driver = create_driver(config.capture.driver, config.capture.options)
     captured: list[dict[str, Any]] = []
     with _outbox(config) as outbox:
@@ -125,27 +222,42 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
         exams = ExamService(
             config, outbox, Capturer(config, outbox, driver.source), hold_until_finished=False
         )
-        exam = exams.start(patient)
-        with driver:
-            for frame in driver.frames(args.frames):
-                queued = exams.capture(exam, frame)
-                captured.append(
-                    {
-                        "id": queued.id,
-                        "sop_instance_uid": queued.sop_instance_uid,
-                        "path": str(queued.path),
-                    }
-                )
-                if not args.json:
-                    print(
-                        f"captured {len(captured)}/{args.frames}: queue object {queued.id} "
-                        f"({queued.sop_instance_uid})",
-                        flush=True,
+        listeners = attach(config, exams, outbox)
+        exam = exams.start(patient, order)
+        try:
+            with driver:
+                for frame in driver.frames(args.frames):
+                    queued = exams.capture(exam, frame)
+                    captured.append(
+                        {
+                            "id": queued.id,
+                            "sop_instance_uid": queued.sop_instance_uid,
+                            "path": str(queued.path),
+                        }
                     )
+                    if not args.json:
+                        print(
+                            f"captured {len(captured)}/{args.frames}: queue object {queued.id} "
+                            f"({queued.sop_instance_uid})",
+                            flush=True,
+                        )
+        except BaseException as exc:
+            # What was captured stays queued; the RIS hears the exam was cut short.
+            exams.discontinue(exam, f"capture failed: {exc}"[:64])
+            raise
+        else:
+            exams.finish(exam)  # MPPS COMPLETED; the worklist step is marked performed
+        finally:
+            listeners.close()
     if args.json:
         print(
             json.dumps(
-                {"study_instance_uid": exam.study.instance_uid, "captured": captured}, indent=2
+                {
+                    "study_instance_uid": exam.study.instance_uid,
+                    "accession_number": exam.study.accession_number,
+                    "captured": captured,
+                },
+                indent=2,
             )
         )
     return 0
@@ -153,13 +265,11 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 def cmd_import(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.capture import Capturer
-    from gateway.dicom.modules import Patient
     from gateway.exam import ExamService
+    from gateway.exam_listeners import attach
     from gateway.importer import Importer, ImportFileError
 
-    if not (args.patient_id and args.patient_name):
-        raise CommandError("import needs --patient-id and --patient-name", EXIT_USAGE)
-    patient = Patient(name=args.patient_name, id=args.patient_id)
+    patient, order = _exam_subject(args, config, "import")
     show_progress = not args.json and sys.stderr.isatty()
 
     def progress(done: int, total: int, path: Path) -> None:
@@ -171,7 +281,9 @@ def cmd_import(args: argparse.Namespace, config: GatewayConfig) -> int:
     with _outbox(config) as outbox:
         outbox.check_space()
         capturer = Capturer(config, outbox, "file")
-        exam = ExamService(config, outbox, capturer, hold_until_finished=False).start(patient)
+        exams = ExamService(config, outbox, capturer, hold_until_finished=False)
+        listeners = attach(config, exams, outbox)
+        exam = exams.start(patient, order)
         try:
             queued = Importer(capturer).run(
                 exam, [Path(p) for p in args.paths], progress if show_progress else None
@@ -179,7 +291,13 @@ def cmd_import(args: argparse.Namespace, config: GatewayConfig) -> int:
         except ImportFileError as exc:
             if show_progress:
                 print(file=sys.stderr)
+            # What was already queued stays queued; the RIS hears it was cut short.
+            exams.discontinue(exam, f"import failed: {exc}"[:64])
             raise CommandError(str(exc)) from None
+        else:
+            exams.finish(exam)
+        finally:
+            listeners.close()
     rows = [
         {
             "id": q.id,
@@ -358,17 +476,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_echo)
 
-    p = sub.add_parser("capture", parents=[common], help="headless capture into the queue")
-    p.add_argument("--patient-id")
-    p.add_argument("--patient-name")
+    # Whose images: a worklist entry, or an unscheduled patient.
+    subject = _Parser(add_help=False)
+    subject.add_argument("--accession", help="start the exam from this worklist entry")
+    subject.add_argument("--patient-id")
+    subject.add_argument("--patient-name")
+    subject.add_argument("--birth-date", help="unscheduled patient: YYYY-MM-DD")
+    subject.add_argument("--sex", help="unscheduled patient: M, F or O")
+
+    p = sub.add_parser("capture", parents=[common, subject], help="headless capture into the queue")
     p.add_argument("--frames", type=int, default=1)
     p.set_defaults(func=cmd_capture)
 
-    p = sub.add_parser("import", parents=[common], help="wrap image/video files and queue them")
+    p = sub.add_parser(
+        "import", parents=[common, subject], help="wrap image/video files and queue them"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--patient-id")
-    p.add_argument("--patient-name")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("worklist", parents=[common], help="query the Modality Worklist")
+    p.add_argument("--date", default="today", help="today | YYYYMMDD | YYYYMMDD-YYYYMMDD | any")
+    p.add_argument("--modality")
+    p.add_argument("--station", help="scheduled station AE title (default ours; 'any')")
+    p.add_argument("--patient-id")
+    p.add_argument("--patient-name", help="wildcards * and ? allowed")
+    p.add_argument("--accession")
+    p.add_argument("--offline", action="store_true", help="answer from the cache only")
+    p.set_defaults(func=cmd_worklist)
 
     p = sub.add_parser("queue", parents=[common], help="inspect and act on the queue")
     p.add_argument("action", nargs="?", choices=["list", "stats", "retry", "show", "flush"])

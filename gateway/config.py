@@ -126,6 +126,20 @@ class WorklistConfig(_Model):
     host: str = Field(min_length=1)
     port: Port
     tls: TLSConfig | None = None
+    # Cached lists older than this are dropped (a field unit's week offline fits).
+    cache_days: int = Field(default=14, ge=1, le=3650)
+    # Whole-query bound: a server that keeps sending pending responses is cut off.
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    max_entries: int = Field(default=5000, ge=1, le=100000)
+
+
+class MppsConfig(_Model):
+    """The MPPS SCP; when the table is absent, the worklist server is used."""
+
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
+    tls: TLSConfig | None = None
 
 
 def default_queue_path() -> Path:
@@ -259,6 +273,7 @@ class GatewayConfig(_Model):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     destinations: list[DestinationConfig] = Field(default_factory=list)
     worklist: WorklistConfig | None = None
+    mpps: MppsConfig | None = None
     queue: QueueConfig = Field(default_factory=QueueConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -379,6 +394,9 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     worklist = data.get("worklist")
     if isinstance(worklist, dict):
         fix(worklist.get("tls"), ("ca", "cert", "key"))
+    mpps = data.get("mpps")
+    if isinstance(mpps, dict):
+        fix(mpps.get("tls"), ("ca", "cert", "key"))
     fix(data.get("queue"), ("path",))
     audit = data.get("audit")
     if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):

@@ -82,6 +82,8 @@ def run(
                 daemon=True,
             )
         )
+    if "forwarder" in parts:
+        threads.extend(_mpps_threads(config, stop, health))
     if "ui" in parts:
         from gateway.ui.server import UIServer
 
@@ -133,3 +135,24 @@ def run(
         stop_service()
     outbox.close()
     return 0
+
+
+def _mpps_threads(
+    config: GatewayConfig, stop: threading.Event, health: Health
+) -> list[threading.Thread]:
+    """The MPPS sender runs beside the forwarder: both drain the same queue file."""
+    from gateway.net.mpps import MppsSender, mpps_peer
+    from gateway.queue.mpps import MppsQueue
+
+    peer = mpps_peer(config)
+    if peer is None:
+        return []
+    sender = MppsSender(MppsQueue(config.queue.path), peer, config.station.ae_title)
+    return [
+        threading.Thread(
+            target=sender.run,
+            args=(stop, lambda: health.beat("mpps")),
+            name="mpps",
+            daemon=True,
+        )
+    ]

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from drivers.base import Frame
 from drivers.stream import FrameStream
 from gateway.dicom.modules import ModuleError, Order, Patient
@@ -114,6 +116,28 @@ class Recorder:
         return self.frames
 
 
+def _shot_from_file(queued: QueuedObject) -> Shot:
+    """A thumbnail rebuilt from the stored object (first frame)."""
+    from pydicom import dcmread
+
+    frames = 1
+    try:
+        ds = dcmread(queued.path)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        pixels = ds.pixel_array[0] if frames > 1 else ds.pixel_array
+        if pixels.dtype != np.uint8:
+            pixels = pixels.astype(np.uint8)
+    except Exception:  # unreadable image: a grey tile, never a broken page
+        pixels = np.full((48, 64), 128, dtype=np.uint8)
+    return Shot(
+        queued.id,
+        "clip" if frames > 1 else "image",
+        frames,
+        encode_jpeg(pixels, (THUMB_WIDTH, THUMB_WIDTH), quality=75),
+        encode_jpeg(pixels, (1280, 800), quality=85),
+    )
+
+
 class ExamDesk:
     def __init__(
         self,
@@ -181,6 +205,16 @@ class ExamDesk:
             self.shots[exam.id] = []
             self.current = exam
             return exam
+
+    def adopt(self, exam: Exam) -> None:
+        """Take back an exam that was in progress when the service stopped:
+        it becomes the current exam, its held images shown from the queue's
+        files, so the technician can review, finish or discontinue it."""
+        with self._lock:
+            self._known[exam.id] = exam
+            self.shots[exam.id] = [_shot_from_file(q) for q in exam.images]
+            if self.current is None:
+                self.current = exam
 
     def _require_open(self, exam: Exam) -> None:
         if exam.state is not ExamState.IN_PROGRESS:

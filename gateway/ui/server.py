@@ -14,6 +14,7 @@ from drivers.stream import FrameStream
 from gateway.capture import Capturer
 from gateway.config import GatewayConfig
 from gateway.exam import ExamService
+from gateway.exam_listeners import attach
 from gateway.queue.outbox import Outbox
 from gateway.ui.app import UIContext, WorklistSource, app_state, create_app
 from gateway.ui.status import ForwarderStatus
@@ -42,11 +43,9 @@ def default_worklist(config: GatewayConfig) -> WorklistSource | None:
     """The worklist service when this build has it and a server is configured."""
     if config.worklist is None:
         return None
-    try:
-        from gateway.worklist import service  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    source: WorklistSource = service.WorklistService(config)
+    from gateway.worklist.service import WorklistService
+
+    source: WorklistSource = WorklistService(config)
     return source
 
 
@@ -68,6 +67,9 @@ class UIServer:
         self.status_outbox = Outbox(config.queue.path, destinations)
         source = stream.driver.source if stream is not None else "synthetic"
         exams = ExamService(config, self.outbox, Capturer(config, self.outbox, source))
+        # MPPS, worklist "performed", and the durable exam record; an exam cut
+        # short by a power loss comes back on screen with its held images.
+        self.listeners = attach(config, exams, self.outbox, restore=True)
         self.app = create_app(
             UIContext(
                 config=config,
@@ -90,6 +92,8 @@ class UIServer:
             lifespan="on",
             log_config=None,  # our logging set-up (journald), not uvicorn's
         )
+        for exam in self.listeners.restored:
+            app_state(self.app).desk.adopt(exam)
         self.server = _Server(uv_config, stop, app_state(self.app).closing)
         self.thread = threading.Thread(target=self._serve, name="ui", daemon=True)
 
@@ -97,6 +101,7 @@ class UIServer:
         try:
             self.server.run()
         finally:
+            self.listeners.close()
             self.outbox.close()
             self.status_outbox.close()
 
