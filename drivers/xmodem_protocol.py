@@ -51,6 +51,11 @@ class _Timeout(Exception):
     pass
 
 
+class _NotStarted(Exception):
+    """What looked like a first block was not one (line noise, the tail of a
+    dead sender's transfer): stay idle."""
+
+
 @dataclass(frozen=True)
 class Timing:
     poke_interval: float = 3.0  # between 'C' (or NAK) pokes while idle
@@ -146,7 +151,11 @@ class Receiver:
             except _Timeout:
                 continue
             if first in (SOH, STX):
-                return self._transfer(first)
+                try:
+                    return self._transfer(first)
+                except _NotStarted:
+                    self.purge()
+                    continue
             if first == CAN and self._second_can():
                 self.purge()
             # Anything else while idle is noise, or a sender's leftovers.
@@ -230,6 +239,11 @@ class Receiver:
             if current not in (SOH, STX):
                 continue  # noise between blocks: wait for a block start
             block = self._block(current)
+            started = ymodem or bool(data)
+            if not started and (block is None or block[0] not in (0, 1)):
+                # A damaged or stray first block: a real sender repeats
+                # block 1 after our next poke; junk is purged.
+                raise _NotStarted
             if block is None:
                 errors += 1
                 if errors > self.timing.retries:

@@ -18,7 +18,9 @@ def numbered_image(index: int, width: int = 160, height: int = 120) -> npt.NDArr
     return image
 
 
-def write_mjpeg(path: Path, frames: int, fps: float = 30.0, size: tuple[int, int] = (160, 120)) -> Path:
+def write_mjpeg(
+    path: Path, frames: int, fps: float = 30.0, size: tuple[int, int] = (160, 120)
+) -> Path:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     assert writer.isOpened(), "OpenCV cannot write MJPG AVI"
     for i in range(frames):

@@ -8,8 +8,10 @@ or trickle (so a transfer is still running when the sender is killed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import termios
 import subprocess
 import threading
 import time
@@ -64,6 +66,9 @@ class SerialLine:
     def send(self, args: list[str], *files: Path) -> subprocess.Popen[bytes]:
         """Start a real lrzsz sender on the sender's side of the line."""
         line = os.open(self.sender_tty, os.O_RDWR | os.O_NOCTTY)
+        # A new sender starts with a clean input: the pokes and CANs meant
+        # for a previous (dead) sender are not its business.
+        termios.tcflush(line, termios.TCIFLUSH)
         try:
             proc = subprocess.Popen(
                 [*args, *(str(f) for f in files)],
@@ -84,10 +89,8 @@ class SerialLine:
         self._stop.set()
         self._thread.join(5)
         for fd in (self._a_master, self._a_slave, self._b_master, self._b_slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def __enter__(self) -> SerialLine:
         return self

@@ -113,7 +113,9 @@ def test_open_frames_close_reopen(rig: Rig, request: pytest.FixtureRequest) -> N
     assert not driver.is_open
 
 
-def test_missing_device_is_a_driver_error_naming_it(rig: Rig, request: pytest.FixtureRequest) -> None:
+def test_missing_device_is_a_driver_error_naming_it(
+    rig: Rig, request: pytest.FixtureRequest
+) -> None:
     name = request.node.callspec.params["rig"]
     if name == "testpattern":  # no device: its option check is the error case
         with pytest.raises(DriverError, match=r"capture\.options\.fps"):
