@@ -97,6 +97,10 @@ class FileDriver(Driver):
         if not self._opts.realtime:
             return
         interval = 1.0 / self._fps
+        if self._index == 0:
+            # The replay's clock starts with its first frame, not at open():
+            # opening a decoder is set-up, not frame time.
+            self._start = time.monotonic()
         due = self._start + self._index * interval
         now = time.monotonic()
         if now < due:

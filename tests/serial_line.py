@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import termios
 import subprocess
+import termios
 import threading
 import time
 import tty
