@@ -1,9 +1,10 @@
 """One OpenCV capture, read either decoded or raw (undecoded MJPEG packets).
 
-Shared by the video and file drivers. In raw mode (`CAP_PROP_FORMAT = -1`,
-honoured by OpenCV's FFmpeg and V4L2 back-ends) `read` returns the stream's
-own JPEG bytes; they are decoded once for the preview and kept for the DICOM
-layer, so a still is not JPEG-compressed a second time.
+Shared by the video and file drivers. In raw mode (`CAP_PROP_FORMAT = -1` for
+OpenCV's FFmpeg back-end, `CAP_PROP_CONVERT_RGB = 0` for its V4L2 back-end)
+`read` returns the stream's own JPEG bytes; they are decoded once for the
+preview and kept for the DICOM layer, so a still is not JPEG-compressed a
+second time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy.typing as npt
 from drivers.jpeg import ensure_huffman_tables, is_jpeg
 
 MJPG = cv2.VideoWriter.fourcc(*"MJPG")
+# How FFmpeg is asked for undecoded packets; V4L2 differs (see drivers.v4l2).
+FFMPEG_RAW_MODE = (cv2.CAP_PROP_FORMAT, -1.0)
 
 
 def fourcc_name(code: float) -> str:
@@ -38,11 +41,16 @@ class Picture:
 class CvReader:
     """A cv2.VideoCapture that yields RGB pixels and, when raw, the JPEG bytes."""
 
-    def __init__(self, capture: cv2.VideoCapture, want_raw: bool) -> None:
+    def __init__(
+        self,
+        capture: cv2.VideoCapture,
+        want_raw: bool,
+        raw_mode: tuple[int, float] = FFMPEG_RAW_MODE,
+    ) -> None:
         self.capture = capture
         self.raw = False
         if want_raw and int(capture.get(cv2.CAP_PROP_FOURCC)) == MJPG:
-            self.raw = bool(capture.set(cv2.CAP_PROP_FORMAT, -1))
+            self.raw = bool(capture.set(*raw_mode))
 
     @property
     def fps(self) -> float:

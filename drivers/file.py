@@ -1,9 +1,10 @@
 """Replays a video file or a folder of images at their own rate: demos,
 training and tests without hardware.
 
-Pacing behaves like a device: frame i is due at start + i/fps, and a reader
-that falls more than a frame behind finds the frames it missed skipped (and
-counted as dropped by the stream), never delivered late in a burst.
+Pacing behaves like a device: frame i is due at start + i/fps; a device
+queues a few frames for a reader that is briefly late, and a reader that falls
+further behind finds the frames it missed skipped (and counted as dropped by
+the stream), as a grabber overwrites its oldest buffers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from drivers.cvsource import CvReader
 from drivers.imagecodec import IMAGE_SUFFIXES, ImageError, decode_image
 
 DEFAULT_VIDEO_FPS = 25.0
+# Like a V4L2 grabber's queue (OpenCV asks for 4 buffers): a reader up to this
+# many frames late still gets every frame; later than that, the oldest go.
+DEVICE_BUFFERS = 4
 
 
 class FileOptions(DriverOptions):
@@ -106,8 +110,8 @@ class FileDriver(Driver):
         if now < due:
             time.sleep(due - now)
             return
-        behind = int((now - due) / interval)
-        for _ in range(behind):
+        behind = int((now - due) / interval) - (DEVICE_BUFFERS - 1)
+        for _ in range(max(0, behind)):
             if not self._advance():
                 break
             self._index += 1

@@ -8,8 +8,12 @@ therefore cannot run on a machine without /dev/video*, is here:
 - opening with the V4L2 back-end rather than letting OpenCV guess;
 - negotiating the pixel format (FOURCC MJPG or YUYV), size and rate, and
   refusing to run when the device silently picked something else;
+- undecoded MJPEG: OpenCV's V4L2 back-end hands out the raw buffer when
+  `CAP_PROP_CONVERT_RGB` is 0 (it ignores `CAP_PROP_FORMAT = -1`, FFmpeg's
+  switch), so passthrough needs `V4L2_RAW_MODE`;
 - a read time-out, so a grabber that hangs (USB reset) fails a read instead
-  of blocking it for ever (OpenCV's V4L2 back-end waits in select()).
+  of blocking it for ever (OpenCV's V4L2 back-end waits in select(); older
+  OpenCV builds ignore `CAP_PROP_READ_TIMEOUT_MSEC` and use their own 10 s).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import cv2
 
 from drivers.base import DriverError
 from drivers.cvsource import fourcc_name
+
+V4L2_RAW_MODE = (cv2.CAP_PROP_CONVERT_RGB, 0.0)
 
 
 def is_v4l2_device(path: str) -> bool:

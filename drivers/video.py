@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from drivers.base import Driver, DriverError, DriverOptions, Frame
-from drivers.cvsource import CvReader
-from drivers.v4l2 import is_v4l2_device, open_v4l2
+from drivers.cvsource import FFMPEG_RAW_MODE, CvReader
+from drivers.v4l2 import V4L2_RAW_MODE, is_v4l2_device, open_v4l2
 
 
 class CropRect(DriverOptions):
@@ -87,7 +87,9 @@ class VideoDriver(Driver):
             raise DriverError(f"video device {device} is not there (unplugged?)")
         path = os.path.realpath(device)  # /dev/v4l/by-id/... → /dev/videoN
         want_raw = self._opts.passthrough and self._opts.pixel_format == "MJPG"
+        raw_mode = FFMPEG_RAW_MODE
         if is_v4l2_device(path):
+            raw_mode = V4L2_RAW_MODE
             cap = open_v4l2(
                 path,
                 pixel_format=self._opts.pixel_format,
@@ -101,7 +103,7 @@ class VideoDriver(Driver):
             if not cap.isOpened():
                 cap.release()
                 raise DriverError(f"video source {device} cannot be opened (not a video?)")
-        reader = CvReader(cap, want_raw)
+        reader = CvReader(cap, want_raw, raw_mode)
         width, height = reader.size
         crop = self._opts.crop
         if crop is not None and (crop.x + crop.width > width or crop.y + crop.height > height):
