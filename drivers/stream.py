@@ -19,13 +19,19 @@ import threading
 import time
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
+import numpy.typing as npt
+
 from drivers.base import Driver, DriverError, EndOfStream, Frame, FrameRejected
 
 log = logging.getLogger(__name__)
 
 # 10 s of 1080p RGB is 1.8 GB: more than a Raspberry Pi has to spare, so the
-# ring is bounded by bytes as well as by time.
+# ring is bounded by bytes as well as by time, and frames that came with their
+# own JPEG (MJPEG grabbers, ~0.3 MB at 1080p) are kept as JPEG only.
 DEFAULT_BUFFER_BYTES = 768 * 1024 * 1024
+_NO_PIXELS: npt.NDArray[np.uint8] = np.zeros((0, 0, 3), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,23 @@ class StreamStats:
 
 def _frame_bytes(frame: Frame) -> int:
     return int(frame.pixels.nbytes) + (len(frame.jpeg) if frame.jpeg else 0)
+
+
+def _compact(frame: Frame) -> Frame:
+    """The ring's copy: JPEG bytes alone when the frame has them."""
+    if frame.jpeg is None:
+        return frame
+    return dataclasses.replace(frame, pixels=_NO_PIXELS)
+
+
+def _restore(frame: Frame) -> Frame:
+    if frame.pixels.size or frame.jpeg is None:
+        return frame
+    bgr = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:  # pragma: no cover - the same bytes decoded on arrival
+        raise DriverError(f"buffered frame {frame.index} no longer decodes")
+    pixels = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.uint8, copy=False)
+    return dataclasses.replace(frame, pixels=pixels)
 
 
 class FrameStream:
@@ -98,14 +121,18 @@ class FrameStream:
                     return None
                 self._cond.wait(remaining)
 
-    def clip(self, seconds: float | None = None) -> list[Frame]:
-        """The buffered frames of the last `seconds` (all buffered if None)."""
+    def clip(self, seconds: float | None = None, decode: bool = True) -> list[Frame]:
+        """The buffered frames of the last `seconds` (all buffered if None).
+
+        Frames kept as JPEG are decoded here, on the caller's thread, unless
+        `decode` is false (then their `pixels` are empty and `jpeg` holds
+        the picture, which is all a passthrough encoder needs)."""
         with self._cond:
             frames = list(self._ring)
-        if seconds is None or not frames:
-            return frames
-        cutoff = frames[-1].timestamp - seconds
-        return [f for f in frames if f.timestamp >= cutoff]
+        if seconds is not None and frames:
+            cutoff = frames[-1].timestamp - seconds
+            frames = [f for f in frames if f.timestamp >= cutoff]
+        return [_restore(f) for f in frames] if decode else frames
 
     def stats(self) -> StreamStats:
         with self._cond:
@@ -162,12 +189,13 @@ class FrameStream:
         index = frame.index + self._offset
         if index != frame.index:
             frame = dataclasses.replace(frame, index=index)
-        size = _frame_bytes(frame)
+        kept = _compact(frame)
+        size = _frame_bytes(kept)
         with self._cond:
             self._dropped += gap
             self._latest = frame
             self._frames += 1
-            self._ring.append(frame)
+            self._ring.append(kept)
             self._ring_bytes += size
             cutoff = frame.timestamp - self.buffer_seconds
             while self._ring and (

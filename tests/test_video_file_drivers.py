@@ -153,7 +153,12 @@ def test_stream_ring_buffer_clip_and_end_of_source(tmp_path: Path) -> None:
         assert clip[-1].timestamp - clip[0].timestamp <= 0.5
         assert [f.index for f in clip] == sorted(f.index for f in clip)
         short = stream.clip(0.1)
-        assert 0 < len(short) <= len(clip) and short[-1] is clip[-1]
+        assert 0 < len(short) <= len(clip) and short[-1].index == clip[-1].index
+        # kept as the stream's own JPEG, decoded again on the way out
+        compact = stream.clip(decode=False)
+        assert all(f.pixels.size == 0 and f.jpeg for f in compact)
+        assert all(np.array_equal(f.pixels, _decoded(f.jpeg or b"")) for f in clip)
+        assert clip[-1].pixels.shape == (120, 160, 3)
         assert stream.wait_frame(after_index=clip[-1].index, timeout=5) is None
     finally:
         stream.stop()

@@ -140,6 +140,7 @@ def main() -> None:
         }
         result.update(stream_only(video, seconds))
         result.update(stills(video, root, 20))
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result["machine"] = machine()
         result["threads"] = threading.active_count()
     report(result)
