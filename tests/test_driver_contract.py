@@ -5,6 +5,7 @@ bad options as DriverError naming the problem."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,27 @@ def test_runs_in_a_frame_stream(rig: Rig, request: pytest.FixtureRequest) -> Non
     finally:
         stream.stop()
     assert not stream.driver.is_open
+
+
+def test_a_stream_reports_a_missing_device_and_keeps_trying(
+    rig: Rig, request: pytest.FixtureRequest
+) -> None:
+    name = request.node.callspec.params["rig"]
+    if name == "testpattern":  # no device to miss: bad options never reach a stream
+        with pytest.raises(DriverError, match="fps"):
+            create_driver(name, rig.missing)
+        return
+    stream = FrameStream(create_driver(name, rig.missing), min_backoff=0.05, max_backoff=0.1)
+    stream.start()
+    try:
+        deadline = time.monotonic() + 10
+        while stream.stats().error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stats = stream.stats()
+        assert stats.error is not None and rig.missing_words in stats.error
+        assert not stats.connected and stats.frames == 0 and stream.alive
+    finally:
+        stream.stop()
 
 
 def test_a_broken_plugin_is_reported_not_raised() -> None:

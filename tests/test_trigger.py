@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import serial
@@ -86,3 +87,35 @@ def test_port_without_the_line_is_a_clear_error(tmp_path: object) -> None:
 def test_trigger_options_are_validated() -> None:
     with pytest.raises(DriverError, match=r"trigger\.line"):
         PedalTrigger.from_options({"device": "loop://", "line": "dcd"}, lambda e: None)
+
+
+def test_pedal_takes_a_still_from_a_running_video_stream(tmp_path: Path) -> None:
+    """The trigger beside the video driver: a press picks the latest frame."""
+    from drivers import create_driver
+    from drivers.stream import FrameStream
+    from tests.driver_sources import write_mjpeg
+
+    video = write_mjpeg(tmp_path / "grabber.avi", 60)
+    stream = FrameStream(create_driver("file", {"path": str(video), "loop": True})).start()
+    port = serial.serial_for_url("loop://", timeout=0)
+    port.rts = False
+    stills = []
+    done = threading.Event()
+
+    def on_event(event: TriggerEvent) -> None:
+        if event.action == "capture":
+            stills.append(stream.latest())
+            done.set()
+
+    options = TriggerOptions(device="loop://", debounce_ms=10, poll_ms=2, power_lines=False)
+    trigger = PedalTrigger(options, on_event, port=port).start()
+    try:
+        assert stream.wait_frame(timeout=10) is not None
+        port.rts = True
+        time.sleep(0.05)
+        port.rts = False
+        assert done.wait(5)
+    finally:
+        trigger.stop()
+        stream.stop()
+    assert stills and stills[0] is not None and stills[0].jpeg is not None
