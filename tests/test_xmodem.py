@@ -202,6 +202,25 @@ def test_cancel_mid_transfer_ends_it_with_nothing_captured(
     driver.close()
 
 
+def test_noise_and_a_stray_block_while_idle_are_ignored(line: SerialLine, tmp_path: Path) -> None:
+    """Junk on an idle line (a power-on glitch, the tail of an old transfer
+    with a block number that is not 1) starts nothing; the next real
+    transfer goes through."""
+    payload = bytes(128)
+    stray = bytes([0x01, 57, 255 - 57]) + payload + crc16(payload).to_bytes(2, "big")
+    driver = _driver(line)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        receiving = pool.submit(driver.read)
+        line.send_raw(b"\x00\xff\x13\x11" + stray + b"\x02\x07garbage")
+        time.sleep(0.5)
+        png = _image(tmp_path, "after-noise.png", 4)
+        sender = line.send(["sx", "-q"], png)
+        frame = receiving.result(timeout=30)
+    assert finish(sender)[0] == 0
+    assert np.array_equal(frame.pixels, cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB))
+    driver.close()
+
+
 def test_bad_serial_options_are_named() -> None:
     with pytest.raises(DriverError, match=r"capture\.options\.parity"):
         create_driver("xmodem", {"device": "/dev/ttyS0", "parity": "mark"})
