@@ -28,6 +28,17 @@ class DriverError(Exception):
     """A device or option problem, worded for the technician or installer."""
 
 
+class FrameRejected(DriverError):
+    """One input was unusable (a failed serial transfer, an undecodable file)
+    but the device itself is fine and already ready for the next one, so a
+    stream reports it and reads on instead of reopening the device."""
+
+
+class EndOfStream(DriverError):
+    """A finite source (a file replayed without looping) has nothing more;
+    retrying would only replay it, so a stream stops instead of reconnecting."""
+
+
 class DriverOptions(BaseModel):
     """Base for each driver's `[capture.options]` model: unknown keys are errors."""
 
@@ -94,10 +105,21 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def is_open(self) -> bool: ...
 
+    def interrupt(self) -> None:
+        """Ask a `read` blocked on another thread to give up soon (raising
+        DriverError). Drivers whose reads always end quickly need not bother;
+        those that wait on a person or a peer (serial transfers) must."""
+        return None
+
     def frames(self, count: int | None = None) -> Iterator[Frame]:
+        """Up to `count` frames; a finite source simply ends the iteration."""
         taken = 0
         while count is None or taken < count:
-            yield self.read()
+            try:
+                frame = self.read()
+            except EndOfStream:
+                return
+            yield frame
             taken += 1
 
     def __enter__(self) -> Driver:
