@@ -245,23 +245,14 @@ TLS_WORDS = ("certificate", "TLS", "handshake")
 
 
 def watch_forwarder(forwarder: Forwarder) -> None:
-    """Audit what the forwarder does without touching its code: objects it
-    marks sent become one Instances Transferred event per study, and a TLS
-    failure reaching a peer becomes a Node Authentication security alert."""
+    """Audit what the forwarder does, through its listener hooks: objects it
+    records as sent become one Instances Transferred event per study, and a
+    TLS failure reaching a peer becomes a Node Authentication security alert."""
     outbox = forwarder.outbox
-    mark_sent = outbox.mark_sent
-    send_batch = forwarder.send_batch
-    sent: list[int] = []
 
-    def _mark_sent(object_id: int, destination: str) -> None:
-        mark_sent(object_id, destination)
-        sent.append(object_id)
-
-    def _send_batch(dest: Any, now: float | None = None) -> BatchReport:
-        sent.clear()
-        report = send_batch(dest, now=now)
+    def _sent(dest: Any, object_ids: list[int]) -> None:
         studies: dict[str, tuple[dict[str, int], str | None]] = {}
-        for object_id in sent:
+        for object_id in object_ids:
             obj = outbox.get(object_id)
             if obj is None:
                 continue
@@ -271,13 +262,14 @@ def watch_forwarder(forwarder: Forwarder) -> None:
             classes[obj.sop_class_uid] = classes.get(obj.sop_class_uid, 0) + 1
         for study, (classes, patient) in studies.items():
             _emit_transfer(dest.ae_title, dest.host, study, classes, patient)
+
+    def _batch(dest: Any, report: BatchReport) -> None:
         error = report.error or ""
         if report.retried and any(w in error for w in TLS_WORDS):
             emit(lambda t: t.security_alert(dest.ae_title, dest.host, error))
-        return report
 
-    outbox.mark_sent = _mark_sent  # type: ignore[method-assign]
-    forwarder.send_batch = _send_batch  # type: ignore[method-assign]
+    forwarder.on_sent.append(_sent)
+    forwarder.on_batch.append(_batch)
 
 
 def _emit_transfer(

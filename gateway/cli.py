@@ -71,6 +71,10 @@ def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
     # Driver options are validated by the driver's own model, reported the same way.
     try:
         create_driver(config.capture.driver, config.capture.options)
+        if config.capture.trigger is not None:
+            from drivers.trigger import PedalTrigger
+
+            PedalTrigger.from_options(config.capture.trigger, lambda _event: None)
     except DriverError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if args.action == "show":

@@ -110,6 +110,10 @@ class CaptureConfig(_Model):
     # libjpeg quality for jpeg-baseline (luminance PSNR ≥ 40 dB on the test pattern).
     jpeg_quality: int = Field(default=90, ge=50, le=100)
     options: dict[str, Any] = Field(default_factory=dict)
+    # A foot pedal / freeze button on a serial port's modem-status lines
+    # (device, line, active_low, debounce_ms, long_press_ms): validated by
+    # drivers.trigger's own model, like a driver's options.
+    trigger: dict[str, Any] | None = None
 
 
 class DestinationConfig(_Model):

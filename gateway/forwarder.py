@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.net.association import Timeouts, peer_label, tls_context
@@ -72,6 +73,10 @@ class Forwarder:
     status: dict[str, DestinationStatus] = field(default_factory=dict)
     retry_base: float = 5.0  # seconds before the first retry (doubles, with jitter)
     retry_cap: float = 300.0  # never wait longer than this between tries
+    # Listeners (audit, metrics): called with the object IDs just recorded as
+    # sent, and with each batch's report. Their failures never stop sending.
+    on_sent: list[Callable[[DestinationConfig, list[int]], None]] = field(default_factory=list)
+    on_batch: list[Callable[[DestinationConfig, BatchReport], None]] = field(default_factory=list)
     _sent: list[int] = field(default_factory=list, init=False)
     _sent_since: float = field(default=0.0, init=False)
 
@@ -96,8 +101,22 @@ class Forwarder:
         for dest in self.destinations:
             self.status.setdefault(dest.name, DestinationStatus(dest.name))
 
+    @staticmethod
+    def _notify(listeners: list[Callable[..., None]], *args: Any) -> None:
+        for listener in listeners:
+            try:
+                listener(*args)
+            except Exception:
+                log.exception("forwarder listener failed")
+
     def send_batch(self, dest: DestinationConfig, now: float | None = None) -> BatchReport:
         """Claim what is due for `dest` and send it over one association."""
+        report = self._send_batch(dest, now)
+        if report.sent or report.retried or report.failed:
+            self._notify(self.on_batch, dest, report)
+        return report
+
+    def _send_batch(self, dest: DestinationConfig, now: float | None) -> BatchReport:
         batch = self.outbox.claim(dest.name, BATCH, now=now)
         report = BatchReport()
         if not batch:
@@ -154,6 +173,7 @@ class Forwarder:
             return
         if force or len(self._sent) >= 64 or time.monotonic() - self._sent_since > 0.5:
             self.outbox.mark_sent_many(self._sent, dest.name)
+            self._notify(self.on_sent, dest, self._sent)
             self._sent = []
             self._sent_since = time.monotonic()
 

@@ -12,10 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from drivers import create_driver
 from drivers.stream import FrameStream
+
+if TYPE_CHECKING:
+    from drivers.trigger import PedalTrigger
 from gateway import appliance, notify
 from gateway.config import GatewayConfig
 from gateway.forwarder import Forwarder, outbox_for
@@ -72,6 +75,7 @@ def run(
         stream.start()
     threads: list[threading.Thread] = []
     forwarder: Forwarder | None = None
+    pedal: PedalTrigger | None = None
     if "forwarder" in parts and config.destinations:
         forwarder = Forwarder.from_config(outbox_for(config), config)
         threads.append(
@@ -96,6 +100,14 @@ def run(
             config_path=config_path,
         )
         threads.append(ui.thread)
+        if config.capture.trigger is not None:
+            from drivers.trigger import PedalTrigger, TriggerEvent
+
+            def _press(event: TriggerEvent) -> None:
+                # The pedal presses the same buttons as the screen (and shows on it).
+                ui.trigger(event.action)
+
+            pedal = PedalTrigger.from_options(config.capture.trigger, _press).start()
     running = [t.name for t in threads] + (["capture"] if stream else [])
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
     for thread in threads:
@@ -126,6 +138,8 @@ def run(
         pending = sum(s["pending"] + s["in_flight"] for s in stats.values())
         notify.status(f"running; {pending} object(s) waiting")
     notify.stopping()
+    if pedal is not None:
+        pedal.stop()
     extras.stop()
     if stream is not None:
         stream.stop()

@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.valuerep import TEXT_VR_DELIMS
 
-from gateway.dicom.modules import Code, ModuleError, Order, Patient
+from gateway.dicom.modules import Code, ModuleError, Order, Patient, check_character_set
 from gateway.dicom.uids import new_uid
 from gateway.worklist.model import WorklistEntry, WorklistQuery
 
@@ -275,6 +275,15 @@ def _encodings(reader: _Reader, ds: Dataset) -> list[str]:
         return [default_encoding]
 
 
+def _writable_charset(charset: str) -> str:
+    """The worklist's character set for our objects when we can write it;
+    else UTF-8 (values are already decoded, so nothing is lost)."""
+    try:
+        return check_character_set(charset)
+    except ModuleError:
+        return "ISO_IR 192"
+
+
 def _charset(reader: _Reader, ds: Dataset) -> str:
     """The response's Specific Character Set. pydicom falls back to Latin-1
     for a term it does not know (and says so only once, at decoding time,
@@ -363,7 +372,7 @@ def _parse(ds: Dataset) -> tuple[WorklistEntry, _Reader]:
                 step, "ScheduledProcedureStepDescription", "Scheduled Step Description", 64
             ),
             scheduled_protocol_codes=_codes(r, step),
-            specific_character_set=r.charset,
+            specific_character_set=_writable_charset(r.charset),
         )
     except ModuleError as exc:  # belt and braces: values were cleaned above
         r.warn(str(exc))
