@@ -167,29 +167,8 @@ def ours_cmd(config: Path) -> list[str]:
     return [sys.executable, "-m", "gateway", "--config", str(config), "queue", "flush"]
 
 
-# Peak RSS from wait4 carries over the forking parent's high-water mark on
-# Linux (this process holds data sets), so each measured tool is started by a
-# tiny launcher; its own ~10 MiB is the floor of the figure, for both tools.
-# The launcher reports the peak RSS of the tool it forked into a file, since
-# even its own figure carries the high-water mark of the vfork it came from.
-LAUNCHER = (
-    "import os,sys\n"
-    "pid=os.fork()\n"
-    "if pid==0:\n"
-    "    os.execvp(sys.argv[2],sys.argv[2:])\n"
-    "_,st,ru=os.wait4(pid,0)\n"
-    "open(sys.argv[1],'w').write(str(ru.ru_maxrss))\n"
-    "sys.exit(os.waitstatus_to_exitcode(st))\n"
-)
-RSS_FILE = Path(tempfile.gettempdir()) / f"bench-forward-rss-{os.getpid()}"
-
-
 def measured(cmd: list[str], env: dict[str, str]) -> Run:
-    run = run_command(
-        [sys.executable, "-S", "-c", LAUNCHER, str(RSS_FILE), *cmd], env=env, timeout=900
-    )
-    rss = int(RSS_FILE.read_text()) / 1024
-    return Run(run.wall, run.cpu, rss)
+    return run_command(cmd, env=env, timeout=900)
 
 
 def warm_ours(config: Path, env: dict[str, str]) -> Run:

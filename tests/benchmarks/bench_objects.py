@@ -74,20 +74,10 @@ def make_jpegs(directory: Path) -> list[Path]:
     return paths
 
 
-def timed(cmd: list[str]) -> Run:
-    """run_command through /usr/bin/time: a child forked from this (large)
-    Python process starts with its resident pages counted in ru_maxrss, so
-    wait4's figure would be this process's size, not the tool's."""
-    with tempfile.NamedTemporaryFile("r", suffix=".rss") as out:
-        run = run_command(["/usr/bin/time", "-f", "%M", "-o", out.name, *cmd])
-        rss_kib = int(out.read().strip().splitlines()[-1])
-    return Run(run.wall, run.cpu, rss_kib / 1024)
-
-
 def run_each(commands: list[list[str]]) -> Run:
     """Several processes in a row: total wall and CPU, the largest peak RSS."""
     start = time.perf_counter()
-    runs = [timed(c) for c in commands]
+    runs = [run_command(c) for c in commands]
     return Run(
         time.perf_counter() - start,
         sum(r.cpu for r in runs),
@@ -146,7 +136,7 @@ def bench_stills(work: Path, files: list[Path], shm: Path) -> list[dict[str, Any
     )
     all_in_one.pair(
         lambda: reference(files),
-        lambda: timed(gateway_cmd(_config(work, "all"), files)),
+        lambda: run_command(gateway_cmd(_config(work, "all"), files)),
         PAIRS,
     )
     # Both writing to tmpfs: fsync costs nothing there, so this isolates the
@@ -162,7 +152,7 @@ def bench_stills(work: Path, files: list[Path], shm: Path) -> list[dict[str, Any
     )
     in_memory.pair(
         lambda: reference(files, out_shm),
-        lambda: timed(gateway_cmd(_config(work, "shm", shm), files)),
+        lambda: run_command(gateway_cmd(_config(work, "shm", shm), files)),
         PAIRS,
     )
     per_process = Comparison(
@@ -300,7 +290,7 @@ def bench_cine(work: Path) -> list[dict[str, Any]]:
     fps_ours: list[float] = []
     fps_ref: list[float] = []
     for _ in range(PAIRS):
-        ref = timed([dcmcjpeg, "+ee", "+q", "90", str(raw), str(work / "ref.dcm")])
+        ref = run_command([dcmcjpeg, "+ee", "+q", "90", str(raw), str(work / "ref.dcm")])
         fps_ref.append(REFERENCE_CINE_FRAMES / ref.wall)
         run, elapsed = _worker_run("reencode", work / "cine.dcm")
         fps_ours.append(CINE_FRAMES / elapsed)
