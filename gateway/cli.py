@@ -448,6 +448,9 @@ def _parts(value: str) -> list[str]:
 def cmd_demo(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.demo import run_demo
 
+    if not args.verbose:  # the demo narrates; the service's INFO log would drown it
+        logging.getLogger().setLevel(logging.WARNING)
+
     return run_demo(frames=args.frames)
 
 
