@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 Part = Literal["capture", "forwarder", "ui"]
 ALL_PARTS: tuple[Part, ...] = ("capture", "forwarder", "ui")
+# READY=1 waits at most this long for the UI's socket (TimeoutStartSec=90s).
+UI_LISTEN_TIMEOUT = 60.0
 
 
 @dataclass
@@ -74,6 +76,7 @@ def run(
         stream.start()
     threads: list[threading.Thread] = []
     forwarder: Forwarder | None = None
+    ui_listening: Callable[[float], bool] | None = None
     if "forwarder" in parts and config.destinations:
         forwarder = Forwarder(
             Outbox(config.queue.path, destinations),
@@ -100,10 +103,15 @@ def run(
             config_path=config_path,
         )
         threads.append(ui.thread)
+        ui_listening = ui.wait_listening
     running = [t.name for t in threads] + (["capture"] if stream else [])
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
     for thread in threads:
         thread.start()
+    if ui_listening is not None and not ui_listening(UI_LISTEN_TIMEOUT):
+        # Not fatal here: the health loop below sees the dead UI thread and
+        # withholds the watchdog, so systemd restarts us.
+        log.error("the UI is not listening on %s", config.ui.listen)
     notify.ready(f"running: {', '.join(running) or 'idle'}")
     if on_ready:
         on_ready()
