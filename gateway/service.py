@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 Part = Literal["capture", "forwarder", "ui"]
 ALL_PARTS: tuple[Part, ...] = ("capture", "forwarder", "ui")
+# READY=1 waits at most this long for the UI's socket (TimeoutStartSec=90s).
+UI_LISTEN_TIMEOUT = 60.0
 
 
 @dataclass
@@ -76,6 +78,7 @@ def run(
     threads: list[threading.Thread] = []
     forwarder: Forwarder | None = None
     pedal: PedalTrigger | None = None
+    ui_listening: Callable[[float], bool] | None = None
     if "forwarder" in parts and config.destinations:
         forwarder = Forwarder.from_config(outbox_for(config), config)
         threads.append(
@@ -108,6 +111,7 @@ def run(
                 ui.trigger(event.action)
 
             pedal = PedalTrigger.from_options(config.capture.trigger, _press).start()
+        ui_listening = ui.wait_listening
     running = [t.name for t in threads] + (["capture"] if stream else [])
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
     for thread in threads:
@@ -117,6 +121,10 @@ def run(
         from gateway.network_services import start_network_services
 
         stoppers = start_network_services(config, stop)
+    if ui_listening is not None and not ui_listening(UI_LISTEN_TIMEOUT):
+        # Not fatal here: the health loop below sees the dead UI thread and
+        # withholds the watchdog, so systemd restarts us.
+        log.error("the UI is not listening on %s", config.ui.listen)
     notify.ready(f"running: {', '.join(running) or 'idle'}")
     if on_ready:
         on_ready()

@@ -159,7 +159,8 @@ def gateway_config(tmp_path: Path, pki: PKI, port: int | None, **overrides: Any)
         "capture": {
             "driver": "testpattern",
             "compression": "none",
-            "options": {"width": 320, "height": 240, "realtime": False},
+            # Paced: a `run` under test must not spin a core filling its frame buffer.
+            "options": {"width": 320, "height": 240, "fps": 60, "realtime": True},
         },
         "destinations": []
         if port is None

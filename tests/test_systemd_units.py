@@ -20,18 +20,21 @@ MAX_EXPOSURE = 2.0
 
 def _stage(root: Path) -> None:
     """A root tree with the host's system units, ours, and an executable at
-    every ExecStart= path (a wrapper around the development install)."""
+    every Exec*= path (a wrapper around the development install); a command
+    the host lacks stays missing, so verify names it."""
     (root / "usr/lib/systemd").mkdir(parents=True)
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     unit_dir = root / "etc/systemd/system"
     unit_dir.mkdir(parents=True)
     for unit in UNITS:
         shutil.copy(unit, unit_dir / unit.name)
-        for exe in re.findall(r"^ExecStart=[-@:+!]*(\S+)", unit.read_text(), re.M):
+        for exe in re.findall(r"^Exec\w+=[-@:+!]*(\S+)", unit.read_text(), re.M):
             target = root / exe.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
             name = Path(exe).name
             real = shutil.which(name) or str(REPO / ".venv/bin" / name)
+            if not Path(real).exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
             target.chmod(0o755)
 
@@ -112,6 +115,10 @@ def test_sysusers_and_tmpfiles_are_accepted(tmp_path: Path) -> None:
     groups = (tmp_path / "etc/group").read_text()
     for group in ("video", "dialout"):
         assert re.search(rf"^{group}:x:\d+:.*\bdicom-gateway\b", groups, re.M), group
+    assert re.search(r"^dicom-kiosk:x:\d+:\d+:.*:/usr/sbin/nologin$", passwd, re.M)
+    for group in ("video", "render", "input"):
+        assert re.search(rf"^{group}:x:\d+:.*\bdicom-kiosk\b", groups, re.M), group
+    assert not re.search(r"^dicom-gateway:x:\d+:.*\bdicom-kiosk\b", groups, re.M)
     result = subprocess.run(
         [
             tmpfiles,

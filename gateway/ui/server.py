@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,17 @@ class UIServer:
     @property
     def started(self) -> bool:
         return bool(self.server.started)
+
+    def wait_listening(self, timeout: float) -> bool:
+        """Block until uvicorn has bound its socket, so the service's READY=1
+        promises a page: the kiosk unit is ordered after that readiness instead
+        of polling the port. False when the server died or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while not self.started:
+            if not self.thread.is_alive() or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def trigger(self, action: str) -> dict[str, Any]:
         """For the pedal's callbacks: "capture" or "record"."""
