@@ -16,8 +16,8 @@ from typing import Any
 
 from gateway.dicom.modules import Series, Study
 from gateway.exam import Exam, ExamEvent, ExamState
-from gateway.queue.db import DurabilityError, open_durable, transaction
-from gateway.queue.outbox import DB_NAME, Outbox, QueueError
+from gateway.queue.db import open_store, transaction
+from gateway.queue.outbox import DB_NAME, Outbox
 from gateway.worklist.jsonform import (
     order_from_dict,
     order_to_dict,
@@ -62,15 +62,7 @@ def _exam_to_json(exam: Exam) -> str:
 
 class ExamStore:
     def __init__(self, root: Path) -> None:
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._db = open_durable(root / DB_NAME)
-        except DurabilityError as exc:
-            raise QueueError(str(exc)) from None
-        except OSError as exc:
-            raise QueueError(f"cannot create {root}: {exc.strerror}") from None
-        with transaction(self._db) as db:
-            db.execute(_SCHEMA)
+        self._db = open_store(root, DB_NAME, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()

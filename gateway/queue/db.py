@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-class DurabilityError(Exception):
+class QueueError(Exception):
+    """The queue (or a store beside it) cannot do what was asked; the message
+    says why, in words for the operator."""
+
+
+class DurabilityError(QueueError):
     """SQLite would not run in the durable mode the queue's promise needs."""
 
 
@@ -35,6 +40,22 @@ def open_durable(path: Path) -> sqlite3.Connection:
             f"queue database {path} refuses durable mode "
             f"(journal_mode={mode}, synchronous={sync}); is the file system read-only?"
         )
+    return db
+
+
+def open_store(root: Path, name: str, schema: str) -> sqlite3.Connection:
+    """The one way a store opens its SQLite file in the state directory:
+    directory created, durable mode asserted, its tables created (statements
+    separated by ';')."""
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise QueueError(f"cannot create {root}: {exc.strerror}") from None
+    db = open_durable(root / name)
+    with transaction(db):
+        for statement in schema.split(";"):
+            if statement.strip():
+                db.execute(statement)
     return db
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from gateway.queue.db import DurabilityError, open_durable, transaction
-from gateway.queue.outbox import DB_NAME, QueueError, backoff_delay
+from gateway.queue.db import open_store, transaction
+from gateway.queue.outbox import DB_NAME, backoff_delay
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mpps_messages (
@@ -98,17 +98,7 @@ def _alive(claimed_by: str | None) -> bool:
 
 class MppsQueue:
     def __init__(self, root: Path) -> None:
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._db = open_durable(root / DB_NAME)
-        except DurabilityError as exc:
-            raise QueueError(str(exc)) from None
-        except OSError as exc:
-            raise QueueError(f"cannot create {root}: {exc.strerror}") from None
-        with self._tx() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        self._db = open_store(root, DB_NAME, _SCHEMA)
 
     def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db)

@@ -23,7 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from gateway.queue.db import DurabilityError, open_durable, transaction
+from gateway.queue.db import QueueError as QueueError  # re-exported: the queue's error
+from gateway.queue.db import open_durable, transaction
 from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
 
 SCHEMA_VERSION = 2
@@ -61,10 +62,6 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, nex
 
 # Version 2 (Storage Commitment): added to version-1 databases in place.
 _V2_COLUMNS = {"commit_tx": "TEXT", "commit_requested_at": "REAL"}
-
-
-class QueueError(Exception):
-    """The queue cannot do what was asked; the message says why."""
 
 
 class AlreadyQueued(QueueError):
@@ -182,10 +179,7 @@ class Outbox:
             self.objects_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as exc:
             raise QueueError(f"cannot create queue directory {self.root}: {exc.strerror}") from None
-        try:
-            self._db = open_durable(self.root / DB_NAME)
-        except DurabilityError as exc:
-            raise QueueError(str(exc)) from None
+        self._db = open_durable(self.root / DB_NAME)
         with self._tx() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():

@@ -16,8 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from gateway.queue.db import DurabilityError, open_durable, transaction
-from gateway.queue.outbox import QueueError
+from gateway.queue.db import open_store, transaction
 from gateway.worklist.jsonform import entry_from_dict, entry_to_dict
 from gateway.worklist.model import WorklistEntry, WorklistQuery
 
@@ -83,21 +82,10 @@ def matches(entry: WorklistEntry, query: WorklistQuery) -> bool:
 
 class WorklistCache:
     def __init__(self, root: Path, keep_days: int = 14) -> None:
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=0o750)
-        except OSError as exc:
-            raise QueueError(f"cannot create {root}: {exc.strerror}") from None
         self.path = root / DB_NAME
         self.keep_seconds = keep_days * 86400
         self._decoded: dict[str, tuple[float, WorklistEntry]] = {}
-        try:
-            self._db = open_durable(self.path)
-        except DurabilityError as exc:
-            raise QueueError(str(exc)) from None
-        with transaction(self._db) as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        self._db = open_store(root, DB_NAME, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()
