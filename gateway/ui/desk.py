@@ -138,6 +138,9 @@ def _shot_from_file(queued: QueuedObject) -> Shot:
     )
 
 
+MAX_WAITING_IMAGES = 50
+
+
 class ExamDesk:
     def __init__(
         self,
@@ -154,6 +157,8 @@ class ExamDesk:
         self.shots: dict[str, list[Shot]] = {}
         self.recorder: Recorder | None = None
         self._known: dict[str, Exam] = {}
+        # Images a digital device sent while no exam was open (see receive).
+        self.waiting: list[Frame] = []
         self._lock = threading.RLock()
         exams.subscribe(self._on_exam_event)
 
@@ -204,6 +209,7 @@ class ExamDesk:
             self._known[exam.id] = exam
             self.shots[exam.id] = []
             self.current = exam
+            self._take_waiting(exam)
             return exam
 
     def adopt(self, exam: Exam) -> None:
@@ -246,6 +252,46 @@ class ExamDesk:
         with self._lock:
             queued = self._queue_call(lambda: self.exams.capture(exam, frame))
             return self._add_shot(exam, queued, "image", [frame])
+
+    def receive(self, frame: Frame) -> Shot | None:
+        """An image a digital device sent on its own (a serial XMODEM transfer):
+        each one is a deliberate capture, so it goes into the open exam at once.
+        With no exam open it waits here, said on screen, and goes into the next
+        exam started: never dropped, never filed under a guessed patient."""
+        with self._lock:
+            exam = self.current
+            if exam is None or exam.state is not ExamState.IN_PROGRESS:
+                if len(self.waiting) >= MAX_WAITING_IMAGES:
+                    self.events.publish(
+                        {
+                            "type": "notice",
+                            "text": (
+                                f"{len(self.waiting)} images from the device are waiting; "
+                                "open an exam before sending more"
+                            ),
+                        }
+                    )
+                    raise DeskError(507, "too many device images waiting for an exam")
+                self.waiting.append(frame)
+                self.events.publish(
+                    {
+                        "type": "notice",
+                        "text": (
+                            f"{len(self.waiting)} image(s) received from the device — "
+                            "pick a patient to keep them"
+                        ),
+                    }
+                )
+                return None
+            queued = self._queue_call(lambda: self.exams.capture(exam, frame))
+            return self._add_shot(exam, queued, "image", [frame])
+
+    def _take_waiting(self, exam: Exam) -> None:
+        while self.waiting:
+            frame = self.waiting[0]
+            queued = self._queue_call(lambda f=frame: self.exams.capture(exam, f))  # type: ignore[misc]
+            self.waiting.pop(0)
+            self._add_shot(exam, queued, "image", [frame])
 
     def _add_shot(self, exam: Exam, queued: QueuedObject, kind: str, frames: list[Frame]) -> Shot:
         key = frames[len(frames) // 2] if kind == "clip" else frames[0]

@@ -18,6 +18,7 @@ from gateway.exam import ExamService
 from gateway.exam_listeners import attach
 from gateway.queue.outbox import Outbox
 from gateway.ui.app import UIContext, WorklistSource, app_state, create_app
+from gateway.ui.desk import DeskError
 from gateway.ui.status import ForwarderStatus
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class UIServer:
         config_path: Path | None = None,
         worklist: WorklistSource | None = None,
     ) -> None:
+        self.stream = stream
+        self._stopping = stop
         destinations = [d.name for d in config.destinations]
         self.outbox = Outbox(config.queue.path, destinations, config.queue.min_free_mb)
         self.status_outbox = Outbox(config.queue.path, destinations)
@@ -98,7 +101,27 @@ class UIServer:
         self.server = _Server(uv_config, stop, app_state(self.app).closing)
         self.thread = threading.Thread(target=self._serve, name="ui", daemon=True)
 
+    def _receive_device_images(self) -> None:
+        """For a digital source (serial XMODEM), every frame is an image the
+        device sent on purpose: hand each to the desk, never only to the preview."""
+        assert self.stream is not None
+        desk = app_state(self.app).desk
+        last: int | None = None
+        while not self._stopping.is_set():
+            frame = self.stream.wait_frame(after_index=last, timeout=1.0)
+            if frame is None:
+                continue
+            last = frame.index
+            try:
+                desk.receive(frame)
+            except DeskError as exc:
+                log.error("image from the device not kept: %s", exc.message)
+
     def _serve(self) -> None:
+        if self.stream is not None and self.stream.driver.source == "digital":
+            threading.Thread(
+                target=self._receive_device_images, name="ui-device-images", daemon=True
+            ).start()
         try:
             self.server.run()
         finally:

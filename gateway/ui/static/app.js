@@ -60,6 +60,8 @@ function connectEvents() {
   for (const type of ["object", "deleted", "recording", "record_limit", "pedal", "exam"]) {
     es.addEventListener(type, e => (handlers[type] || []).forEach(fn => fn(JSON.parse(e.data))));
   }
+  // Said on every screen: e.g. images a serial device sent with no exam open.
+  es.addEventListener("notice", e => toast(JSON.parse(e.data).text));
   es.onerror = () => {
     const msg = $("#sb-message");
     msg.hidden = false;
