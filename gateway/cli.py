@@ -99,7 +99,7 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
         )
         dests = [d for d in dests if d.name != "worklist"] + [wl_dest]
     if config.mpps and (not args.name or args.name == "mpps"):
-        from gateway.net.mpps import mpps_peer
+        from gateway.config import mpps_peer
 
         mpps_dest = mpps_peer(config)
         if mpps_dest is not None:

@@ -408,3 +408,13 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     commitment = data.get("commitment")
     if isinstance(commitment, dict):
         fix(commitment.get("tls"), ("ca", "cert", "key"))
+
+
+def mpps_peer(config: GatewayConfig) -> DestinationConfig | None:
+    """`[mpps]` when configured, else the worklist server (one RIS does both)."""
+    peer = config.mpps or config.worklist
+    if peer is None:
+        return None
+    return DestinationConfig(
+        name="mpps", ae_title=peer.ae_title, host=peer.host, port=peer.port, tls=peer.tls
+    )

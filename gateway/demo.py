@@ -30,12 +30,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from drivers import create_driver
 from gateway.capture import Capturer
 from gateway.certs import make_authority
-from gateway.config import GatewayConfig, TLSConfig, parse_config
+from gateway.config import GatewayConfig, TLSConfig, mpps_peer, parse_config
 from gateway.dicom.uids import new_uid
 from gateway.exam import ExamService
 from gateway.exam_listeners import attach
 from gateway.forwarder import Forwarder
-from gateway.net.mpps import MppsSender, mpps_peer
+from gateway.net.mpps import MppsSender
 from gateway.queue.files import write_atomic
 from gateway.queue.mpps import MppsQueue
 from gateway.queue.outbox import Outbox

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, mpps_peer
 from gateway.exam import Exam, ExamService
 from gateway.exam_store import ExamStore
 from gateway.queue.outbox import Outbox
@@ -30,8 +30,6 @@ def attach(
 ) -> ExamListeners:
     """Subscribe the listeners; with `restore`, return the exams that were in
     progress when the last process ended (their images still held)."""
-    from gateway.net.mpps import mpps_peer
-
     out = ExamListeners()
     store = ExamStore(config.queue.path)
     out.closers.append(store.close)

@@ -163,7 +163,8 @@ def _mpps_threads(
     config: GatewayConfig, stop: threading.Event, health: Health
 ) -> list[threading.Thread]:
     """The MPPS sender runs beside the forwarder: both drain the same queue file."""
-    from gateway.net.mpps import MppsSender, mpps_peer
+    from gateway.config import mpps_peer
+    from gateway.net.mpps import MppsSender
     from gateway.queue.mpps import MppsQueue
 
     peer = mpps_peer(config)

@@ -20,11 +20,11 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[
 
 from drivers import create_driver
 from gateway.capture import Capturer
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig, mpps_peer, parse_config
 from gateway.dicom.modules import Code, Order, Patient
 from gateway.exam import Exam, ExamService
 from gateway.mpps import MppsListener
-from gateway.net.mpps import MppsSender, mpps_peer
+from gateway.net.mpps import MppsSender
 from gateway.queue.mpps import MppsQueue
 from gateway.queue.outbox import Outbox
 from tests.conftest import free_port

@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityPerformedProcedureStep,
 )
 
-from gateway.config import DestinationConfig, GatewayConfig
+from gateway.config import DestinationConfig
 from gateway.net.association import (
     PeerError,
     Timeouts,
@@ -34,16 +34,6 @@ log = logging.getLogger(__name__)
 MPPS_CLASS = str(ModalityPerformedProcedureStep)
 BATCH = 50
 DUPLICATE_INSTANCE = 0x0111
-
-
-def mpps_peer(config: GatewayConfig) -> DestinationConfig | None:
-    """`[mpps]` when configured, else the worklist server (one RIS does both)."""
-    peer = config.mpps or config.worklist
-    if peer is None:
-        return None
-    return DestinationConfig(
-        name="mpps", ae_title=peer.ae_title, host=peer.host, port=peer.port, tls=peer.tls
-    )
 
 
 def classify(kind: MessageKind, status: int | None) -> str:
