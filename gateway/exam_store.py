@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.dicom.modules import Series, Study
 from gateway.exam import Exam, ExamEvent, ExamState
-from gateway.queue.db import open_store, transaction
+from gateway.queue.db import SQLiteStore, open_store, transaction
 from gateway.queue.outbox import DB_NAME, Outbox
 from gateway.worklist.jsonform import (
     order_from_dict,
@@ -60,18 +60,9 @@ def _exam_to_json(exam: Exam) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
-class ExamStore:
+class ExamStore(SQLiteStore):
     def __init__(self, root: Path) -> None:
         self._db = open_store(root, DB_NAME, _SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> ExamStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __call__(self, event: ExamEvent) -> None:
         exam = event.exam

@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 
 class QueueError(Exception):
@@ -70,3 +71,22 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+class SQLiteStore:
+    """What every store on a durable connection shares: transactions, and
+    closing (also as a context manager). Subclasses set `_db` in __init__."""
+
+    _db: sqlite3.Connection
+
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

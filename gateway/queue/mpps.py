@@ -8,7 +8,6 @@ set of the moment it was made travels with it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import sqlite3
@@ -21,7 +20,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from gateway.queue.db import open_store, transaction
+from gateway.queue.db import SQLiteStore, open_store
 from gateway.queue.outbox import DB_NAME, backoff_delay
 
 _SCHEMA = """
@@ -96,21 +95,9 @@ def _alive(claimed_by: str | None) -> bool:
     return True
 
 
-class MppsQueue:
+class MppsQueue(SQLiteStore):
     def __init__(self, root: Path) -> None:
         self._db = open_store(root, DB_NAME, _SCHEMA)
-
-    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._db)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> MppsQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def add(
         self, exam_id: str, mpps_uid: str, kind: MessageKind, pps_status: str, ds: Dataset

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.queue.db import QueueError as QueueError  # re-exported: the queue's error
-from gateway.queue.db import open_durable, transaction
+from gateway.queue.db import SQLiteStore, open_durable
 from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
 
 SCHEMA_VERSION = 2
@@ -157,7 +157,7 @@ def _claimer_alive(claimed_by: str | None) -> bool:
     return True
 
 
-class Outbox:
+class Outbox(SQLiteStore):
     """The queue's one interface: add, claim, mark, list, recover."""
 
     def __init__(
@@ -189,18 +189,6 @@ class Outbox:
                 if column not in have:
                     db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._db)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Outbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- adding ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from gateway.queue.db import open_store, transaction
+from gateway.queue.db import SQLiteStore, open_store, transaction
 from gateway.worklist.jsonform import entry_from_dict, entry_to_dict
 from gateway.worklist.model import WorklistEntry, WorklistQuery
 
@@ -80,21 +80,12 @@ def matches(entry: WorklistEntry, query: WorklistQuery) -> bool:
     return True
 
 
-class WorklistCache:
+class WorklistCache(SQLiteStore):
     def __init__(self, root: Path, keep_days: int = 14) -> None:
         self.path = root / DB_NAME
         self.keep_seconds = keep_days * 86400
         self._decoded: dict[str, tuple[float, WorklistEntry]] = {}
         self._db = open_store(root, DB_NAME, _SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> WorklistCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def store(
         self, query: WorklistQuery, entries: Iterable[WorklistEntry], now: float | None = None
