@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from drivers.base import Frame, SourceKind
 from gateway import __version__, clock
@@ -127,18 +127,7 @@ class Capturer:
         history: LossyHistory | None = None,
     ) -> Dataset:
         build = ultrasound_image if self.iod == "ultrasound" else secondary_capture
-        return build(
-            data,
-            patient=exam.patient,
-            study=exam.study,
-            series=exam.series,
-            equipment=self.equipment,
-            image=self._image(exam, content_time),
-            encoding=self.config.capture.compression,
-            order=exam.order,
-            quality=self.config.capture.jpeg_quality,
-            history=history,
-        )
+        return build(data, **self._modules(exam, content_time, history))
 
     def build_clip(
         self,
@@ -149,19 +138,23 @@ class Capturer:
         history: LossyHistory | None = None,
     ) -> Dataset:
         build = ultrasound_multiframe if self.iod == "ultrasound" else multiframe_true_color_sc
-        return build(
-            frames,
-            cine=cine,
-            patient=exam.patient,
-            study=exam.study,
-            series=exam.series,
-            equipment=self.equipment,
-            image=self._image(exam, content_time),
-            encoding=self.config.capture.compression,
-            order=exam.order,
-            quality=self.config.capture.jpeg_quality,
-            history=history,
-        )
+        return build(frames, cine=cine, **self._modules(exam, content_time, history))
+
+    def _modules(
+        self, exam: Exam, content_time: datetime, history: LossyHistory | None
+    ) -> dict[str, Any]:
+        """What every IOD builder takes from the exam and the configuration."""
+        return {
+            "patient": exam.patient,
+            "study": exam.study,
+            "series": exam.series,
+            "equipment": self.equipment,
+            "image": self._image(exam, content_time),
+            "encoding": self.config.capture.compression,
+            "order": exam.order,
+            "quality": self.config.capture.jpeg_quality,
+            "history": history,
+        }
 
     def queue(self, exam: Exam, ds: Dataset, hold: bool = False) -> QueuedObject:
         """Returns only once the object is durable; raises QueueError otherwise.

@@ -4,6 +4,8 @@ deliveries, and later MPPS messages): WAL, synchronous=FULL, asserted."""
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +92,22 @@ class SQLiteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def this_process() -> str:
+    """Who claims a row: host and PID, so a later start can tell a claim of
+    a dead process (reset it) from one of a live neighbour (leave it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claimer_alive(claimed_by: str | None) -> bool:
+    host, _, pid = (claimed_by or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

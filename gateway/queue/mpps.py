@@ -8,8 +8,6 @@ set of the moment it was made travels with it."""
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from gateway.queue.db import SQLiteStore, open_store
+from gateway.queue.db import SQLiteStore, claimer_alive, open_store, this_process
 from gateway.queue.outbox import DB_NAME, backoff_delay
 
 _SCHEMA = """
@@ -78,23 +76,6 @@ class MppsMessage:
         }
 
 
-def _me() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(claimed_by: str | None) -> bool:
-    host, _, pid = (claimed_by or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class MppsQueue(SQLiteStore):
     def __init__(self, root: Path) -> None:
         self._db = open_store(root, DB_NAME, _SCHEMA)
@@ -142,7 +123,7 @@ class MppsQueue(SQLiteStore):
             db.executemany(
                 "UPDATE mpps_messages SET state = 'in_flight', claimed_by = ?, updated_at = ?"
                 " WHERE id = ?",
-                [(_me(), now, r["id"]) for r in rows],
+                [(this_process(), now, r["id"]) for r in rows],
             )
         return [self._message(r) for r in rows]
 
@@ -203,7 +184,7 @@ class MppsQueue(SQLiteStore):
                 for r in db.execute(
                     "SELECT id, claimed_by FROM mpps_messages WHERE state = 'in_flight'"
                 )
-                if not _alive(r["claimed_by"])
+                if not claimer_alive(r["claimed_by"])
             ]
             db.executemany(
                 "UPDATE mpps_messages SET state = 'pending', claimed_by = NULL WHERE id = ?",

@@ -14,7 +14,6 @@ import fcntl
 import os
 import random
 import shutil
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.queue.db import QueueError as QueueError  # re-exported: the queue's error
-from gateway.queue.db import SQLiteStore, open_durable
+from gateway.queue.db import SQLiteStore, claimer_alive, open_durable, this_process
 from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
 
 SCHEMA_VERSION = 2
@@ -136,25 +135,6 @@ def backoff_delay(attempts: int, base: float = 5.0, cap: float = 300.0) -> float
     """Exponential back-off with full jitter (so a fleet does not retry in step)."""
     ceiling = min(cap, base * 2 ** max(0, attempts - 1))
     return random.uniform(ceiling / 2, ceiling)
-
-
-def _this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _claimer_alive(claimed_by: str | None) -> bool:
-    if not claimed_by:
-        return False
-    host, _, pid = claimed_by.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Outbox(SQLiteStore):
@@ -466,7 +446,7 @@ class Outbox(SQLiteStore):
             db.executemany(
                 "UPDATE deliveries SET state = 'in_flight', claimed_by = ?, updated_at = ?"
                 " WHERE object_id = ? AND destination = ?",
-                [(_this_process(), now, i, destination) for i in ids],
+                [(this_process(), now, i, destination) for i in ids],
             )
         return [d for i in ids if (d := self.delivery(i, destination)) is not None]
 
@@ -679,7 +659,7 @@ class Outbox(SQLiteStore):
                     "SELECT object_id, destination, claimed_by FROM deliveries"
                     " WHERE state = 'in_flight'"
                 )
-                if not _claimer_alive(r["claimed_by"])
+                if not claimer_alive(r["claimed_by"])
             ]
             db.executemany(
                 "UPDATE deliveries SET state = 'pending', claimed_by = NULL"
