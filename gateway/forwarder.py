@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import DestinationConfig, GatewayConfig
-from gateway.net.association import Timeouts, peer_label, tls_context
+from gateway.net.association import PeerError, connect, describe_link_failure, peer_label
 from gateway.net.store import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
@@ -24,9 +24,9 @@ from gateway.net.store import (
     read_part10_header,
     store_file,
 )
-from gateway.net.ul import Accepted, Proposed, ULConnection, ULError, ULTimeouts
+from gateway.net.ul import Accepted, Proposed, Timeouts, ULConnection, ULError
 from gateway.queue.outbox import Delivery, Outbox
-from gateway.tls import TLSSetupError, describe_tls_failure
+from gateway.tls import TLSSetupError
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +124,9 @@ class Forwarder:
         state = self.status[dest.name]
         contexts, batch = self._contexts(dest, batch)
         try:
-            conn = ULConnection.connect(
-                dest.host,
-                dest.port,
-                self.calling_ae,
-                dest.ae_title,
-                contexts,
-                self._ul_timeouts(),
-                tls_context(dest.tls),
-            )
-        except (ULError, TLSSetupError, OSError) as exc:
-            reason = f"{peer_label(dest)}: {self._describe_connect_failure(exc)}"
+            conn = connect(self.calling_ae, dest, contexts, self.timeouts)
+        except (PeerError, TLSSetupError) as exc:
+            reason = str(exc) if isinstance(exc, PeerError) else f"{peer_label(dest)}: {exc}"
             for delivery in batch:
                 state.next_try = self._retry(delivery.object.id, dest.name, reason)
             state.reachable, state.last_error = False, reason
@@ -176,15 +168,6 @@ class Forwarder:
             self._notify(self.on_sent, dest, self._sent)
             self._sent = []
             self._sent_since = time.monotonic()
-
-    def _ul_timeouts(self) -> ULTimeouts:
-        t = self.timeouts
-        return ULTimeouts(connect=t.connect, acse=t.acse, dimse=t.dimse, network=t.network)
-
-    def _describe_connect_failure(self, exc: BaseException) -> str:
-        if isinstance(exc, ULError | TLSSetupError):
-            return str(exc)
-        return describe_tls_failure(exc)
 
     def _contexts(
         self, dest: DestinationConfig, batch: list[Delivery]
@@ -243,7 +226,7 @@ class Forwarder:
             return
         except (ULError, OSError) as exc:
             conn.abort()
-            reason = f"{peer_label(dest)}: {self._describe_connect_failure(exc)} during C-STORE"
+            reason = f"{peer_label(dest)}: {describe_link_failure(exc)} during C-STORE"
             self._retry(obj.id, dest.name, reason)
             report.retried += 1
             report.error = reason

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from gateway.config import GatewayConfig
 from gateway.forwarder import outbox_for
-from gateway.net.association import Timeouts
+from gateway.net.ul import Timeouts
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 
 from gateway.config import parse_config
 from gateway.forwarder import Forwarder
-from gateway.net.association import Timeouts
 from gateway.net.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, CommitmentService
+from gateway.net.ul import Timeouts
 from gateway.queue.outbox import Outbox, QueueFull
 from tests.conftest import PKI, free_port, wait_for_port
 from tests.peers import queue_objects

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config import DestinationConfig, TLSConfig
 from gateway.forwarder import Forwarder
-from gateway.net.association import Timeouts
+from gateway.net.ul import Timeouts
 from gateway.queue.outbox import DeliveryState, Outbox
 from gateway.tls import server_context
 from tests.conftest import PKI, StoreSCP

@@ -13,8 +13,7 @@ import pytest
 from gateway.certs import Issued
 from gateway.config import TLSConfig
 from gateway.forwarder import Forwarder
-from gateway.net.association import Timeouts
-from gateway.net.ul import ULConnection, ULTimeouts
+from gateway.net.ul import Timeouts, ULConnection
 from gateway.queue.outbox import Outbox
 from gateway.tls import client_context, server_context
 from tests.conftest import PKI
@@ -105,7 +104,7 @@ def test_negotiated_suite_is_aead_and_preferred_version(pki: PKI, version: ssl.T
     scp = StoreSCPy(tls=ctx).start()
     try:
         ours = client_context(TLSConfig(ca=pki.ca.cert, cert=pki.client.cert, key=pki.client.key))
-        conn = ULConnection.connect("localhost", scp.port, "EDGE1", "PACS", [], ULTimeouts(), ours)
+        conn = ULConnection.connect("localhost", scp.port, "EDGE1", "PACS", [], Timeouts(), ours)
         assert isinstance(conn.sock, ssl.SSLSocket)
         assert conn.sock.version() == (
             "TLSv1.3" if version == ssl.TLSVersion.TLSv1_3 else "TLSv1.2"

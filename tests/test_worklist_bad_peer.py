@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
@@ -21,7 +22,7 @@ from gateway.config import DestinationConfig, parse_config
 from gateway.net.association import PeerError
 from gateway.net.find import FindLimits, WorklistFind
 from gateway.worklist.model import WorklistQuery
-from gateway.worklist.mwl import build_identifier
+from gateway.worklist.mwl import build_identifier, parse_entry
 from gateway.worklist.service import WorklistService
 from tests.conftest import free_port
 
@@ -31,13 +32,18 @@ Handler = Callable[[Any], Iterator[tuple[int, Dataset | None]]]
 class FakeRIS:
     """A pynetdicom worklist SCP whose C-FIND handler the test supplies."""
 
-    def __init__(self, handler: Handler, ignore_cancel: bool = False) -> None:
+    def __init__(
+        self, handler: Handler, ignore_cancel: bool = False, syntaxes: list[str] | None = None
+    ) -> None:
         self.ignore_cancel = ignore_cancel
         self.port = free_port()
         self.cancelled = threading.Event()
         self.handler = handler
         ae = AE(ae_title="RIS")
-        ae.add_supported_context(ModalityWorklistInformationFind)
+        if syntaxes:
+            ae.add_supported_context(ModalityWorklistInformationFind, syntaxes)
+        else:
+            ae.add_supported_context(ModalityWorklistInformationFind)
         self.server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
@@ -45,12 +51,18 @@ class FakeRIS:
         )
 
     def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        for status, ds in self.handler(event):
+        try:
+            for status, ds in self.handler(event):
+                if event.is_cancelled and not self.ignore_cancel:
+                    self.cancelled.set()
+                    yield 0xFE00, None
+                    return
+                yield status, ds
+        finally:
+            # pynetdicom may see the C-CANCEL first and stop asking for more;
+            # the generator is then closed here.
             if event.is_cancelled and not self.ignore_cancel:
                 self.cancelled.set()
-                yield 0xFE00, None
-                return
-            yield status, ds
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -156,6 +168,28 @@ def test_broken_entries_become_warnings(tmp_path: Path, ris: Callable[[Handler],
     assert "5 entries have problems" in result.warnings
 
 
+def test_implicit_vr_only_server() -> None:
+    """A RIS that accepts only Implicit VR Little Endian: the query goes out
+    and the answers are read in that syntax (no VRs on the wire)."""
+
+    def handler(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        assert event.identifier.ScheduledProcedureStepSequence[0].Modality == ""
+        yield 0xFF00, _entry("IMPLICIT^ONE", "P1", "A1", "1.2.3.1", charset="ISO_IR 100")
+        yield 0xFF00, _entry("Ørsted^Åse", "P2", "A2", "1.2.3.2", charset="ISO_IR 100")
+        yield 0x0000, None
+
+    server = FakeRIS(handler, syntaxes=[ImplicitVRLittleEndian])
+    try:
+        find = WorklistFind("EDGE1", server.peer, build_identifier(WorklistQuery()))
+        entries = [parse_entry(item) for item in find]
+    finally:
+        server.stop()
+    assert find.status == 0x0000 and find.stopped is None
+    assert [e.patient.name for e in entries] == ["IMPLICIT^ONE", "Ørsted^Åse"]
+    assert entries[1].order.specific_character_set == "ISO_IR 100"
+    assert entries[0].order.scheduled_procedure_step_id == "S1" and entries[0].warnings == ()
+
+
 def test_endless_pending_is_cut_off_and_cancelled(ris: Callable[[Handler], FakeRIS]) -> None:
     def endless(event: Any) -> Iterator[tuple[int, Dataset | None]]:
         started = time.monotonic()
@@ -207,8 +241,8 @@ def test_consumer_stopping_sends_c_cancel(ris: Callable[[Handler], FakeRIS]) -> 
     server = ris(many)
     find = WorklistFind("EDGE1", server.peer, build_identifier(WorklistQuery()))
     names = []
-    for ds in find:
-        names.append(str(ds.PatientName))
+    for item in find:
+        names.append(parse_entry(item).patient.name)
         if len(names) == 3:
             break  # the technician pressed Stop
     del find  # closes the generator → C-CANCEL
@@ -304,6 +338,6 @@ def test_server_going_silent_keeps_what_arrived(ris: Callable[[Handler], FakeRIS
         build_identifier(WorklistQuery()),
         limits=FindLimits(seconds=1.0),
     )
-    names = [str(ds.PatientName) for ds in find]
+    names = [parse_entry(item).patient.name for item in find]
     assert names == ["FIRST^ONE", "SECOND^ONE"]
     assert find.stopped is not None and "stopped answering after 2 entries" in find.stopped

@@ -1,31 +1,23 @@
 """Opening associations with the gateway's TLS policy and time-outs, and
-turning failures into one-line reasons an operator can act on."""
+turning failures into one-line reasons an operator can act on: `connect` on
+the lean upper layer (C-STORE, C-FIND), `open_association` on pynetdicom
+(everything else)."""
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import DestinationConfig, TLSConfig
-from gateway.tls import client_context, probe
+from gateway.net.ul import Proposed, Timeouts, ULConnection, ULError
+from gateway.tls import client_context, describe_tls_failure, probe
 
 if TYPE_CHECKING:  # pynetdicom is imported when used: the bulk path does without it
     from pynetdicom.association import Association
     from pynetdicom.presentation import PresentationContext
 
 MAX_PDU = 131072
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds. Every wait has a bound, so a dead host never hangs a loop."""
-
-    connect: float = 10.0
-    acse: float = 30.0
-    dimse: float = 60.0
-    network: float = 60.0
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -41,6 +33,30 @@ def peer_label(dest: DestinationConfig) -> str:
 
 def tls_context(tls: TLSConfig | None) -> ssl.SSLContext | None:
     return client_context(tls) if tls else None
+
+
+def connect(
+    calling_ae: str,
+    dest: DestinationConfig,
+    contexts: Sequence[Proposed],
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ULConnection:
+    """An association on the lean upper layer (bulk C-STORE, C-FIND).
+    Raises PeerError with the reason; TLSSetupError when our own
+    certificates cannot be loaded."""
+    ctx = ssl_context if ssl_context is not None else tls_context(dest.tls)
+    try:
+        return ULConnection.connect(
+            dest.host, dest.port, calling_ae, dest.ae_title, contexts, timeouts, ctx
+        )
+    except (ULError, OSError) as exc:  # ssl.SSLError is an OSError
+        raise PeerError(f"{peer_label(dest)}: {describe_link_failure(exc)}") from None
+
+
+def describe_link_failure(exc: ULError | OSError) -> str:
+    """What broke on the lean upper layer, as one plain line."""
+    return str(exc) if isinstance(exc, ULError) else describe_tls_failure(exc)
 
 
 def open_association(

@@ -22,8 +22,9 @@ from pydicom.dataset import Dataset
 
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.dicom.uids import new_uid
-from gateway.net.association import PeerError, Timeouts, open_association, peer_label
+from gateway.net.association import PeerError, open_association, peer_label
 from gateway.net.listener import parse_listen, start_server
+from gateway.net.ul import Timeouts
 from gateway.queue.outbox import Outbox
 from gateway.tls import TLSSetupError, server_context
 

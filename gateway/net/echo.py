@@ -10,13 +10,8 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.config import DestinationConfig
-from gateway.net.association import (
-    DEFAULT_TIMEOUTS,
-    PeerError,
-    Timeouts,
-    open_association,
-    tls_description,
-)
+from gateway.net.association import DEFAULT_TIMEOUTS, PeerError, open_association, tls_description
+from gateway.net.ul import Timeouts
 from gateway.tls import TLSSetupError
 
 

@@ -15,26 +15,32 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 
 from pydicom.dataset import Dataset
-from pynetdicom import _config
-from pynetdicom.association import Association
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    ModalityWorklistInformationFind,
-)
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from gateway.config import DestinationConfig
-from gateway.net.association import DEFAULT_TIMEOUTS, PeerError, Timeouts, open_association
+from gateway.dicom.rawdata import RawDataError, RawItem, read_dataset
+from gateway.net.association import DEFAULT_TIMEOUTS, PeerError, connect, describe_link_failure
+from gateway.net.ul import (
+    Message,
+    Proposed,
+    Timeouts,
+    ULConnection,
+    ULError,
+    c_cancel_rq,
+    c_find_rq,
+    command_us,
+)
 
 log = logging.getLogger(__name__)
 
-# pynetdicom would log every identifier at INFO: patient data stays out of logs.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-
-MWL_FIND = str(ModalityWorklistInformationFind)
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 PENDING = (0xFF00, 0xFF01)
 CANCELLED = 0xFE00
-_MESSAGE_ID = 1
+C_FIND_RSP = 0x8020
+_CONTEXT = Proposed(1, MWL_FIND, (EXPLICIT_VR_LE, IMPLICIT_VR_LE))
 
 _FAILURES = {
     0xA700: "the worklist server is out of resources",
@@ -62,9 +68,18 @@ def describe_status(code: int) -> str:
     return f"the worklist server answered status 0x{code:04X}"
 
 
+def encode_identifier(identifier: Dataset, transfer_syntax: str) -> bytes:
+    out = DicomBytesIO()
+    out.is_little_endian = True
+    out.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
+    write_dataset(out, identifier)
+    return out.getvalue()
+
+
 class WorklistFind:
-    """One query. Iterate for the matches (decoded lazily by pydicom);
-    afterwards `status`, `stopped` and `transport` tell how it ended.
+    """One query on the lean upper layer. Iterate for the matches, each a
+    RawItem (tag → value bytes; decoded by the caller with the answer's
+    character set); afterwards `status` and `stopped` tell how it ended.
 
     Raises PeerError (or TLSSetupError) when the server cannot be reached or
     fails the query before sending anything useful.
@@ -96,46 +111,44 @@ class WorklistFind:
         self.matches = 0
         self.undecodable = 0
 
-    def __iter__(self) -> Iterator[Dataset]:
+    def __iter__(self) -> Iterator[RawItem]:
         return self.matches_generator()
 
-    def matches_generator(self) -> Generator[Dataset, None, None]:
+    @property
+    def _label(self) -> str:
+        return f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}"
+
+    def matches_generator(self) -> Generator[RawItem, None, None]:
         """The matches; `close()` it to stop early (sends C-CANCEL)."""
         deadline = time.monotonic() + self.limits.seconds
-        assoc = open_association(
-            self.calling_ae,
-            self.peer,
-            [build_context(MWL_FIND)],
-            self.timeouts,
-            ssl_context=self.ssl_context,
-        )
+        conn = connect(self.calling_ae, self.peer, [_CONTEXT], self.timeouts, self.ssl_context)
+        accepted = conn.accepted.get(_CONTEXT.id)
+        if accepted is None:
+            conn.release()
+            raise PeerError(f"{self._label}: {_FAILURES[0x0122]}")
         finished = False
-        responses: Iterator[tuple[Dataset, Dataset | None]] | None = None
         try:
-            responses = assoc.send_c_find(self.identifier, MWL_FIND, msg_id=_MESSAGE_ID)
-            for status, identifier in responses:
-                code = status.get("Status")
-                if code is None:  # pynetdicom has aborted the association
-                    if self.matches == 0:
-                        raise PeerError(
-                            f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}: "
-                            "no answer to the worklist query (timed out or connection lost)"
-                        )
-                    self.stopped = (
-                        f"the server stopped answering after {self.matches} entries "
-                        "(timed out or connection lost)"
-                    )
+            explicit = accepted.transfer_syntax == EXPLICIT_VR_LE
+            message_id = conn.next_message_id()
+            conn.send_message(
+                accepted.id,
+                c_find_rq(message_id, MWL_FIND),
+                encode_identifier(self.identifier, accepted.transfer_syntax),
+            )
+            while True:
+                message = self._next_response(conn, message_id)
+                if message is None:
                     finished = True
                     break
+                code = command_us(message.command, 0x0900)
                 if code not in PENDING:
-                    self.status = int(code)
+                    self.status = code
                     finished = True
                     break
-                if identifier is None:
-                    self.undecodable += 1  # pynetdicom could not parse it
-                else:
+                item = self._decode(message, explicit)
+                if item is not None:
                     self.matches += 1
-                    yield identifier
+                    yield item
                 if self.matches >= self.limits.max_matches:
                     self.stopped = (
                         f"stopped after {self.matches} entries (worklist.max_entries); "
@@ -155,31 +168,56 @@ class WorklistFind:
         finally:
             # Reached on a normal end, on our limits, and when the consumer
             # stops iterating (GeneratorExit): the server is told either way.
-            if not finished and assoc.is_established:
-                self._cancel(assoc, responses)
-            if assoc.is_established:
-                assoc.release()
+            if not finished and conn.open:
+                self._cancel(conn, message_id)
+            conn.release()
 
-    def _cancel(
-        self, assoc: Association, responses: Iterator[tuple[Dataset, Dataset | None]] | None
-    ) -> None:
+    def _next_response(self, conn: ULConnection, message_id: int) -> Message | None:
+        """The next C-FIND-RSP; None when the link broke after some matches
+        (the list so far is kept), PeerError when it broke before any."""
+        try:
+            message = conn.read_message(self.timeouts.dimse)
+        except (ULError, OSError) as exc:
+            conn.abort()
+            why = describe_link_failure(exc)
+            if self.matches == 0:
+                raise PeerError(f"{self._label}: no answer to the worklist query ({why})") from None
+            self.stopped = f"the server stopped answering after {self.matches} entries ({why})"
+            return None
+        command = message.command
+        if command_us(command, 0x0100) != C_FIND_RSP or command_us(command, 0x0120) != message_id:
+            conn.abort()
+            raise PeerError(f"{self._label}: answered with a message that is not our C-FIND-RSP")
+        if command_us(command, 0x0900) is None:
+            conn.abort()
+            raise PeerError(f"{self._label}: sent a C-FIND-RSP without a status")
+        return message
+
+    def _decode(self, message: Message, explicit: bool) -> RawItem | None:
+        if not message.dataset:
+            self.undecodable += 1
+            return None
+        try:
+            return read_dataset(message.dataset, explicit)
+        except RawDataError as exc:
+            log.warning("worklist response %d skipped: %s", self.matches + 1, exc)
+            self.undecodable += 1
+            return None
+
+    def _cancel(self, conn: ULConnection, message_id: int) -> None:
         """C-CANCEL, then read until the server confirms; abort if it will not."""
         if self.stopped is None:
             self.stopped = f"cancelled after {self.matches} entries"
-        if responses is None:
-            assoc.abort()
-            return
         try:
-            assoc.send_c_cancel(_MESSAGE_ID, query_model=MWL_FIND)
+            conn.send_message(_CONTEXT.id, c_cancel_rq(message_id))
             until = time.monotonic() + self.limits.cancel_grace
-            for status, _ in responses:
-                code = status.get("Status")
+            while time.monotonic() < until:
+                message = conn.read_message(max(0.05, until - time.monotonic()))
+                code = command_us(message.command, 0x0900)
                 if code is None or code not in PENDING:
-                    self.status = None if code is None else int(code)
+                    self.status = code
                     return
-                if time.monotonic() > until:
-                    break
-        except Exception as exc:  # the peer is misbehaving; do not let it crash us
-            log.warning("worklist C-CANCEL failed: %s", exc)
+        except (ULError, OSError) as exc:  # the peer is misbehaving; do not let it crash us
+            log.warning("worklist C-CANCEL not confirmed: %s", describe_link_failure(exc))
         log.warning("worklist server ignored C-CANCEL; aborting the association")
-        assoc.abort()
+        conn.abort()

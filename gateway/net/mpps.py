@@ -20,12 +20,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from gateway.config import DestinationConfig
-from gateway.net.association import (
-    PeerError,
-    Timeouts,
-    open_association,
-    peer_label,
-)
+from gateway.net.association import PeerError, open_association, peer_label
+from gateway.net.ul import Timeouts
 from gateway.queue.mpps import MessageKind, MppsMessage, MppsQueue
 from gateway.tls import TLSSetupError
 

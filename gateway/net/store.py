@@ -11,7 +11,6 @@ from io import FileIO
 from pathlib import Path
 
 from gateway.net.ul import (
-    OUR_MAX_PDU,
     P_DATA_TF,
     ULConnection,
     ULError,
@@ -156,16 +155,9 @@ def send_dataset(
     PDUs are filled in place in one reused buffer: header `pack_into`, file
     `readinto` straight behind it, one `sendall` per ~1 MiB."""
     message_id = conn.next_message_id()
-    command = c_store_rq(message_id, sop.sop_class, sop.sop_instance)
-    max_pdu = conn.peer_max_pdu or OUR_MAX_PDU
-    fragment = max_pdu - 6
-    if fragment < 64:
-        raise ULError(f"peer's maximum PDU length ({max_pdu}) is too small to be real")
-    cmd_pdu = struct.pack(
-        ">BBIIBB", P_DATA_TF, 0, 6 + len(command), 2 + len(command), context_id, 3
-    )
+    fragment = conn.max_fragment
     per_write = max(1, WRITE_BYTES // (fragment + 12))
-    conn.sock.sendall(cmd_pdu + command)
+    conn.send_message(context_id, c_store_rq(message_id, sop.sop_class, sop.sop_instance))
     try:
         _send_data(conn, context_id, source, length, sop, fragment, per_write)
     except FileProblem:

@@ -1,12 +1,14 @@
-"""A lean DICOM upper layer (PS3.8) for the one job that moves the bytes:
-C-STORE as an SCU over one connection, in one thread, with no reactor.
+"""A lean DICOM upper layer (PS3.8) for the jobs where volume matters:
+C-STORE (bulk data out) and C-FIND (a thousand small answers in), as an SCU
+over one connection, in one thread, with no reactor.
 
-Why not pynetdicom for this: its reactor thread, per-PDU queues and
+Why not pynetdicom for these: its reactor thread, per-PDU queues and
 per-fragment Python objects cost ~10× DCMTK's time and CPU (BENCHMARKS.md).
 Here the connection is owned by the caller's thread, PDUs are written straight
-from the file into one reused buffer, and the only per-PDU Python work is a
-header `pack_into` and a `readinto`. pynetdicom stays in charge of everything
-that is not bulk data (echo, Storage Commitment, the inbound SCP).
+from the file into one reused buffer, and inbound PDUs are cut out of one
+buffered stream (one `recv` often holds dozens of worklist answers).
+pynetdicom stays in charge of the rest (echo, MPPS, Storage Commitment, the
+inbound SCP).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import socket
 import ssl
 import struct
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -178,6 +181,9 @@ def encode_command(elements: Sequence[tuple[int, bytes]]) -> bytes:
     return _element(0, 0, struct.pack("<I", len(body))) + body
 
 
+NO_DATA_SET = 0x0101  # CommandDataSetType: no data set follows
+
+
 def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
     return encode_command(
         [
@@ -187,6 +193,28 @@ def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
             (0x0700, struct.pack("<H", 0)),  # medium priority
             (0x0800, struct.pack("<H", 0x0000)),  # a data set follows
             (0x1000, _uid_bytes(sop_instance)),
+        ]
+    )
+
+
+def c_find_rq(message_id: int, sop_class: str) -> bytes:
+    return encode_command(
+        [
+            (0x0002, _uid_bytes(sop_class)),
+            (0x0100, struct.pack("<H", 0x0020)),
+            (0x0110, struct.pack("<H", message_id)),
+            (0x0700, struct.pack("<H", 0)),  # medium priority
+            (0x0800, struct.pack("<H", 0x0000)),  # the identifier follows
+        ]
+    )
+
+
+def c_cancel_rq(message_id: int) -> bytes:
+    return encode_command(
+        [
+            (0x0100, struct.pack("<H", 0x0FFF)),
+            (0x0120, struct.pack("<H", message_id)),
+            (0x0800, struct.pack("<H", NO_DATA_SET)),
         ]
     )
 
@@ -215,7 +243,18 @@ def command_us(command: dict[int, bytes], elem: int) -> int | None:
 
 
 @dataclass(frozen=True)
-class ULTimeouts:
+class Message:
+    """One DIMSE message from the peer: its command set and data set (if any)."""
+
+    context_id: int
+    command: dict[int, bytes]
+    dataset: bytes | None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. Every wait has a bound, so a dead host never hangs a loop."""
+
     connect: float = 10.0
     acse: float = 30.0
     dimse: float = 60.0
@@ -230,9 +269,13 @@ class ULConnection:
         sock: socket.socket,
         accepted: dict[int, Accepted],
         peer_max_pdu: int,
-        timeouts: ULTimeouts,
+        timeouts: Timeouts,
+        inbound: Inbound | None = None,
     ) -> None:
         self.sock = sock
+        self.inbound = inbound or Inbound(sock)
+        # PDVs of a PDU already read but not yet consumed: (context, control, value).
+        self._pdvs: deque[tuple[int, int, bytes]] = deque()
         self.accepted = accepted
         self.peer_max_pdu = peer_max_pdu
         self.timeouts = timeouts
@@ -250,7 +293,7 @@ class ULConnection:
         calling_ae: str,
         called_ae: str,
         contexts: Sequence[Proposed],
-        timeouts: ULTimeouts,
+        timeouts: Timeouts,
         ssl_context: ssl.SSLContext | None,
     ) -> ULConnection:
         """Connect, handshake, associate. Raises OSError/ssl.SSLError for the
@@ -262,9 +305,10 @@ class ULConnection:
             if ssl_context is not None:
                 sock = ssl_context.wrap_socket(raw, server_hostname=host)
             sock.settimeout(timeouts.acse)
+            inbound = Inbound(sock)
             try:
                 sock.sendall(encode_associate_rq(calling_ae, called_ae, contexts))
-                pdu_type, body = read_pdu(sock)
+                pdu_type, body = read_pdu(inbound)
             except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError, PeerClosed):
                 if ssl_context is None:
                     raise ULError("peer closed the connection instead of answering") from None
@@ -280,7 +324,7 @@ class ULConnection:
         if pdu_type == 0x02:
             accepted, peer_max = decode_associate_ac(body, contexts)
             sock.settimeout(timeouts.network)
-            return cls(sock, accepted, peer_max, timeouts)
+            return cls(sock, accepted, peer_max, timeouts, inbound)
         sock.close()
         if pdu_type == 0x03 and len(body) >= 4:
             raise AssociationRejected(describe_reject(body[1], body[2], body[3]), body[1] == 1)
@@ -310,7 +354,7 @@ class ULConnection:
             self.sock.settimeout(self.timeouts.acse)
             self.sock.sendall(struct.pack(">BBII", 0x05, 0, 4, 0))
             for _ in range(16):  # a stray late PDU or two, never forever
-                pdu_type, _body = read_pdu(self.sock)
+                pdu_type, _body = read_pdu(self.inbound)
                 if pdu_type in (0x06, 0x07):
                     break
         except (OSError, ULError):
@@ -324,12 +368,73 @@ class ULConnection:
 
     # -- DIMSE --
 
+    @property
+    def max_fragment(self) -> int:
+        """The largest PDV value the peer accepts in one PDU."""
+        max_pdu = self.peer_max_pdu or OUR_MAX_PDU
+        if max_pdu < 70:
+            raise ULError(f"peer's maximum PDU length ({max_pdu}) is too small to be real")
+        return max_pdu - 6
+
+    def send_message(self, context_id: int, command: bytes, dataset: bytes | None = None) -> None:
+        """A command set and (small, in memory) data set, fragmented to the
+        peer's maximum PDU, in one write."""
+        fragment = self.max_fragment
+        out = bytearray()
+        for kind, payload in ((1, command), (0, dataset)):
+            if payload is None:
+                continue
+            for start in range(0, max(len(payload), 1), fragment):
+                chunk = payload[start : start + fragment]
+                last = 2 if start + fragment >= len(payload) else 0
+                out += struct.pack(
+                    ">BBIIBB", P_DATA_TF, 0, 6 + len(chunk), 2 + len(chunk), context_id, kind | last
+                )
+                out += chunk
+        self.sock.sendall(out)
+
     def read_command(self, timeout: float) -> dict[int, bytes]:
-        """The next complete command set from the peer (data PDVs skipped)."""
+        """The next command set from the peer (a data set after it is dropped)."""
+        return self.read_message(timeout).command
+
+    def read_message(self, timeout: float) -> Message:
+        """The next complete DIMSE message; every socket wait bounded by `timeout`
+        (a time-out surfaces as TimeoutError)."""
         self.sock.settimeout(timeout)
         parts: list[bytes] = []
+        command: dict[int, bytes] | None = None
+        size = 0
         while True:
-            pdu_type, body = read_pdu(self.sock)
+            context_id, control, value = self._next_pdv()
+            size += len(value)
+            if size > LARGEST_PDU_ACCEPTED:
+                self.abort()
+                raise ULError("peer sent an endless DIMSE message")
+            if control & 0x01:
+                if command is not None:
+                    self.abort()
+                    raise ULError("peer sent a second command set before the data set")
+                parts.append(value)
+                if control & 0x02:
+                    command = decode_command(b"".join(parts))
+                    parts = []
+                    if command_us(command, 0x0800) == NO_DATA_SET:
+                        break
+            else:
+                if command is None:
+                    self.abort()
+                    raise ULError("peer sent a data set before its command set")
+                parts.append(value)
+                if control & 0x02:
+                    break
+        self.sock.settimeout(self.timeouts.network)
+        if command_us(command, 0x0800) == NO_DATA_SET:
+            return Message(context_id, command, None)
+        return Message(context_id, command, b"".join(parts))
+
+    def _next_pdv(self) -> tuple[int, int, bytes]:
+        while not self._pdvs:
+            pdu_type, body = read_pdu(self.inbound)
             if pdu_type == 0x07:
                 self.open = False
                 self._close()
@@ -338,41 +443,52 @@ class ULConnection:
                 self.abort()
                 raise ULError(f"peer sent an unexpected PDU (type 0x{pdu_type:02X})")
             offset = 0
-            while offset + 6 <= len(body):
+            while offset < len(body):
+                if offset + 6 > len(body):
+                    self.abort()
+                    raise ULError("peer sent a malformed P-DATA PDU")
                 length = struct.unpack_from(">I", body, offset)[0]
                 if length < 2 or offset + 4 + length > len(body):
                     self.abort()
                     raise ULError("peer sent a malformed P-DATA PDU")
-                control = body[offset + 5]
-                if control & 0x01:
-                    parts.append(body[offset + 6 : offset + 4 + length])
-                    if sum(map(len, parts)) > LARGEST_PDU_ACCEPTED:
-                        self.abort()
-                        raise ULError("peer sent an endless DIMSE command")
-                    if control & 0x02:
-                        self.sock.settimeout(self.timeouts.network)
-                        return decode_command(b"".join(parts))
+                self._pdvs.append(
+                    (body[offset + 4], body[offset + 5], body[offset + 6 : offset + 4 + length])
+                )
                 offset += 4 + length
+        return self._pdvs.popleft()
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            raise PeerClosed("peer closed the connection")
-        got += n
-    return bytes(buf)
+class Inbound:
+    """Buffered reads from the peer: one `recv` takes whatever has arrived,
+    so a burst of small PDUs costs one system call, not two per PDU."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.pos = 0
+
+    def read_exact(self, size: int) -> bytes:
+        while len(self.buf) - self.pos < size:
+            if self.pos:
+                del self.buf[: self.pos]
+                self.pos = 0
+            chunk = self.sock.recv(max(self.CHUNK, size - len(self.buf)))
+            if not chunk:
+                raise PeerClosed("peer closed the connection")
+            self.buf += chunk
+        out = bytes(self.buf[self.pos : self.pos + size])
+        self.pos += size
+        return out
 
 
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+def read_pdu(inbound: Inbound) -> tuple[int, bytes]:
     """One PDU: (type, body). A time-out surfaces as TimeoutError."""
-    header = _recv_exact(sock, 6)
+    header = inbound.read_exact(6)
     pdu_type, _, length = struct.unpack(">BBI", header)
     if pdu_type not in range(1, 8):
         raise ULError(f"peer sent garbage (PDU type 0x{pdu_type:02X}); not a DICOM peer?")
     if length > LARGEST_PDU_ACCEPTED:
         raise ULError(f"peer sent an implausible PDU length ({length} bytes)")
-    return pdu_type, _recv_exact(sock, length)
+    return pdu_type, inbound.read_exact(length)

@@ -94,18 +94,28 @@ class WorklistCache(SQLiteStore):
         cached entries the same query no longer returns (cancelled orders)
         are dropped. Returns the fetch time."""
         now = time.time() if now is None else now
-        fresh = list(entries)
-        keys = {e.key for e in fresh}
+        fresh = {e.key: e for e in entries}
         with transaction(self._db) as db:
+            known = dict(db.execute("SELECT key, fetched_at FROM worklist_entries").fetchall())
             stale = [
-                row["key"]
-                for row in db.execute("SELECT key, data, fetched_at FROM worklist_entries")
-                if row["key"] not in keys
-                and matches(self._entry(row["key"], row["fetched_at"], row["data"]), query)
+                key
+                for key, fetched_at in known.items()
+                if key not in fresh and matches(self._load(key, fetched_at), query)
             ]
             db.executemany("DELETE FROM worklist_entries WHERE key = ?", [(k,) for k in stale])
             for key in stale:
                 self._decoded.pop(key, None)
+            # A refreshed list is mostly what was cached: an entry equal to
+            # its row only has its fetch time moved on (no re-encoding).
+            same = [
+                key
+                for key, entry in fresh.items()
+                if key in known and self._decoded.get(key) == (known[key], entry)
+            ]
+            db.executemany(
+                "UPDATE worklist_entries SET fetched_at = ? WHERE key = ?", [(now, k) for k in same]
+            )
+            unchanged = set(same)
             db.executemany(
                 "INSERT INTO worklist_entries (key, scheduled_date, modality, patient_id,"
                 " accession_number, data, fetched_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -115,7 +125,7 @@ class WorklistCache(SQLiteStore):
                 " fetched_at = excluded.fetched_at",
                 [
                     (
-                        e.key,
+                        key,
                         e.scheduled_start.date().isoformat() if e.scheduled_start else None,
                         e.modality,
                         e.patient.id,
@@ -123,7 +133,8 @@ class WorklistCache(SQLiteStore):
                         json.dumps(entry_to_dict(e), ensure_ascii=False),
                         now,
                     )
-                    for e in fresh
+                    for key, e in fresh.items()
+                    if key not in unchanged
                 ],
             )
             db.execute(
@@ -136,6 +147,8 @@ class WorklistCache(SQLiteStore):
             db.execute(
                 "DELETE FROM worklist_fetches WHERE fetched_at < ?", (now - self.keep_seconds,)
             )
+        for key, entry in fresh.items():  # what the rows now hold, decoded
+            self._decoded[key] = (now, entry)
         return now
 
     def lookup(self, query: WorklistQuery) -> tuple[list[WorklistEntry], datetime | None]:
@@ -174,6 +187,13 @@ class WorklistCache(SQLiteStore):
                 return [], None
             oldest = last
         return [e for e, _ in found], datetime.fromtimestamp(oldest).astimezone()
+
+    def _load(self, key: str, fetched_at: float) -> WorklistEntry:
+        known = self._decoded.get(key)
+        if known is not None and known[0] == fetched_at:
+            return known[1]
+        row = self._db.execute("SELECT data FROM worklist_entries WHERE key = ?", (key,)).fetchone()
+        return self._entry(key, fetched_at, row["data"])
 
     def _entry(self, key: str, fetched_at: float, data: str) -> WorklistEntry:
         """Rows are immutable per (key, fetch time): a long-lived service (the

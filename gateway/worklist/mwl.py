@@ -15,17 +15,15 @@ import warnings
 from dataclasses import replace
 from datetime import date, datetime, time
 from functools import cache
-from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes, default_encoding, python_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag
 from pydicom.valuerep import TEXT_VR_DELIMS
 
 from gateway.dicom.modules import Code, ModuleError, Order, Patient, check_character_set
+from gateway.dicom.rawdata import RawItem
 from gateway.dicom.uids import new_uid
 from gateway.worklist.model import WorklistEntry, WorklistQuery
 
@@ -73,11 +71,12 @@ _STEP_KEYS = (
 
 
 @cache
-def _tag(keyword: str) -> BaseTag:
+def _key(keyword: str) -> tuple[int, str]:
+    """Tag and VR of a return key (the answer's own VR is not trusted)."""
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise KeyError(keyword)
-    return BaseTag(tag)
+    return int(tag), dictionary_VR(tag)
 
 
 def _da(value: date) -> str:
@@ -119,79 +118,106 @@ def build_identifier(query: WorklistQuery) -> Dataset:
 
 
 _TEXT_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
+_CHARSET_PROBLEM = "characters that do not fit the declared character set were replaced"
 
 
 class _Reader:
-    """Reads values out of one response, collecting what was wrong with them.
+    """Reads values out of one response (a RawItem: tag → bytes), collecting
+    what was wrong with them.
 
-    Values are decoded straight from the raw element bytes with the response's
-    character sets (pydicom's own per-element conversion machinery costs more
+    Values are decoded straight from the raw bytes with the response's
+    character sets (pydicom's per-element conversion machinery costs more
     than the rest of the query for a 1,000-entry list)."""
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self.encodings: list[str] = [default_encoding]
+        # The one Python codec when no ISO 2022 code extensions are in play.
+        self.codec: str | None = default_encoding
         self.charset = "ISO_IR 6"
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
 
-    def raw(self, ds: Dataset, keyword: str, label: str) -> Any:
-        tag = _tag(keyword)
+    def decode(self, data: bytes) -> str:
+        if self.codec is not None:
+            try:
+                return data.decode(self.codec)
+            except UnicodeDecodeError:
+                self.warn(_CHARSET_PROBLEM)
+                return data.decode(self.codec, "replace")
+        # ISO 2022 code extensions: pydicom only *warns* (and logs, with the
+        # value) about bytes that do not fit; those become this entry's warning.
+        _parsing.active = True
         try:
-            elem = ds.get_item(tag)
-            if elem is None:
-                return None
-            if not isinstance(elem, RawDataElement):
-                return elem.value  # already decoded (a data set built in memory)
-            vr = elem.VR or dictionary_VR(tag)
-            if vr == "SQ":
-                return ds[tag].value
-            data = elem.value
-            if not data:
-                return ""
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                text = decode_bytes(data, self.encodings, TEXT_VR_DELIMS)
+        finally:
+            _parsing.active = False
+        if any("decode" in str(w.message).lower() for w in caught):
+            self.warn(_CHARSET_PROBLEM)
+        return text
+
+    def string(self, item: RawItem, keyword: str, label: str) -> str | None:
+        """A value decoded (text VRs with the response's character set), or
+        None when absent or unreadable (the reason noted)."""
+        tag, vr = _key(keyword)
+        value = item.get(tag)
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
+            self.warn(f"{label}: a sequence where a value was expected; ignored")
+            return None
+        if not value:
+            return ""
+        try:
             if vr in _TEXT_VRS:
-                return decode_bytes(data.rstrip(b"\x00 "), self.encodings, TEXT_VR_DELIMS)
-            text = data.decode("ascii", "replace").rstrip("\x00 ")
-            if "\ufffd" in text:
-                self.warn(f"{label}: non-ASCII bytes replaced")
-            return text
+                return self.decode(value.rstrip(b"\x00 "))
+            text = value.decode("ascii", "replace").rstrip("\x00 ")
         except Exception as exc:  # whatever the bytes are, the list goes on
             self.warn(f"{label}: cannot be decoded ({type(exc).__name__})")
             return None
-
-    def text(
-        self, ds: Dataset, keyword: str, label: str, max_len: int, *, required: bool = False
-    ) -> str:
-        value = self.raw(ds, keyword, label)
-        if value is None or value == "":
-            if required:
-                self.warn(f"{label} is missing")
-            return ""
-        if not isinstance(value, str) and hasattr(value, "__iter__"):
-            value = "\\".join(str(v) for v in value)
-        text = str(value).strip()
-        if "\\" in text:
-            self.warn(f"{label}: several values; the first is used")
-            text = text.split("\\")[0].strip()
-        if _CONTROL.search(text):
-            self.warn(f"{label}: illegal control characters removed")
-            text = _CONTROL.sub("", text)
-        if len(text) > max_len:
-            self.warn(f"{label}: {len(text)} characters, cut to {max_len}")
-            text = text[:max_len]
-        if required and not text:
-            self.warn(f"{label} is missing")
+        if "\ufffd" in text:
+            self.warn(f"{label}: non-ASCII bytes replaced")
         return text
 
-    def person(self, ds: Dataset, keyword: str, label: str, *, required: bool = False) -> str:
-        value = self.raw(ds, keyword, label)
-        if value is None or str(value) == "":
+    def items(self, item: RawItem, keyword: str, label: str) -> list[RawItem]:
+        value = item.get(_key(keyword)[0])
+        if value is None or isinstance(value, list):
+            return value or []
+        self.warn(f"{label}: not encoded as a sequence; ignored")
+        return []
+
+    def text(
+        self, item: RawItem, keyword: str, label: str, max_len: int, *, required: bool = False
+    ) -> str:
+        text = self.string(item, keyword, label)
+        if text:
+            text = text.strip()
+            if "\\" in text:
+                self.warn(f"{label}: several values; the first is used")
+                text = text.split("\\")[0].strip()
+            if _CONTROL.search(text):
+                self.warn(f"{label}: illegal control characters removed")
+                text = _CONTROL.sub("", text)
+            if len(text) > max_len:
+                self.warn(f"{label}: {len(text)} characters, cut to {max_len}")
+                text = text[:max_len]
+            if text:
+                return text
+        if required:
+            self.warn(f"{label} is missing")
+        return ""
+
+    def person(self, item: RawItem, keyword: str, label: str, *, required: bool = False) -> str:
+        value = self.string(item, keyword, label)
+        if not value:
             if required:
                 self.warn(f"{label} is missing")
             return ""
-        text = str(value).strip()
+        text = value.strip()
         if "\\" in text:
             self.warn(f"{label}: several values; the first is used")
             text = text.split("\\")[0].strip()
@@ -212,8 +238,8 @@ class _Reader:
             fixed.append(joined)
         return "=".join(fixed)
 
-    def date(self, ds: Dataset, keyword: str, label: str) -> date | None:
-        text = self.text(ds, keyword, label, 64)
+    def date(self, item: RawItem, keyword: str, label: str) -> date | None:
+        text = self.text(item, keyword, label, 64)
         if not text:
             return None
         try:
@@ -224,8 +250,8 @@ class _Reader:
             self.warn(f"{label}: {text!r} is not a date (YYYYMMDD)")
             return None
 
-    def time(self, ds: Dataset, keyword: str, label: str) -> time | None:
-        text = self.text(ds, keyword, label, 64).replace(":", "")
+    def time(self, item: RawItem, keyword: str, label: str) -> time | None:
+        text = self.text(item, keyword, label, 64).replace(":", "")
         if not text:
             return None
         digits = text.split(".")[0]
@@ -239,23 +265,18 @@ class _Reader:
             return None
 
 
-def _charset_problem(message: str) -> str:
-    return "characters that do not fit the declared character set were replaced"
-
-
-def _first_item(reader: _Reader, ds: Dataset) -> Dataset:
-    seq = reader.raw(ds, "ScheduledProcedureStepSequence", "Scheduled Procedure Step")
+def _first_item(reader: _Reader, response: RawItem) -> RawItem:
+    seq = reader.items(response, "ScheduledProcedureStepSequence", "Scheduled Procedure Step")
     if not seq:
         reader.warn("Scheduled Procedure Step Sequence is missing")
-        return Dataset()
+        return {}
     if len(seq) > 1:
         reader.warn("several scheduled steps in one response; the first is used")
-    item = seq[0]
-    return item if isinstance(item, Dataset) else Dataset()
+    return seq[0]
 
 
-def _codes(reader: _Reader, step: Dataset) -> tuple[Code, ...]:
-    seq = reader.raw(step, "ScheduledProtocolCodeSequence", "Scheduled Protocol Code") or []
+def _codes(reader: _Reader, step: RawItem) -> tuple[Code, ...]:
+    seq = reader.items(step, "ScheduledProtocolCodeSequence", "Scheduled Protocol Code")
     out: list[Code] = []
     for item in seq:
         value = reader.text(item, "CodeValue", "Protocol Code Value", 16)
@@ -266,13 +287,15 @@ def _codes(reader: _Reader, step: Dataset) -> tuple[Code, ...]:
     return tuple(out)
 
 
-def _encodings(reader: _Reader, ds: Dataset) -> list[str]:
-    reader.charset = _charset(reader, ds)
+def _set_encodings(reader: _Reader, response: RawItem) -> None:
+    reader.charset = _charset(reader, response)
     terms = reader.charset.split("\\")
     try:
-        return list(convert_encodings(terms))
+        reader.encodings = list(convert_encodings(terms))
     except Exception:  # unknown terms were reported by _charset
-        return [default_encoding]
+        reader.encodings = [default_encoding]
+    extended = any(t.strip().startswith("ISO 2022") for t in terms)
+    reader.codec = reader.encodings[0] if len(reader.encodings) == 1 and not extended else None
 
 
 def _writable_charset(charset: str) -> str:
@@ -284,14 +307,14 @@ def _writable_charset(charset: str) -> str:
         return "ISO_IR 192"
 
 
-def _charset(reader: _Reader, ds: Dataset) -> str:
+def _charset(reader: _Reader, response: RawItem) -> str:
     """The response's Specific Character Set. pydicom falls back to Latin-1
     for a term it does not know (and says so only once, at decoding time,
     outside our reach): check the terms here so the entry carries the warning."""
-    value = reader.raw(ds, "SpecificCharacterSet", "Specific Character Set")
+    value = reader.string(response, "SpecificCharacterSet", "Specific Character Set")
     if not value:
         return "ISO_IR 6"
-    terms = value.split("\\") if isinstance(value, str) else [str(v) for v in value]
+    terms = value.split("\\")
     for term in terms:
         if term.strip() and term.strip() not in python_encoding:
             reader.warn(
@@ -301,29 +324,18 @@ def _charset(reader: _Reader, ds: Dataset) -> str:
     return "\\".join(terms)
 
 
-def parse_entry(ds: Dataset) -> WorklistEntry:
-    """Never raises for what the server sent: problems become `warnings`."""
-    # pydicom only *warns* (and logs, with the value) about bytes that do not
-    # fit the character set: catch those here as the entry's warnings.
-    _parsing.active = True
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            entry, reader = _parse(ds)
-    finally:
-        _parsing.active = False
-    for w in caught:
-        msg = str(w.message)
-        if "decode" in msg.lower():
-            reader.warn(_charset_problem(msg))
+def parse_entry(response: RawItem) -> WorklistEntry:
+    """One C-FIND response as an entry. Never raises for what the server
+    sent: problems become `warnings`."""
+    entry, reader = _parse(response)
     if len(reader.warnings) != len(entry.warnings):
         entry = replace(entry, warnings=tuple(reader.warnings))
     return entry
 
 
-def _parse(ds: Dataset) -> tuple[WorklistEntry, _Reader]:
+def _parse(ds: RawItem) -> tuple[WorklistEntry, _Reader]:
     r = _Reader()
-    r.encodings = _encodings(r, ds)
+    _set_encodings(r, ds)
     step = _first_item(r, ds)
     # Sequence items inherit the response's character set.
     birth = r.date(ds, "PatientBirthDate", "Patient's Birth Date")
@@ -377,10 +389,7 @@ def _parse(ds: Dataset) -> tuple[WorklistEntry, _Reader]:
     except ModuleError as exc:  # belt and braces: values were cleaned above
         r.warn(str(exc))
         order = Order(study_instance_uid=study_uid)
-    stations = r.raw(step, "ScheduledStationAETitle", "Scheduled Station AE Title")
-    station = ""
-    if stations:
-        station = stations if isinstance(stations, str) else "\\".join(str(s) for s in stations)
+    station = r.string(step, "ScheduledStationAETitle", "Scheduled Station AE Title") or ""
     entry = WorklistEntry(
         patient=patient,
         order=order,

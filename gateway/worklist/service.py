@@ -16,8 +16,9 @@ from datetime import date, datetime, timedelta
 
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.exam import ExamEvent
-from gateway.net.association import PeerError, Timeouts
+from gateway.net.association import PeerError
 from gateway.net.find import FindLimits, WorklistFind
+from gateway.net.ul import Timeouts
 from gateway.tls import TLSSetupError
 from gateway.worklist.cache import WorklistCache, mark_performed_entries
 from gateway.worklist.model import WorklistEntry, WorklistQuery, WorklistResult
