@@ -1,8 +1,5 @@
 """dicom-edge-gateway: capture → DICOM → durable queue → C-STORE over TLS."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("dicom-edge-gateway")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+# The one place the version is written (pyproject.toml reads it from here):
+# asking importlib.metadata instead costs every command ~10 ms of start-up.
+__version__ = "0.1.0"

@@ -161,6 +161,9 @@ def _flag_db(queue_root: Path) -> sqlite3.Connection:
     return db
 
 
+_warned_reason: str | None = None
+
+
 def flag_capture(queue_root: Path, object_id: int) -> ClockStatus:
     """Record in the queue database that `object_id` was captured while the
     clock could not be trusted (its dates may be wrong), and log it."""
@@ -175,7 +178,17 @@ def flag_capture(queue_root: Path, object_id: int) -> ClockStatus:
                 "VALUES (?, ?, ?)",
                 (object_id, status.reason, time.time()),
             )
-    log.warning("queue object %d captured with an unverified clock: %s", object_id, status.reason)
+    global _warned_reason
+    if status.reason != _warned_reason:  # once per reason, not once per image
+        _warned_reason = status.reason
+        log.warning(
+            "queue object %d captured with an unverified clock: %s "
+            "(every object captured so is flagged; said again only if the reason changes)",
+            object_id,
+            status.reason,
+        )
+    else:
+        log.debug("queue object %d flagged: unverified clock", object_id)
     return status
 
 

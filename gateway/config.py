@@ -52,7 +52,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class TLSConfig(_Model):

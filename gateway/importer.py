@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import cv2
 import numpy as np
 
 from gateway.capture import Capturer
@@ -34,6 +33,8 @@ from gateway.dicom.pixels import (
 from gateway.queue.outbox import QueuedObject
 
 if TYPE_CHECKING:
+    import cv2
+
     from gateway.exam import Exam
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def _read(path: Path) -> bytes:
 
 def decode_image(path: Path, data: bytes) -> Pixels:
     """8-bit RGB or monochrome pixels of a still image file."""
+    import cv2  # not imported for JPEG files, which are wrapped as they are
+
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImportFileError(f"{path}: cannot decode the image (corrupt or truncated)")
@@ -142,6 +145,8 @@ class _video:
     """cv2.VideoCapture as a context manager that always releases."""
 
     def __init__(self, path: Path) -> None:
+        import cv2
+
         self.path = path
         self.cap = cv2.VideoCapture(str(path))
 
@@ -156,6 +161,8 @@ class _video:
 
 
 def _video_frames(cap: cv2.VideoCapture) -> Iterator[Pixels]:
+    import cv2
+
     while True:
         ok, frame = cap.read()
         if not ok:
@@ -179,6 +186,8 @@ _VIDEO_METHODS = {
 
 def _video_history(path: Path, cap: cv2.VideoCapture) -> LossyHistory:
     """Decoded video was lossy once; the ratio is estimated from the file size."""
+    import cv2
+
     fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").lower()
     frames = max(1, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 1))
     width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 1)
@@ -204,6 +213,8 @@ class Importer:
         path = item.path
         try:
             if item.kind == "video":
+                import cv2
+
                 with _video(path) as cap:
                     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
                     cine = Cine.from_fps(fps if 0 < fps <= 1000 else DEFAULT_FPS)
@@ -224,6 +235,8 @@ class Importer:
         """An MJPEG video's frames as the JPEG it holds (no second lossy
         generation), when the IOD accepts their colour layout; else None and
         `cap` is reopened for decoding."""
+        import cv2
+
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
         if fourcc.upper() not in (b"MJPG", b"JPEG", b"AVRN") or not cap.set(
             cv2.CAP_PROP_FORMAT, -1

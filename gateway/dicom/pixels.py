@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
@@ -141,6 +140,8 @@ def _image_pixel(ds: Dataset, rows: int, cols: int, samples: int, photometric: s
 def encode_jpeg(frame: Pixels, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
     """Baseline JPEG through OpenCV's libjpeg-turbo, colour as 4:2:2 so the
     DICOM label YBR_FULL_422 is literally true."""
+    import cv2  # only when encoding: wrapping a JPEG needs no codec
+
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     if frame.ndim == 3:
         params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422]
