@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -31,6 +32,21 @@ log = logging.getLogger(__name__)
 # ring is bounded by bytes as well as by time, and frames that came with their
 # own JPEG (MJPEG grabbers, ~0.3 MB at 1080p) are kept as JPEG only.
 DEFAULT_BUFFER_BYTES = 768 * 1024 * 1024
+
+
+def default_buffer_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """A quarter of the machine's memory, at most 768 MiB: a 1 GB Pi keeps
+    256 MiB of recent frames and its capture service is never the one the
+    kernel kills for memory."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return min(DEFAULT_BUFFER_BYTES, int(line.split()[1]) * 1024 // 4)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 256 * 1024 * 1024  # unknown machine: assume a small one
+
+
 _NO_PIXELS: npt.NDArray[np.uint8] = np.zeros((0, 0, 3), np.uint8)
 
 
@@ -76,11 +92,11 @@ class FrameStream:
         buffer_seconds: float = 10.0,
         max_backoff: float = 30.0,
         min_backoff: float = 1.0,
-        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        buffer_bytes: int | None = None,
     ) -> None:
         self.driver = driver
         self.buffer_seconds = buffer_seconds
-        self.buffer_bytes = buffer_bytes
+        self.buffer_bytes = default_buffer_bytes() if buffer_bytes is None else buffer_bytes
         self.max_backoff = max_backoff
         self.min_backoff = min_backoff
         self._ring: collections.deque[Frame] = collections.deque()

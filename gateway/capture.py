@@ -27,7 +27,7 @@ from gateway.dicom.jpeg import JpegError
 from gateway.dicom.modules import Cine, ConversionType, Equipment, ImageInfo
 from gateway.dicom.pixels import EncodedJpeg, FrameData, LossyHistory, PixelError, wrappable
 from gateway.dicom.uids import new_uid
-from gateway.queue.outbox import Outbox, QueuedObject
+from gateway.queue.outbox import NewObject, Outbox, QueuedObject
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -159,10 +159,16 @@ class Capturer:
     def queue(self, exam: Exam, ds: Dataset, hold: bool = False) -> QueuedObject:
         """Returns only once the object is durable; raises QueueError otherwise.
         Only a complete object ever reaches the queue."""
-        data = to_bytes(ds)
-        with exam.lock:
-            queued = self.outbox.add(
-                data,
+        return self.queue_many(exam, [ds], hold)[0]
+
+    def queue_many(
+        self, exam: Exam, datasets: Sequence[Dataset], hold: bool = False
+    ) -> list[QueuedObject]:
+        """Several objects of the exam in one durable step (all or none): one
+        directory fsync and one commit for the lot, as `import` does."""
+        items = [
+            NewObject(
+                to_bytes(ds),
                 sop_instance_uid=str(ds.SOPInstanceUID),
                 sop_class_uid=str(ds.SOPClassUID),
                 transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
@@ -170,14 +176,19 @@ class Capturer:
                 exam_id=exam.id,
                 hold=hold,
             )
-            exam.images.append(queued)
-        clock.flag_capture(self.outbox.root, queued.id)  # dates may be wrong: say so
-        log.info(
-            "captured image %s of exam %s as queue object %d",
-            ds.InstanceNumber,
-            exam.study.study_id,
-            queued.id,
-        )
+            for ds in datasets
+        ]
+        with exam.lock:
+            queued = self.outbox.add_many(items)
+            exam.images.extend(queued)
+        clock.flag_captures(self.outbox.root, [q.id for q in queued])  # dates may be wrong
+        for ds, q in zip(datasets, queued, strict=True):
+            log.info(
+                "captured image %s of exam %s as queue object %d",
+                ds.InstanceNumber,
+                exam.study.study_id,
+                q.id,
+            )
         return queued
 
     def capture(self, exam: Exam, frame: Frame, hold: bool = False) -> QueuedObject:

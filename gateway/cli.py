@@ -10,13 +10,16 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.config import ConfigError, GatewayConfig, load_config, resolve_config_path
 from gateway.logs import setup_logging
-from gateway.queue.outbox import DeliveryState, Outbox, QueueError
-from gateway.tls import TLSSetupError
+from gateway.paths import resolve_config_path
+
+if TYPE_CHECKING:  # the rest is imported by the commands that need it (see main)
+    from gateway.config import GatewayConfig
+    from gateway.queue.outbox import Outbox
+    from gateway.subject import Subject
 
 log = logging.getLogger("gateway")
 
@@ -28,8 +31,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Imported only when something failed: `queue flush` must not pay for
     numpy, OpenCV and pynetdicom at start-up (see bench_forward)."""
     from drivers import DriverError
+    from gateway.config import ConfigError
     from gateway.dicom.modules import ModuleError
     from gateway.net.association import PeerError
+    from gateway.queue.db import QueueError
+    from gateway.tls import TLSSetupError
 
     return (ConfigError, DriverError, QueueError, TLSSetupError, PeerError, ModuleError)
 
@@ -52,6 +58,8 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
 
 
 def _outbox(config: GatewayConfig) -> Outbox:
+    from gateway.queue.outbox import Outbox
+
     return Outbox(
         config.queue.path,
         [d.name for d in config.destinations],
@@ -66,6 +74,7 @@ def _outbox(config: GatewayConfig) -> Outbox:
 
 def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
     from drivers import DriverError, create_driver
+    from gateway.config import ConfigError
 
     source = resolve_config_path(args.config) or "built-in defaults"
     # Driver options are validated by the driver's own model, reported the same way.
@@ -172,44 +181,27 @@ def _worklist_text(result: Any) -> str:
     return "\n".join(lines)
 
 
-def _exam_subject(args: argparse.Namespace, config: GatewayConfig, verb: str) -> tuple[Any, Any]:
-    """Who the images belong to: the worklist entry for --accession (IHE
-    Scheduled Workflow), else an unscheduled patient from --patient-id/-name.
-    Shared by `capture` and `import` so both take the same options."""
-    order = None
-    if args.accession:
-        if args.patient_id or args.patient_name:
-            raise CommandError(
-                f"{verb} takes --accession or --patient-id/--patient-name, not both", EXIT_USAGE
-            )
-        from gateway.worklist.service import WorklistError, WorklistService
+def _exam_subject(args: argparse.Namespace, config: GatewayConfig, verb: str) -> Subject:
+    """Who the images belong to (gateway/subject.py), from the command line."""
+    from gateway.subject import SubjectError, exam_subject
 
-        with WorklistService(config) as worklist:
-            try:
-                entry, looked_up = worklist.lookup_accession(args.accession)
-            except WorklistError as exc:
-                raise CommandError(str(exc)) from None
-        if looked_up.cached_at is not None:
-            print(
-                f"dicom-gateway: worklist entry from the cache (cached at "
-                f"{looked_up.cached_at:%Y-%m-%d %H:%M})",
-                file=sys.stderr,
-            )
-        patient, order = entry.patient, entry.order
-    elif not (args.patient_id and args.patient_name):
-        raise CommandError(
-            f"{verb} needs --accession, or --patient-id and --patient-name", EXIT_USAGE
-        )
-    else:
-        from gateway.worklist.unscheduled import UnscheduledPatientError, unscheduled_patient
+    try:
+        subject = exam_subject(config, verb, **_subject_options(args))
+    except SubjectError as exc:
+        raise CommandError(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILURE) from None
+    if subject.note:
+        print(f"dicom-gateway: {subject.note}", file=sys.stderr)
+    return subject
 
-        try:
-            patient = unscheduled_patient(
-                args.patient_name, args.patient_id, args.birth_date or "", args.sex or ""
-            )
-        except UnscheduledPatientError as exc:
-            raise CommandError(str(exc), EXIT_USAGE) from None
-    return patient, order
+
+def _subject_options(args: argparse.Namespace) -> dict[str, str | None]:
+    return {
+        "accession": args.accession,
+        "patient_id": args.patient_id,
+        "patient_name": args.patient_name,
+        "birth_date": args.birth_date,
+        "sex": args.sex,
+    }
 
 
 def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -218,7 +210,7 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.exam import ExamService
     from gateway.exam_listeners import attach
 
-    patient, order = _exam_subject(args, config, "capture")
+    subject = _exam_subject(args, config, "capture")
     driver = create_driver(config.capture.driver, config.capture.options)
     captured: list[dict[str, Any]] = []
     with _outbox(config) as outbox:
@@ -227,7 +219,7 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
             config, outbox, Capturer(config, outbox, driver.source), hold_until_finished=False
         )
         listeners = attach(config, exams, outbox)
-        exam = exams.start(patient, order)
+        exam = exams.start(subject.patient, subject.order)
         try:
             with driver:
                 for frame in driver.frames(args.frames):
@@ -268,56 +260,41 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_import(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.capture import Capturer
-    from gateway.exam import ExamService
-    from gateway.exam_listeners import attach
-    from gateway.importer import Importer, ImportFileError
+    """In this process; `main` first offers the files to the running service."""
+    from gateway.control import print_result, show_progress
+    from gateway.importer import ImportFileError, import_exam
 
-    patient, order = _exam_subject(args, config, "import")
-    show_progress = not args.json and sys.stderr.isatty()
-
-    def progress(done: int, total: int, path: Path) -> None:
-        bar = "#" * (30 * done // total) + "." * (30 - 30 * done // total)
-        end = "\n" if done == total else ""
-        print(f"\rimport [{bar}] {done}/{total} {path.name[:40]:<40}", end=end, file=sys.stderr)
-        sys.stderr.flush()
-
+    subject = _exam_subject(args, config, "import")
+    progress = not args.json and sys.stderr.isatty()
     with _outbox(config) as outbox:
-        outbox.check_space()
-        capturer = Capturer(config, outbox, "file")
-        exams = ExamService(config, outbox, capturer, hold_until_finished=False)
-        listeners = attach(config, exams, outbox)
-        exam = exams.start(patient, order)
         try:
-            queued = Importer(capturer).run(
-                exam, [Path(p) for p in args.paths], progress if show_progress else None
+            result = import_exam(
+                config,
+                outbox,
+                subject,
+                [Path(p) for p in args.paths],
+                show_progress if progress else None,
             )
         except ImportFileError as exc:
-            if show_progress:
+            if progress:
                 print(file=sys.stderr)
-            # What was already queued stays queued; the RIS hears it was cut short.
-            exams.discontinue(exam, f"import failed: {exc}"[:64])
             raise CommandError(str(exc)) from None
-        else:
-            exams.finish(exam)
-        finally:
-            listeners.close()
-    rows = [
-        {
-            "id": q.id,
-            "sop_instance_uid": q.sop_instance_uid,
-            "sop_class_uid": q.sop_class_uid,
-            "path": str(q.path),
-            "source": str(src),
-        }
-        for q, src in zip(queued, args.paths, strict=True)
-    ]
-    _emit(
-        args,
-        {"study_instance_uid": exam.study.instance_uid, "imported": rows},
-        lambda: "\n".join(f"{r['source']}: queue object {r['id']}" for r in rows),
-    )
+    print_result(result, args.json)
     return 0
+
+
+def _import_via_service(args: argparse.Namespace) -> int | None:
+    from gateway.control import import_via_service
+    from gateway.paths import queue_path_of
+
+    queue = queue_path_of(resolve_config_path(args.config))
+    handed = import_via_service(queue, args.paths, _subject_options(args), args.json)
+    if handed is None:
+        return None
+    status, error = handed
+    if error:
+        print(f"dicom-gateway: {error}", file=sys.stderr)
+    return status
 
 
 def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -379,6 +356,7 @@ def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> int:
     from gateway.forwarder import Forwarder
+    from gateway.queue.outbox import DeliveryState
 
     if not config.destinations:
         raise CommandError("no destinations configured: nothing to flush to")
@@ -401,7 +379,6 @@ def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> i
 
 
 def cmd_run(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.config import resolve_config_path
     from gateway.service import run
 
     return run(config, only=args.only, config_path=resolve_config_path(args.config))
@@ -544,17 +521,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "frames", 1) < 1:
             raise CommandError("--frames must be at least 1", EXIT_USAGE)
         setup_logging(args.verbose)
-        config = load_config(args.config) if args.command != "demo" else GatewayConfig()
-        return int(args.func(args, config))
+        if args.command == "import":
+            handed = _import_via_service(args)
+            if handed is not None:
+                return handed
+        from gateway.config import ConfigError, GatewayConfig, load_config
+
+        try:
+            config = load_config(args.config) if args.command != "demo" else GatewayConfig()
+            return int(args.func(args, config))
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_USAGE
+        except _user_errors() as exc:
+            print(f"dicom-gateway: error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     except CommandError as exc:
         print(f"dicom-gateway: {exc}", file=sys.stderr)
         return exc.status
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
-    except _user_errors() as exc:
-        print(f"dicom-gateway: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("dicom-gateway: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,19 +165,20 @@ def _flag_db(queue_root: Path) -> sqlite3.Connection:
 _warned_reason: str | None = None
 
 
-def flag_capture(queue_root: Path, object_id: int) -> ClockStatus:
-    """Record in the queue database that `object_id` was captured while the
-    clock could not be trusted (its dates may be wrong), and log it."""
+def flag_captures(queue_root: Path, object_ids: Sequence[int]) -> ClockStatus:
+    """Record in the queue database that these objects were captured while
+    the clock could not be trusted (their dates may be wrong), and log it."""
     status = current_status()
-    if status.trusted:
+    if status.trusted or not object_ids:
         return status
+    now = time.time()
     with _cache_lock:
         db = _flag_db(queue_root)
         with db:
-            db.execute(
+            db.executemany(
                 "INSERT OR REPLACE INTO clock_unverified (object_id, reason, flagged_at) "
                 "VALUES (?, ?, ?)",
-                (object_id, status.reason, time.time()),
+                [(object_id, status.reason, now) for object_id in object_ids],
             )
     global _warned_reason
     if status.reason != _warned_reason:  # once per reason, not once per image
@@ -184,11 +186,11 @@ def flag_capture(queue_root: Path, object_id: int) -> ClockStatus:
         log.warning(
             "queue object %d captured with an unverified clock: %s "
             "(every object captured so is flagged; said again only if the reason changes)",
-            object_id,
+            object_ids[0],
             status.reason,
         )
     else:
-        log.debug("queue object %d flagged: unverified clock", object_id)
+        log.debug("queue object(s) %s flagged: unverified clock", object_ids)
     return status
 
 

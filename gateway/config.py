@@ -23,8 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_CONFIG_PATH = Path("/etc/dicom-gateway/gateway.toml")
-CONFIG_ENV = "DICOM_GATEWAY_CONFIG"
+from gateway.paths import default_queue_path, resolve_config_path, resolve_path_value
 
 # PS3.5 6.2: AE is 16 characters of the default repertoire, no backslash or
 # control characters; leading/trailing spaces are not significant, so a title
@@ -114,6 +113,11 @@ class CaptureConfig(_Model):
     # (device, line, active_low, debounce_ms, long_press_ms): validated by
     # drivers.trigger's own model, like a driver's options.
     trigger: dict[str, Any] | None = None
+    # The ring of recent frames behind Record's "last seconds": how far back,
+    # and how much memory it may take (default: a quarter of RAM, ≤ 768 MiB;
+    # MJPEG frames are kept as JPEG, ~0.3 MB each at 1080p, raw ones are not).
+    buffer_seconds: float = Field(default=10.0, gt=0, le=120)
+    buffer_mb: int | None = Field(default=None, ge=16, le=16384)
 
 
 class DestinationConfig(_Model):
@@ -144,19 +148,6 @@ class MppsConfig(_Model):
     host: str = Field(min_length=1)
     port: Port
     tls: TLSConfig | None = None
-
-
-def default_queue_path() -> Path:
-    """Where the queue lives when nobody said: systemd's StateDirectory, else
-    /var/lib for root, else the user's state directory (so the demo runs
-    unprivileged with nothing configured)."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/dicom-gateway")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "dicom-gateway"
 
 
 class QueueConfig(_Model):
@@ -341,18 +332,6 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
         raise ConfigError(format_validation_error(source, exc)) from None
 
 
-def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
-    """--config, else $DICOM_GATEWAY_CONFIG, else /etc/..., else None (defaults)."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    if DEFAULT_CONFIG_PATH.is_file():
-        return DEFAULT_CONFIG_PATH
-    return None
-
-
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Load and validate; with no file anywhere, the built-in demo defaults."""
     resolved = resolve_config_path(path)
@@ -384,11 +363,8 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
             return
         for key in keys:
             value = table.get(key)
-            if isinstance(value, str) and "$" in value:
-                # ${CREDENTIALS_DIRECTORY}: keys handed over by systemd's LoadCredential=
-                value = table[key] = os.path.expandvars(value)
-            if isinstance(value, str) and value and not os.path.isabs(value):
-                table[key] = str(base / value)
+            if isinstance(value, str):
+                table[key] = resolve_path_value(value, base)
 
     dests = data.get("destinations")
     if isinstance(dests, list):

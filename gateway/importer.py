@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from gateway.capture import Capturer
+from gateway.config import GatewayConfig
 from gateway.dicom.jpeg import JpegError
 from gateway.dicom.jpeg import parse as parse_jpeg
 from gateway.dicom.modules import Cine, ModuleError
@@ -30,10 +31,12 @@ from gateway.dicom.pixels import (
     Pixels,
     wrappable,
 )
-from gateway.queue.outbox import QueuedObject
+from gateway.queue.outbox import Outbox, QueuedObject
+from gateway.subject import Subject
 
 if TYPE_CHECKING:
     import cv2
+    from pydicom.dataset import Dataset
 
     from gateway.exam import Exam
 
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["jpeg", "image", "video"]
 SUPPORTED = "JPEG, PNG, BMP, TIFF, MP4 or AVI"
 DEFAULT_FPS = 30.0
+BATCH_FILES = 32
+BATCH_BYTES = 64 << 20
 
 
 class ImportFileError(Exception):
@@ -200,7 +205,8 @@ def _mtime(path: Path) -> datetime:
     return datetime.fromtimestamp(os.stat(path).st_mtime).astimezone()
 
 
-Progress = Callable[[int, int, Path], None]
+# (files done, files in all, the file being done, as the user named it)
+Progress = Callable[[int, int, str], None]
 
 
 class Importer:
@@ -209,7 +215,7 @@ class Importer:
     def __init__(self, capturer: Capturer) -> None:
         self.capturer = capturer
 
-    def build(self, exam: Exam, item: Planned) -> QueuedObject:
+    def build(self, exam: Exam, item: Planned) -> Dataset:
         path = item.path
         try:
             if item.kind == "video":
@@ -229,7 +235,7 @@ class Importer:
                 ds = self.capturer.build_still(exam, data, _mtime(path), item.history)
         except (PixelError, JpegError, ModuleError) as exc:
             raise ImportFileError(f"{path}: {exc}") from None
-        return self.capturer.queue(exam, ds, hold=False)
+        return ds
 
     def _mjpeg_frames(self, path: Path, cap: cv2.VideoCapture) -> Iterator[FrameData] | None:
         """An MJPEG video's frames as the JPEG it holds (no second lossy
@@ -270,23 +276,108 @@ class Importer:
         return frames()
 
     def run(
-        self, exam: Exam, paths: Sequence[Path], progress: Progress | None = None
+        self,
+        exam: Exam,
+        paths: Sequence[Path],
+        progress: Progress | None = None,
+        labels: Mapping[Path, str] | None = None,
     ) -> list[QueuedObject]:
         """All files are checked first; a bad one stops the import before
-        anything is queued."""
-        planned = [plan(p) for p in paths]
+        anything is queued. `labels` name files by what the user typed when
+        `paths` are copies (an import handed to the running service)."""
+        labels = labels or {}
+
+        def label(path: Path) -> str:
+            return labels.get(path, str(path))
+
+        planned = []
+        for path in paths:
+            try:
+                planned.append(plan(path))
+            except ImportFileError as exc:
+                raise _relabel(exc, path, label(path)) from None
         done: list[QueuedObject] = []
+        batch: list[Dataset] = []
+        batch_bytes = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_bytes
+            done.extend(self.capturer.queue_many(exam, batch))
+            batch, batch_bytes = [], 0
+
         for i, item in enumerate(planned):
             if progress:
-                progress(i, len(planned), item.path)
+                progress(i, len(planned), label(item.path))
             try:
-                done.append(self.build(exam, item))
+                ds = self.build(exam, item)
             except ImportFileError as exc:
+                exc = _relabel(exc, item.path, label(item.path))
+                flush()  # what was made before it is queued, as the message says
                 if done:
                     raise ImportFileError(
                         f"{exc} ({len(done)} file(s) before it were queued)"
                     ) from None
-                raise
+                raise exc from None
+            # Stills are queued in batches (one directory fsync and one commit
+            # each); a cine, hundreds of MB, alone.
+            batch.append(ds)
+            batch_bytes += len(ds.PixelData)  # what the batch holds in memory
+            if item.kind == "video" or len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                flush()
+        flush()
         if progress:
-            progress(len(planned), len(planned), planned[-1].path)
+            progress(len(planned), len(planned), label(planned[-1].path))
         return done
+
+
+def _relabel(exc: ImportFileError, path: Path, label: str) -> ImportFileError:
+    """The same error under the file's name as the user knows it (messages
+    start with the path)."""
+    text = str(exc)
+    if label != str(path) and text.startswith(str(path)):
+        return ImportFileError(label + text[len(str(path)) :])
+    return exc
+
+
+def import_exam(
+    config: GatewayConfig,
+    outbox: Outbox,
+    subject: Subject,
+    paths: Sequence[Path],
+    progress: Progress | None = None,
+    labels: Mapping[Path, str] | None = None,
+) -> dict[str, Any]:
+    """One exam made of the files, queued, reported to the RIS (MPPS
+    completed, or discontinued when a file fails: what was queued stays).
+    Returns the study and a row per queued object."""
+    from gateway.exam import ExamService
+    from gateway.exam_listeners import attach
+
+    outbox.check_space()
+    capturer = Capturer(config, outbox, "file")
+    exams = ExamService(config, outbox, capturer, hold_until_finished=False)
+    listeners = attach(config, exams, outbox)
+    exam = exams.start(subject.patient, subject.order)
+    try:
+        queued = Importer(capturer).run(exam, paths, progress, labels)
+    except ImportFileError as exc:
+        exams.discontinue(exam, f"import failed: {exc}"[:64])
+        raise
+    else:
+        exams.finish(exam)
+    finally:
+        listeners.close()
+    labels = labels or {}
+    return {
+        "study_instance_uid": exam.study.instance_uid,
+        "imported": [
+            {
+                "id": q.id,
+                "sop_instance_uid": q.sop_instance_uid,
+                "sop_class_uid": q.sop_class_uid,
+                "path": str(q.path),
+                "source": labels.get(src, str(src)),
+            }
+            for q, src in zip(queued, paths, strict=True)
+        ],
+    }

@@ -73,7 +73,17 @@ def run(
     log.info("queue %s recovered: %s", config.queue.path, report)
     stream: FrameStream | None = None
     if "capture" in parts:
-        stream = FrameStream(create_driver(config.capture.driver, config.capture.options))
+        capture = config.capture
+        stream = FrameStream(
+            create_driver(capture.driver, capture.options),
+            buffer_seconds=capture.buffer_seconds,
+            buffer_bytes=capture.buffer_mb * 1024 * 1024 if capture.buffer_mb else None,
+        )
+        log.info(
+            "recent-frame buffer: up to %g s or %d MiB",
+            stream.buffer_seconds,
+            stream.buffer_bytes >> 20,
+        )
         stream.start()
     threads: list[threading.Thread] = []
     forwarder: Forwarder | None = None
@@ -112,6 +122,12 @@ def run(
 
             pedal = PedalTrigger.from_options(config.capture.trigger, _press).start()
         ui_listening = ui.wait_listening
+    control = None
+    if "ui" in parts or "capture" in parts:
+        # `dicom-gateway import` hands its files to us (gateway/control.py).
+        from gateway.control_server import ControlServer
+
+        control = ControlServer(config, stop).start()
     running = [t.name for t in threads] + (["capture"] if stream else [])
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
     for thread in threads:
@@ -155,6 +171,8 @@ def run(
         thread.join(timeout=15)
     for stop_service in stoppers:
         stop_service()
+    if control is not None:
+        control.close()
     outbox.close()
     return 0
 

@@ -29,6 +29,16 @@ def test_valid_configuration_passes(tmp_path: Path, pki: PKI) -> None:
         (lambda d: d["station"].update(colour="blue"), "station.colour", "unknown key"),
         (lambda d: d.update(extra_table={}), "extra_table", "unknown key"),
         (
+            lambda d: d["capture"].update(buffer_mb=4),
+            "capture.buffer_mb",
+            "greater than or equal to 16",
+        ),
+        (
+            lambda d: d["capture"].update(buffer_seconds=0),
+            "capture.buffer_seconds",
+            "greater than 0",
+        ),
+        (
             lambda d: d["destinations"][0].update(port="eleven"),
             "destinations[0].port",
             "valid integer",

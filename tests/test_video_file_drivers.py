@@ -178,3 +178,15 @@ def test_stream_ring_is_bounded_by_bytes(tmp_path: Path) -> None:
         assert [f.index for f in stream.clip()] == [15, 16, 17, 18, 19]
     finally:
         stream.stop()
+
+
+def test_frame_buffer_budget_follows_the_machine(tmp_path: Path) -> None:
+    """A quarter of RAM, at most 768 MiB: a 1 GB Pi keeps 256 MiB of frames."""
+    from drivers.stream import DEFAULT_BUFFER_BYTES, default_buffer_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        1000000 kB\nMemFree:  5 kB\n")
+    assert default_buffer_bytes(meminfo) == 1000000 * 1024 // 4
+    meminfo.write_text("MemTotal:       24000000 kB\n")
+    assert default_buffer_bytes(meminfo) == DEFAULT_BUFFER_BYTES
+    assert default_buffer_bytes(tmp_path / "missing") == 256 * 1024 * 1024

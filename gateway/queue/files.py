@@ -22,7 +22,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """`sync_dir=False` leaves the directory's fsync to a caller writing
+    several files (one fsync of the directory then covers every rename)."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
@@ -38,7 +40,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
     os.close(fd)
     os.rename(tmp, path)
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def remove_durably(path: Path) -> None:

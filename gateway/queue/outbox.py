@@ -94,6 +94,19 @@ class QueuedObject:
 
 
 @dataclass(frozen=True)
+class NewObject:
+    """A complete Part 10 file about to be queued."""
+
+    data: bytes
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str
+    exam_id: str | None = None
+    hold: bool = False
+
+
+@dataclass(frozen=True)
 class Delivery:
     object: QueuedObject
     destination: str
@@ -201,17 +214,27 @@ class Outbox(SQLiteStore):
         When this returns, the object survives a power cut. With `hold`, it
         waits (state `held`) until `release_exam` — the technician may still
         delete it before finishing the exam."""
-        self.check_space(len(data))
+        item = NewObject(
+            data,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            study_instance_uid=study_instance_uid,
+            exam_id=exam_id,
+            hold=hold,
+        )
+        return self.add_many([item])[0]
+
+    def add_many(self, items: Sequence[NewObject]) -> list[QueuedObject]:
+        """Several objects, all or none: each file written and fsynced, the
+        directory fsynced once for every rename, the rows committed in one
+        transaction. When this returns they all survive a power cut; when it
+        raises, none is queued (files already written are removed)."""
+        if not items:
+            return []
+        self.check_space(sum(len(i.data) for i in items))
         with self._adding():
-            return self._add(
-                data,
-                sop_instance_uid=sop_instance_uid,
-                sop_class_uid=sop_class_uid,
-                transfer_syntax_uid=transfer_syntax_uid,
-                study_instance_uid=study_instance_uid,
-                exam_id=exam_id,
-                hold=hold,
-            )
+            return self._add(items)
 
     @contextlib.contextmanager
     def _adding(self) -> Iterator[None]:
@@ -224,74 +247,91 @@ class Outbox(SQLiteStore):
         finally:
             os.close(fd)
 
-    def _add(
-        self,
-        data: bytes,
-        *,
-        sop_instance_uid: str,
-        sop_class_uid: str,
-        transfer_syntax_uid: str,
-        study_instance_uid: str,
-        exam_id: str | None,
-        hold: bool,
-    ) -> QueuedObject:
-        name = f"{sop_instance_uid}.dcm"
-        path = self.objects_dir / name
-        if (
-            path.exists()
-            and self._db.execute(
-                "SELECT 1 FROM objects WHERE sop_instance_uid = ?", (sop_instance_uid,)
-            ).fetchone()
-        ):
-            raise AlreadyQueued(f"SOP Instance UID {sop_instance_uid} is already queued")
+    def _add(self, items: Sequence[NewObject]) -> list[QueuedObject]:
+        uids = [i.sop_instance_uid for i in items]
+        if len(set(uids)) != len(uids):
+            raise AlreadyQueued("the same SOP Instance UID twice in one batch")
+        for uid in uids:
+            if (self.objects_dir / f"{uid}.dcm").exists() and self._has_row(uid):
+                raise AlreadyQueued(f"SOP Instance UID {uid} is already queued")
+        written: list[Path] = []
         try:
-            write_atomic(path, data)
+            for item in items:
+                path = self.objects_dir / f"{item.sop_instance_uid}.dcm"
+                write_atomic(path, item.data, sync_dir=False)
+                written.append(path)
+            fsync_dir(self.objects_dir)
         except OSError as exc:
-            raise QueueError(f"cannot write {path}: {exc.strerror}") from None
+            self._discard(written)
+            raise QueueError(f"cannot write to {self.objects_dir}: {exc.strerror}") from None
         now = time.time()
+        queued: list[QueuedObject] = []
         try:
             with self._tx() as db:
-                cur = db.execute(
-                    "INSERT INTO objects (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-                    " study_instance_uid, path, size, created_at, exam_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        sop_instance_uid,
-                        sop_class_uid,
-                        transfer_syntax_uid,
-                        study_instance_uid,
-                        f"{OBJECTS_DIR}/{name}",
-                        len(data),
-                        now,
-                        exam_id,
-                    ),
-                )
-                object_id = cur.lastrowid
-                assert object_id is not None
-                db.executemany(
-                    "INSERT INTO deliveries (object_id, destination, state, updated_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    [
-                        (object_id, dest, "held" if hold else "pending", now)
-                        for dest in self.destinations
-                    ],
-                )
+                for item in items:
+                    name = f"{item.sop_instance_uid}.dcm"
+                    cur = db.execute(
+                        "INSERT INTO objects (sop_instance_uid, sop_class_uid,"
+                        " transfer_syntax_uid, study_instance_uid, path, size, created_at,"
+                        " exam_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            item.sop_instance_uid,
+                            item.sop_class_uid,
+                            item.transfer_syntax_uid,
+                            item.study_instance_uid,
+                            f"{OBJECTS_DIR}/{name}",
+                            len(item.data),
+                            now,
+                            item.exam_id,
+                        ),
+                    )
+                    object_id = cur.lastrowid
+                    assert object_id is not None
+                    db.executemany(
+                        "INSERT INTO deliveries (object_id, destination, state, updated_at)"
+                        " VALUES (?, ?, ?, ?)",
+                        [
+                            (object_id, dest, "held" if item.hold else "pending", now)
+                            for dest in self.destinations
+                        ],
+                    )
+                    queued.append(
+                        QueuedObject(
+                            object_id,
+                            item.sop_instance_uid,
+                            item.sop_class_uid,
+                            item.transfer_syntax_uid,
+                            item.study_instance_uid,
+                            self.objects_dir / name,
+                            len(item.data),
+                            now,
+                            item.exam_id,
+                        )
+                    )
         except sqlite3.IntegrityError:
-            raise AlreadyQueued(f"SOP Instance UID {sop_instance_uid} is already queued") from None
+            # Another process queued one of these meanwhile: its file (same
+            # name) belongs to that row now and stays; the others go.
+            self._discard([p for p in written if not self._has_row(p.stem)])
+            raise AlreadyQueued("a SOP Instance UID of this batch is already queued") from None
         except sqlite3.Error as exc:
-            remove_durably(path)
-            raise QueueError(f"cannot record {sop_instance_uid} in the queue: {exc}") from None
-        return QueuedObject(
-            object_id,
-            sop_instance_uid,
-            sop_class_uid,
-            transfer_syntax_uid,
-            study_instance_uid,
-            path,
-            len(data),
-            now,
-            exam_id,
-        )
+            self._discard(written)
+            raise QueueError(f"cannot record objects in the queue: {exc}") from None
+        return queued
+
+    def _has_row(self, sop_instance_uid: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM objects WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        return row is not None
+
+    def _discard(self, paths: Sequence[Path]) -> None:
+        """Files of a batch that will not be queued (best effort; start-up
+        removes any row-less file that survives)."""
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            fsync_dir(self.objects_dir)
 
     def release_exam(self, exam_id: str) -> int:
         """The exam is finished: its held objects become due for sending."""
