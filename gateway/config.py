@@ -202,6 +202,10 @@ class InboundConfig(_Model):
     listen: Listen = "0.0.0.0:11112"
     ae_title: AETitle | None = None  # default: the station's AE title
     allowed: list[InboundPeer] = Field(default_factory=list)
+    # For modalities that can: TLS with client certificates checked against
+    # `ca` (mutual authentication); omitted, plain TCP for legacy devices.
+    tls: TLSConfig | None = None
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
 
 
 class UIConfig(_Model):
@@ -381,9 +385,10 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     audit = data.get("audit")
     if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):
         fix(audit["collector"].get("tls"), ("ca", "cert", "key"))
-    commitment = data.get("commitment")
-    if isinstance(commitment, dict):
-        fix(commitment.get("tls"), ("ca", "cert", "key"))
+    for section in ("commitment", "inbound"):
+        table = data.get(section)
+        if isinstance(table, dict):
+            fix(table.get("tls"), ("ca", "cert", "key"))
 
 
 def mpps_peer(config: GatewayConfig) -> DestinationConfig | None:

@@ -141,3 +141,48 @@ def test_run_service_takes_inbound_objects_to_the_pacs(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     assert proc.returncode == 0
+
+
+def test_inbound_tls_requires_a_client_certificate(tmp_path: Path, pki: PKI) -> None:
+    """With [inbound.tls], a modality that presents a certificate from our CA
+    gets in; plain TCP and a client without a certificate do not."""
+    port = free_port()
+    cfg = config(tmp_path, pki, 1, port, [{"ae_title": "MODALITY", "address": "127.0.0.1"}])
+    tls = {"ca": str(pki.ca.cert), "cert": str(pki.server.cert), "key": str(pki.server.key)}
+    cfg = cfg.model_copy(
+        update={
+            "inbound": parse_config(
+                {"inbound": {**cfg.inbound.model_dump(), "tls": tls, "handshake_timeout_s": 2}}
+            ).inbound
+        }
+    )
+    _uid, data = small_object()
+    obj = tmp_path / "in.dcm"
+    obj.write_bytes(data)
+    outbox = Outbox(cfg.queue.path, ["pacs"])
+    service = InboundService(outbox, cfg)
+    service.start()
+    tls_args = ["+tls", str(pki.client.key), str(pki.client.cert), "+cf", str(pki.ca.cert)]
+    try:
+        wait_for_port(port)
+        plain = storescu(port, "MODALITY", obj)
+        assert plain.returncode != 0 and outbox.objects() == []
+        to_us = ["-aet", "MODALITY", "-aec", "EDGE1", "localhost", str(port), str(obj)]
+        anonymous = subprocess.run(
+            [require_tool("storescu"), "+tla", "+cf", str(pki.ca.cert), *to_us],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert anonymous.returncode != 0 and outbox.objects() == []
+        ok = subprocess.run(
+            [require_tool("storescu"), *tls_args, *to_us],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert len(outbox.objects()) == 1
+    finally:
+        service.stop()
+        outbox.close()

@@ -1,8 +1,9 @@
-"""Inbound C-STORE SCP (off by default) for legacy modalities on the local
-network that speak DICOM but not TLS: only AE titles and addresses on the
-allow-list may send; each object is made durable in the outbox (fsync of file
-and row) before we answer success, and is then forwarded over TLS like our
-own captures."""
+"""Inbound C-STORE SCP (off by default) for modalities on the local network:
+plain TCP for legacy devices that speak DICOM but not TLS, or TLS with client
+certificates (`[inbound.tls]`) for those that can. Only AE titles and
+addresses on the allow-list may send; each object is made durable in the
+outbox (fsync of file and row) before we answer success, and is then
+forwarded over TLS like our own captures."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from gateway.config import GatewayConfig, InboundConfig
 from gateway.net.listener import parse_listen, start_server
 from gateway.queue.outbox import AlreadyQueued, Outbox, QueueError, QueueFull
+from gateway.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,18 @@ class InboundService:
         ae.network_timeout = self.config.forwarding.network_timeout_s
         ae.acse_timeout = self.config.forwarding.acse_timeout_s
         ae.dimse_timeout = self.config.forwarding.dimse_timeout_s
-        self.server = start_server(ae, parse_listen(c.listen), [(evt.EVT_C_STORE, self.on_store)])
-        log.info("inbound C-STORE SCP listening on %s", c.listen)
+        self.server = start_server(
+            ae,
+            parse_listen(c.listen),
+            [(evt.EVT_C_STORE, self.on_store)],
+            ssl_context=server_context(c.tls) if c.tls else None,
+            handshake_timeout=c.handshake_timeout_s,
+        )
+        log.info(
+            "inbound C-STORE SCP listening on %s (%s)",
+            c.listen,
+            "TLS, client certificates required" if c.tls else "plain TCP",
+        )
 
     def stop(self) -> None:
         if self.server is not None:
