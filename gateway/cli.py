@@ -316,7 +316,10 @@ def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
                 ),
             )
         elif action == "stats":
-            stats = outbox.stats()
+            stats: dict[str, Any] = dict(outbox.stats())
+            mpps = _mpps_counts(config)
+            if mpps is not None:
+                stats[mpps[0]] = mpps[1]
             _emit(
                 args,
                 stats,
@@ -352,6 +355,23 @@ def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
         elif action == "flush":
             return _flush(args, config, outbox)
     return 0
+
+
+def _mpps_counts(config: GatewayConfig) -> tuple[str, dict[str, int]] | None:
+    """MPPS messages to the RIS, beside the destinations in `queue stats`
+    ("mpps:AE"; a colon never appears in a destination's name)."""
+    from gateway.config import mpps_peer
+    from gateway.queue.mpps import MppsQueue
+
+    peer = mpps_peer(config)
+    queue = MppsQueue(config.queue.path)
+    try:
+        counts = queue.counts()
+    finally:
+        queue.close()
+    if peer is None and not any(counts.values()):
+        return None
+    return f"mpps:{peer.ae_title if peer else '?'}", counts
 
 
 def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> int:

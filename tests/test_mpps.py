@@ -442,3 +442,28 @@ def test_japanese_order_keeps_its_character_set(rig: Rig, scp: MppsSCP) -> None:
     assert str(created.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
     assert created.ScheduledStepAttributesSequence[0].ScheduledProcedureStepDescription == "腹部"
     assert modified.PerformedSeriesSequence[0].ProtocolName == "腹部"
+
+
+def test_queue_stats_show_mpps_messages(tmp_path: Path) -> None:
+    """An exam done with the RIS unreachable: `queue stats` shows its MPPS
+    messages waiting beside the images."""
+    import json
+
+    from tests.conftest import Gateway, write_config
+
+    config = write_config(
+        tmp_path / "gateway.toml",
+        {
+            "capture": {"driver": "testpattern", "options": {"width": 64, "height": 48}},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "localhost", "port": 1}],
+            "mpps": {"ae_title": "RIS", "host": "127.0.0.1", "port": free_port()},
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+        },
+    )
+    gateway = Gateway(config)
+    gateway("capture", "--patient-id", "P1", "--patient-name", "A^B", check=True)
+    stats = json.loads(gateway("queue", "stats", "--json", check=True).stdout)
+    assert stats["pacs"]["pending"] == 1
+    assert stats["mpps:RIS"] == {"pending": 2, "in_flight": 0, "sent": 0, "failed": 0}
+    text = gateway("queue", "stats", check=True).stdout
+    assert "mpps:RIS: pending=2" in text
