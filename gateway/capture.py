@@ -19,7 +19,7 @@ from gateway.config import GatewayConfig
 from gateway.dicom.iods import (
     multiframe_true_color_sc,
     secondary_capture,
-    to_bytes,
+    to_parts,
     ultrasound_image,
     ultrasound_multiframe,
 )
@@ -168,7 +168,7 @@ class Capturer:
         directory fsync and one commit for the lot, as `import` does."""
         items = [
             NewObject(
-                to_bytes(ds),
+                to_parts(ds),
                 sop_instance_uid=str(ds.SOPInstanceUID),
                 sop_class_uid=str(ds.SOPClassUID),
                 transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),

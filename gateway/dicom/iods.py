@@ -379,16 +379,22 @@ def ultrasound_multiframe(
 
 
 def to_bytes(ds: Dataset) -> bytes:
-    """The Part 10 file for a dataset built here.
+    """The Part 10 file for a dataset built here, in one piece."""
+    return b"".join(to_parts(ds))
 
-    Pixel Data (always the last element here) is appended by hand: pydicom
-    would copy a 150 MB cine through a growing buffer several times, which
-    costs more than building it.
+
+def to_parts(ds: Dataset) -> list[bytes]:
+    """The Part 10 file for a dataset built here, as pieces to write one after
+    the other.
+
+    Pixel Data (always the last element here) is appended by hand and never
+    copied: pydicom would copy a 150 MB cine through a growing buffer several
+    times, which costs more than building it (and, on a 1 GB box, the memory).
     """
     if "PixelData" not in ds or not ds.file_meta.TransferSyntaxUID.is_little_endian:
         buf = io.BytesIO()
         dcmwrite(buf, ds, enforce_file_format=True)
-        return buf.getvalue()
+        return [buf.getvalue()]
     elem = ds["PixelData"]
     value: bytes = elem.value
     del ds["PixelData"]
@@ -400,7 +406,6 @@ def to_bytes(ds: Dataset) -> bytes:
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:
         head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
         tail = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-    else:
-        head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, len(value))
-        tail = b""
-    return b"".join([buf.getvalue(), head, value, tail])
+        return [buf.getvalue() + head, value, tail]
+    head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, len(value))
+    return [buf.getvalue() + head, value]

@@ -244,7 +244,9 @@ def set_pixels(
     raw_size = rows * cols * samples
     if encoding == "none":
         _image_pixel(ds, rows, cols, samples, "RGB" if samples == 3 else "MONOCHROME2")
-        chunks: list[bytes] = []
+        # The frames themselves (a clip's are the ring buffer's arrays), copied
+        # once by the join: a 10 s clip costs its size once, not three times.
+        chunks: list[memoryview | bytes] = []
         for i, frame in enumerate(arrays):
             check_frame(i, frame, first)
             if (i + 1) * raw_size > _MAX_NATIVE:
@@ -252,12 +254,11 @@ def set_pixels(
                     f"{i + 1} uncompressed frames of {cols}×{rows} exceed the 4 GB one "
                     "object can hold; use jpeg-baseline or a shorter clip"
                 )
-            chunks.append(np.ascontiguousarray(frame).tobytes())
-        data = b"".join(chunks)
-        if len(data) % 2:
-            data += b"\x00"
-        ds.PixelData = data
+            chunks.append(np.ascontiguousarray(frame).data)
         count = len(chunks)
+        if (count * raw_size) % 2:
+            chunks.append(b"\x00")
+        ds.PixelData = b"".join(chunks)
         transfer_syntax = ExplicitVRLittleEndian
     elif encoding == "rle":
         _image_pixel(ds, rows, cols, samples, "RGB" if samples == 3 else "MONOCHROME2")

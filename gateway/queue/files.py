@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -22,16 +23,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """`sync_dir=False` leaves the directory's fsync to a caller writing
-    several files (one fsync of the directory then covers every rename)."""
+def write_atomic(path: Path, data: bytes | Sequence[bytes], *, sync_dir: bool = True) -> None:
+    """`data` may come in pieces (written one after the other, never joined
+    in memory). `sync_dir=False` leaves the directory's fsync to a caller
+    writing several files (one fsync of the directory covers every rename)."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for part in [data] if isinstance(data, bytes) else data:
+            view = memoryview(part)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -95,15 +95,21 @@ class QueuedObject:
 
 @dataclass(frozen=True)
 class NewObject:
-    """A complete Part 10 file about to be queued."""
+    """A complete Part 10 file about to be queued (in pieces, written in turn)."""
 
-    data: bytes
+    data: bytes | Sequence[bytes]
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
     study_instance_uid: str
     exam_id: str | None = None
     hold: bool = False
+
+    @property
+    def size(self) -> int:
+        if isinstance(self.data, bytes):
+            return len(self.data)
+        return sum(len(part) for part in self.data)
 
 
 @dataclass(frozen=True)
@@ -232,7 +238,7 @@ class Outbox(SQLiteStore):
         raises, none is queued (files already written are removed)."""
         if not items:
             return []
-        self.check_space(sum(len(i.data) for i in items))
+        self.check_space(sum(i.size for i in items))
         with self._adding():
             return self._add(items)
 
@@ -280,7 +286,7 @@ class Outbox(SQLiteStore):
                             item.transfer_syntax_uid,
                             item.study_instance_uid,
                             f"{OBJECTS_DIR}/{name}",
-                            len(item.data),
+                            item.size,
                             now,
                             item.exam_id,
                         ),
@@ -303,7 +309,7 @@ class Outbox(SQLiteStore):
                             item.transfer_syntax_uid,
                             item.study_instance_uid,
                             self.objects_dir / name,
-                            len(item.data),
+                            item.size,
                             now,
                             item.exam_id,
                         )
