@@ -190,18 +190,23 @@ class _Reader:
         self.warn(f"{label}: not encoded as a sequence; ignored")
         return []
 
+    def _one_clean_value(self, text: str, label: str, removed: str) -> str:
+        """The first of several values, without control characters."""
+        text = text.strip()
+        if "\\" in text:
+            self.warn(f"{label}: several values; the first is used")
+            text = text.split("\\")[0].strip()
+        if _CONTROL.search(text):
+            self.warn(f"{label}: {removed}")
+            text = _CONTROL.sub("", text)
+        return text
+
     def text(
         self, item: RawItem, keyword: str, label: str, max_len: int, *, required: bool = False
     ) -> str:
         text = self.string(item, keyword, label)
         if text:
-            text = text.strip()
-            if "\\" in text:
-                self.warn(f"{label}: several values; the first is used")
-                text = text.split("\\")[0].strip()
-            if _CONTROL.search(text):
-                self.warn(f"{label}: illegal control characters removed")
-                text = _CONTROL.sub("", text)
+            text = self._one_clean_value(text, label, "illegal control characters removed")
             if len(text) > max_len:
                 self.warn(f"{label}: {len(text)} characters, cut to {max_len}")
                 text = text[:max_len]
@@ -217,13 +222,7 @@ class _Reader:
             if required:
                 self.warn(f"{label} is missing")
             return ""
-        text = value.strip()
-        if "\\" in text:
-            self.warn(f"{label}: several values; the first is used")
-            text = text.split("\\")[0].strip()
-        if _CONTROL.search(text):
-            self.warn(f"{label}: illegal characters removed")
-            text = _CONTROL.sub("", text)
+        text = self._one_clean_value(value, label, "illegal characters removed")
         groups = text.split("=")[:3]
         fixed = []
         for group in groups:
