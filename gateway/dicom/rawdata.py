@@ -29,7 +29,7 @@ _LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
 _HEADER = struct.Struct("<HHI")
-_SHORT = struct.Struct("<H")
+_EXPLICIT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<I")
 _MAX_DEPTH = 16  # sequences nested deeper than this are not a worklist answer
 
@@ -62,22 +62,23 @@ def _elements(
     while pos < end:
         if pos + 8 > end:
             raise RawDataError(f"element header cut off at byte {pos}")
-        group, elem, length = _HEADER.unpack_from(data, pos)
+        if explicit:
+            group, elem, vr, length = _EXPLICIT.unpack_from(data, pos)
+        else:
+            group, elem, length = _HEADER.unpack_from(data, pos)
+            vr = b""
         tag = group << 16 | elem
-        if tag == ITEM_END:
-            if not delimited:
-                raise RawDataError(f"item delimiter outside an item at byte {pos}")
+        if group == 0xFFFE:  # delimiters carry no VR, even in Explicit VR
+            if tag != ITEM_END or not delimited:
+                raise RawDataError(f"({group:04X},{elem:04X}) out of place at byte {pos}")
             return out, pos + 8
-        vr = b""
-        if explicit and group != 0xFFFE:
-            vr = data[pos + 4 : pos + 6]
+        if explicit:
             if vr in _LONG_VRS:
                 if pos + 12 > end:
                     raise RawDataError(f"element header cut off at byte {pos}")
                 length = _LONG.unpack_from(data, pos + 8)[0]
                 pos += 12
             else:
-                length = _SHORT.unpack_from(data, pos + 6)[0]
                 pos += 8
         else:
             pos += 8
