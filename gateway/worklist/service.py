@@ -107,9 +107,9 @@ class WorklistService:
         except Exception as exc:  # a peer we do not control must not crash the UI
             log.exception("worklist query failed unexpectedly; answering from the cache")
             return self._cached(query, f"worklist query failed ({type(exc).__name__})")
-        if complete:  # only a complete answer may replace what the cache holds
-            self.cache.store(query, entries)
         performed = self.cache.performed_keys()
+        if complete:  # only a complete answer may replace what the cache holds
+            self.cache.store_soon(query, entries)
         return WorklistResult(
             entries=list(mark_performed_entries(entries, performed)), warnings=tuple(warnings)
         )
