@@ -243,3 +243,39 @@ def test_cli_worklist_and_capture_from_accession(tmp_path: Path, wlm: WlmSCP, pk
     assert "--date" in assert_one_line_error(bad_date)
     bad_patient = gw("capture", "--patient-id", "X1", "--patient-name", "Doe^J", "--sex", "Q")
     assert "sex 'Q' is not M, F or O" in assert_one_line_error(bad_patient)
+
+
+def test_deferred_cache_write_is_waited_for_and_survives_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache write runs after the list is returned: whoever uses the cache
+    next (a lookup, closing) waits for it; a write that fails is logged and
+    the older cache stays usable."""
+    from gateway.dicom.modules import Order, Patient
+    from gateway.worklist.cache import WorklistCache
+    from gateway.worklist.model import WorklistEntry
+
+    def entry(n: int) -> WorklistEntry:
+        return WorklistEntry(
+            patient=Patient(name=f"P^{n}", id=f"ID{n}"),
+            order=Order(study_instance_uid=f"1.2.3.{n}", scheduled_procedure_step_id=f"S{n}"),
+            scheduled_start=datetime(2026, 11, 23, 9, n),
+        )
+
+    query = WorklistQuery()
+    cache = WorklistCache(tmp_path)
+    cache.store_soon(query, [entry(1), entry(2)])
+    found, cached_at = cache.lookup(query)  # waits for the write
+    assert [e.patient.id for e in found] == ["ID1", "ID2"] and cached_at is not None
+    cache.store_soon(query, [entry(3)])
+    cache.close()  # waits too
+    with WorklistCache(tmp_path) as again:
+        assert [e.patient.id for e in again.lookup(query)[0]] == ["ID3"]
+
+        def broken(*args: Any) -> float:
+            raise OSError("disk on fire")
+
+        again._store = broken  # type: ignore[method-assign]
+        again.store_soon(query, [entry(4)])
+        assert [e.patient.id for e in again.lookup(query)[0]] == ["ID3"]
+    assert "worklist cache not updated" in caplog.text
