@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Literal
@@ -111,14 +111,26 @@ class Driver(abc.ABC):
         those that wait on a person or a peer (serial transfers) must."""
         return None
 
-    def frames(self, count: int | None = None) -> Iterator[Frame]:
-        """Up to `count` frames; a finite source simply ends the iteration."""
+    def frames(
+        self,
+        count: int | None = None,
+        on_rejected: Callable[[FrameRejected], None] | None = None,
+    ) -> Iterator[Frame]:
+        """Up to `count` frames; a finite source simply ends the iteration.
+        With `on_rejected`, an unusable input (a failed serial transfer) is
+        handed to it and reading goes on (it may raise to stop); without,
+        it ends the iteration with the FrameRejected."""
         taken = 0
         while count is None or taken < count:
             try:
                 frame = self.read()
             except EndOfStream:
                 return
+            except FrameRejected as exc:
+                if on_rejected is None:
+                    raise
+                on_rejected(exc)
+                continue
             yield frame
             taken += 1
 

@@ -25,6 +25,8 @@ log = logging.getLogger("gateway")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# `capture` gives up on a device after this many unusable inputs in a row.
+MAX_REJECTED_IN_A_ROW = 5
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -212,6 +214,17 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     subject = _exam_subject(args, config, "capture")
     driver = create_driver(config.capture.driver, config.capture.options)
+    in_a_row = 0
+
+    def rejected(exc: Exception) -> None:
+        """A failed transfer is said and the device waited on again; only
+        a device that keeps failing ends the command."""
+        nonlocal in_a_row
+        in_a_row += 1
+        if in_a_row >= MAX_REJECTED_IN_A_ROW:
+            raise CommandError(f"{exc} ({in_a_row} inputs in a row could not be used)")
+        print(f"dicom-gateway: warning: {exc}; waiting for the next", file=sys.stderr, flush=True)
+
     captured: list[dict[str, Any]] = []
     with _outbox(config) as outbox:
         outbox.check_space()
@@ -222,7 +235,8 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
         exam = exams.start(subject.patient, subject.order)
         try:
             with driver:
-                for frame in driver.frames(args.frames):
+                for frame in driver.frames(args.frames, rejected):
+                    in_a_row = 0
                     queued = exams.capture(exam, frame)
                     captured.append(
                         {

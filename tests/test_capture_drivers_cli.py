@@ -57,6 +57,32 @@ def test_capture_from_a_serial_instrument(tmp_path: Path, pki: PKI) -> None:
     assert "(0028,0010) US 192" in dump and "(0028,0011) US 256" in dump
 
 
+def test_capture_waits_on_after_a_failed_transfer(tmp_path: Path, pki: PKI) -> None:
+    """A transfer that cannot be used (here: not an image) is said on stderr
+    and the command waits for the next one, which is captured."""
+    require_tool("sx")
+    junk = tmp_path / "NOTES.TXT"
+    junk.write_text("not an image\n" * 50)
+    jpeg = tmp_path / "ULTRA002.JPG"
+    assert cv2.imwrite(str(jpeg), numbered_image(7, 128, 96))
+    with SerialLine() as line:
+        options = {"device": line.receiver_tty, "poke_interval": 0.3, "char_timeout": 0.3}
+        gateway = _gateway(tmp_path, pki, "xmodem", options)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(
+                gateway, "capture", "--patient-id", "P8", "--patient-name", "DOE^JOHN",
+                "--frames", "1", "--json", timeout=60,
+            )  # fmt: skip
+            assert finish(line.send(["sx", "-q", "-k"], junk))[0] == 0
+            assert finish(line.send(["sx", "-q", "-k"], jpeg))[0] == 0
+            result = running.result(timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "waiting for the next" in result.stderr
+    assert "not a BMP, PGM/PPM, TIFF, PNG or JPEG image" in result.stderr
+    (captured,) = json.loads(result.stdout)["captured"]
+    assert "(0028,0011) US 128" in _dump(captured["path"])
+
+
 def test_capture_from_a_replayed_file(tmp_path: Path, pki: PKI) -> None:
     video = write_mjpeg(tmp_path / "demo.avi", 5, size=(320, 240))
     gateway = _gateway(tmp_path, pki, "file", {"path": str(video), "realtime": False})
