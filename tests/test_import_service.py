@@ -191,3 +191,55 @@ def test_handing_over_loads_no_dicom_stack(tmp_path: Path, service: Service) -> 
     )
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stderr
+
+
+def test_sigkill_of_the_service_during_imports_loses_nothing_acknowledged(
+    tmp_path: Path, service: Service
+) -> None:
+    """Imports handed over while the service is SIGKILLed at random points:
+    every import the command reported as done is wholly in the queue after a
+    restart, every queued file is a complete object, and nothing is left in
+    staging."""
+    import random
+
+    rng = random.Random(20261123)
+    files = [_jpeg(tmp_path / f"img{i}.jpg", i) for i in range(12)]
+    gateway = Gateway(service.config)
+    acknowledged: list[str] = []
+    kills = 0
+    deadline = time.monotonic() + 60
+    for cycle in range(8):
+        if time.monotonic() > deadline:
+            break
+        importing = subprocess.Popen(
+            [
+                *(*GATEWAY, "--config", str(service.config), "import", *map(str, files)),
+                *("--patient-id", f"K{cycle}", "--patient-name", "KILL^TEST", "--json"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        time.sleep(rng.uniform(0.0, 0.4))
+        if rng.random() < 0.7:
+            service.kill()
+            kills += 1
+        out, err = importing.communicate(timeout=60)
+        if importing.returncode == 0:
+            acknowledged.extend(r["sop_instance_uid"] for r in json.loads(out)["imported"])
+        else:  # the service died under it: one line that says so
+            assert "Traceback" not in err and "service" in err.splitlines()[-1], err
+        if service.proc is not None and service.proc.poll() is not None:
+            service.start()
+    service.stop()
+    rows = _queued(gateway)
+    queued = {str(r["sop_instance_uid"]) for r in rows}
+    assert set(acknowledged) <= queued, "an acknowledged import lost objects"
+    for row in rows:
+        ds = pydicom.dcmread(str(row["path"]))  # complete, readable objects only
+        assert ds.SOPInstanceUID == row["sop_instance_uid"]
+        assert len(ds.PixelData) > 0
+    assert kills >= 3 and acknowledged, f"kills={kills}, acknowledged={len(acknowledged)}"
+    staging = service.queue / "staging"  # cleared by the restart after each kill
+    assert not staging.exists() or list(staging.iterdir()) == []
