@@ -89,6 +89,7 @@ def _make_app(
     pin: str | None = PIN,
     worklist: ListWorklist | None = None,
     client_addr: tuple[str, int] = ("127.0.0.1", 50000),
+    buffer_seconds: float = 10.0,
 ) -> Iterator[Rig]:
     ui: dict[str, Any] = {"listen": listen, "max_record_seconds": 2.0}
     if pin:
@@ -98,7 +99,10 @@ def _make_app(
     config = load_config(path)
     outbox = Outbox(config.queue.path, [d.name for d in config.destinations])
     status_outbox = Outbox(config.queue.path, [d.name for d in config.destinations])
-    stream = FrameStream(create_driver("testpattern", {"width": 320, "height": 240, "fps": 30}))
+    stream = FrameStream(
+        create_driver("testpattern", {"width": 320, "height": 240, "fps": 30}),
+        buffer_seconds=buffer_seconds,
+    )
     stream.start()
     assert stream.wait_frame(timeout=10) is not None
     exams = ExamService(config, outbox, Capturer(config, outbox, "synthetic"))
@@ -287,6 +291,18 @@ def test_clips_record_and_save_last(rig: Rig) -> None:
     assert stopped.status_code == 201 and stopped.json()["kind"] == "clip"
     saved = rig.post(f"/api/exams/{exam_id}/save-last")
     assert saved.status_code == 201 and saved.json()["frames"] > 1
+
+
+def test_save_last_saves_what_the_buffer_holds(tmp_path: Path, pki: PKI) -> None:
+    """capture.buffer_seconds sets how far back "Save last N s" reaches, and
+    the button says so."""
+    for rig in _make_app(tmp_path, pki, free_port(), buffer_seconds=1.5):
+        exam_id = rig.start()
+        assert ">Save last 1.5 s<" in rig.client.get(f"/exam/{exam_id}").text
+        time.sleep(2.5)  # more than the buffer holds
+        saved = rig.post(f"/api/exams/{exam_id}/save-last")
+        assert saved.status_code == 201
+        assert 2 <= saved.json()["frames"] <= 1.5 * 30 + 3  # 30 fps test pattern
 
 
 def test_pedal_captures_on_the_open_exam(rig: Rig) -> None:

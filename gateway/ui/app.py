@@ -551,7 +551,8 @@ async def api_record_stop(request: Request) -> Response:
 
 @guarded()
 async def api_save_last(request: Request) -> Response:
-    """Store the last 10 seconds of video as one multi-frame object."""
+    """Store the last seconds of video (capture.buffer_seconds, default 10)
+    as one multi-frame object."""
     shot = await run_in_threadpool(_state(request).desk.save_last, _exam(request))
     return JSONResponse(shot.as_json(request.path_params["exam_id"]), 201)
 
@@ -691,6 +692,7 @@ async def page_exam(request: Request) -> Response:
         request,
         "exam.html",
         exam=state.desk.describe(exam),
+        save_last_seconds=f"{state.desk.save_last_seconds:g}",
     )
 
 

@@ -337,11 +337,17 @@ class ExamDesk:
         self.events.publish({"type": "recording", "exam": exam.id, "on": False})
         return self._capture_clip(exam, recorder.stop())
 
-    def save_last(self, exam: Exam, seconds: float = SAVE_LAST_SECONDS) -> Shot:
+    @property
+    def save_last_seconds(self) -> float:
+        """What "Save last N s" saves: what the frame buffer holds
+        (`capture.buffer_seconds`)."""
+        return self.stream.buffer_seconds if self.stream is not None else SAVE_LAST_SECONDS
+
+    def save_last(self, exam: Exam, seconds: float | None = None) -> Shot:
         self._require_open(exam)
         if self.stream is None:
             raise DeskError(503, "no video source in this process")
-        return self._capture_clip(exam, self.stream.clip(seconds))
+        return self._capture_clip(exam, self.stream.clip(seconds or self.save_last_seconds))
 
     def delete(self, exam: Exam, object_id: int) -> None:
         self._require_open(exam)

@@ -220,7 +220,8 @@ function initExam() {
     } catch (err) { toast(err.message, true); }
   });
   $("#btn-save-last").addEventListener("click", async () => {
-    try { addThumb(await api("POST", `${base}/save-last`)); toast("Last 10 s saved"); }
+    const seconds = $("#btn-save-last").dataset.seconds;
+    try { addThumb(await api("POST", `${base}/save-last`)); toast(`Last ${seconds} s saved`); }
     catch (err) { toast(err.message, true); }
   });
   $("#btn-finish").addEventListener("click", async () => {
