@@ -285,7 +285,7 @@ def _frames(n: int) -> Iterator[np.ndarray]:  # type: ignore[type-arg]
 
 def cine_worker(mode: str, out: Path) -> None:
     """Runs in its own process (clean peak RSS): build and write one cine."""
-    from gateway.dicom.iods import to_bytes, ultrasound_multiframe
+    from gateway.dicom.iods import to_parts, ultrasound_multiframe
     from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
     from gateway.dicom.pixels import EncodedJpeg, encode_jpeg
 
@@ -308,7 +308,9 @@ def cine_worker(mode: str, out: Path) -> None:
         image=ImageInfo(1, "DV"),
         encoding="jpeg-baseline",
     )
-    out.write_bytes(to_bytes(ds))
+    with out.open("wb") as f:  # in pieces, as the queue writes it (never joined)
+        for part in to_parts(ds):
+            f.write(part)
     # Only the building is timed: the frames exist before (a grabber's ring buffer).
     print(f"elapsed {time.perf_counter() - t0:.6f}")
 
