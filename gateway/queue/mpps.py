@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:  # `queue stats` counts messages without loading pydicom
+    from pydicom.dataset import Dataset
+
 
 from gateway.queue.db import SQLiteStore, claimer_alive, open_store, this_process
 from gateway.queue.outbox import DB_NAME, backoff_delay
@@ -61,6 +63,8 @@ class MppsMessage:
     last_error: str | None
 
     def dataset(self) -> Dataset:
+        from pydicom.dataset import Dataset
+
         return Dataset.from_json(self.dataset_json)
 
     def as_json(self) -> dict[str, Any]:
