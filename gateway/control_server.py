@@ -18,6 +18,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STAGING_DIR = "staging"
 READ_TIMEOUT = 60.0
+HEADER_TIMEOUT = 10.0
+MIN_UPLOAD_RATE = 1 << 20  # bytes per second, on average, over the whole upload
 _SUBJECT_KEYS = ("accession", "patient_id", "patient_name", "birth_date", "sex")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -127,9 +130,11 @@ class ControlServer:
         from gateway.subject import SubjectError, exam_subject
 
         reader = LineReader(conn)
+        conn.settimeout(HEADER_TIMEOUT)  # a request line is small: no trickling it
         header = reader.line()
         if header is None:
             raise ProtocolError("the client sent nothing")
+        conn.settimeout(READ_TIMEOUT)
         files, subject_args = _parse_header(header)
         try:
             subject = exam_subject(self.config, "import", **subject_args)
@@ -152,11 +157,15 @@ class ControlServer:
         try:
             paths: list[Path] = []
             labels: dict[Path, str] = {}
+            # However slowly a local client sends, the upload has an end.
+            deadline = time.monotonic() + READ_TIMEOUT + total / MIN_UPLOAD_RATE
             for index, (name, size, mtime) in enumerate(files):
                 path = work / f"{index:05d}-{_UNSAFE.sub('_', Path(name).name)[-80:]}"
                 with open(path, "wb") as out:
                     for chunk in reader.take(size):
                         out.write(chunk)
+                        if time.monotonic() > deadline:
+                            raise ProtocolError("the client sent its files too slowly")
                 os.utime(path, (mtime, mtime))  # the content time is the file's
                 paths.append(path)
                 labels[path] = name

@@ -243,3 +243,20 @@ def test_sigkill_of_the_service_during_imports_loses_nothing_acknowledged(
     assert kills >= 3 and acknowledged, f"kills={kills}, acknowledged={len(acknowledged)}"
     staging = service.queue / "staging"  # cleared by the restart after each kill
     assert not staging.exists() or list(staging.iterdir()) == []
+
+
+def test_a_client_that_stalls_is_dropped_and_the_next_import_goes_through(
+    tmp_path: Path, service: Service
+) -> None:
+    good = _jpeg(tmp_path / "good.jpg", 1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(str(service.socket))
+        stalled.sendall(b'{"op": "imp')  # and then nothing
+        started = time.monotonic()
+        result = Gateway(service.config)(
+            "import", str(good), "--patient-id", "P1", "--patient-name", "A^B", timeout=60
+        )
+        waited = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "abandoned" in service.log.read_text()
+    assert waited < 30  # the service gave up on the stalled client (10 s), then imported
