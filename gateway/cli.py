@@ -60,15 +60,9 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
 
 
 def _outbox(config: GatewayConfig) -> Outbox:
-    from gateway.queue.outbox import Outbox
+    from gateway.queue.outbox import outbox_for
 
-    return Outbox(
-        config.queue.path,
-        [d.name for d in config.destinations],
-        config.queue.min_free_mb,
-        retention_days=config.queue.retention_days,
-        commitment_destinations=[d.name for d in config.destinations if d.storage_commitment],
-    )
+    return outbox_for(config)
 
 
 # -- subcommands ---------------------------------------------------------------

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig
 from gateway.control import (
@@ -31,6 +31,9 @@ from gateway.control import (
     send_message,
     socket_path,
 )
+
+if TYPE_CHECKING:
+    from gateway.queue.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class ControlServer:
 
     def _serve(self) -> None:
         import gateway.importer  # noqa: F401 (loaded now, not on the first import's clock)
-        from gateway.forwarder import outbox_for
+        from gateway.queue.outbox import outbox_for
 
         outbox = outbox_for(self.config)
         try:
@@ -108,7 +111,7 @@ class ControlServer:
         finally:
             outbox.close()
 
-    def _handle(self, conn: socket.socket, outbox: Any) -> None:
+    def _handle(self, conn: socket.socket, outbox: Outbox) -> None:
         conn.settimeout(READ_TIMEOUT)
         uid, pid = _peer(conn)
         reply = _Replier(conn)
@@ -123,7 +126,7 @@ class ControlServer:
             reply.send({"error": "the service failed to import (see its log)"})
 
     def _import(
-        self, conn: socket.socket, outbox: Any, uid: int, pid: int, reply: _Replier
+        self, conn: socket.socket, outbox: Outbox, uid: int, pid: int, reply: _Replier
     ) -> dict[str, Any]:
         from gateway.importer import ImportFileError, import_exam
         from gateway.queue.db import QueueError

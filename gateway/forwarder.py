@@ -33,18 +33,6 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
-def outbox_for(config: GatewayConfig) -> Outbox:
-    """The outbox with the configuration's purge policy: which destinations
-    must commit before anything may be forgotten, and the retention period."""
-    return Outbox(
-        config.queue.path,
-        [d.name for d in config.destinations],
-        config.queue.min_free_mb,
-        retention_days=config.queue.retention_days,
-        commitment_destinations=[d.name for d in config.destinations if d.storage_commitment],
-    )
-
-
 @dataclass
 class DestinationStatus:
     """What the status bar and `queue stats` say about a link."""

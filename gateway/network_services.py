@@ -9,8 +9,8 @@ import threading
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
-from gateway.forwarder import outbox_for
 from gateway.net.ul import Timeouts
+from gateway.queue.outbox import outbox_for
 
 log = logging.getLogger(__name__)
 

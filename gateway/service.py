@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from drivers.trigger import PedalTrigger
 from gateway import appliance, notify
 from gateway.config import GatewayConfig
-from gateway.forwarder import Forwarder, outbox_for
+from gateway.forwarder import Forwarder
+from gateway.queue.outbox import outbox_for
 
 log = logging.getLogger(__name__)
 

@@ -237,6 +237,38 @@ def test_purge_only_committed_or_retained_oldest_first(tmp_path: Path) -> None:
     outbox.close()
 
 
+def test_the_capture_process_purges_by_the_same_policy(tmp_path: Path) -> None:
+    """The touchscreen's process makes room on a full disk too: it must not
+    drop an object the PACS has been sent but has not committed, however old."""
+    import threading
+
+    from gateway.ui.server import UIServer
+
+    config = parse_config(
+        {
+            "destinations": [
+                {"name": "pacs", "ae_title": "PACS", "host": "localhost", "port": 1}
+                | {"storage_commitment": True}
+            ],
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0, "retention_days": 1},
+            "ui": {"listen": f"127.0.0.1:{free_port()}"},
+        }
+    )
+    ui = UIServer(config, threading.Event(), stream=None)
+    try:
+        outbox = ui.outbox
+        (obj,) = queue_objects(outbox, 1)
+        outbox.claim("pacs")
+        outbox.mark_sent(obj.id, "pacs")
+        outbox._db.execute("UPDATE deliveries SET sent_at = ?", (time.time() - 30 * 86400,))
+        assert outbox.purgeable() == []
+        assert outbox.purge(10**15) == 0 and obj.path.exists()
+    finally:
+        ui.listeners.close()
+        ui.outbox.close()
+        ui.status_outbox.close()
+
+
 def test_idle_connection_cannot_block_our_commitment_port(tmp_path: Path, pki: PKI) -> None:
     """A client that connects and never starts TLS holds only its own thread;
     a real PACS associates meanwhile, and the idle one is dropped."""

@@ -20,11 +20,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.queue.db import QueueError as QueueError  # re-exported: the queue's error
 from gateway.queue.db import SQLiteStore, claimer_alive, open_durable, this_process
 from gateway.queue.files import TMP_SUFFIX, fsync_dir, remove_durably, write_atomic
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 SCHEMA_VERSION = 2
 OBJECTS_DIR = "objects"
@@ -721,3 +724,16 @@ class Outbox(SQLiteStore):
                     )
                     missing += cur.rowcount > 0
         return RecoveryReport(temp_removed, orphan_removed, missing, len(stale))
+
+
+def outbox_for(config: GatewayConfig) -> Outbox:
+    """The outbox with the configuration's purge policy: which destinations
+    must commit before anything may be forgotten, and the retention period.
+    Every process that adds to the queue must use this one policy."""
+    return Outbox(
+        config.queue.path,
+        [d.name for d in config.destinations],
+        config.queue.min_free_mb,
+        retention_days=config.queue.retention_days,
+        commitment_destinations=[d.name for d in config.destinations if d.storage_commitment],
+    )

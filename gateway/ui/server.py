@@ -16,7 +16,7 @@ from gateway.capture import Capturer
 from gateway.config import GatewayConfig
 from gateway.exam import ExamService
 from gateway.exam_listeners import attach
-from gateway.queue.outbox import Outbox
+from gateway.queue.outbox import outbox_for
 from gateway.ui.app import UIContext, WorklistSource, app_state, create_app
 from gateway.ui.desk import DeskError
 from gateway.ui.status import ForwarderStatus
@@ -66,9 +66,10 @@ class UIServer:
     ) -> None:
         self.stream = stream
         self._stopping = stop
-        destinations = [d.name for d in config.destinations]
-        self.outbox = Outbox(config.queue.path, destinations, config.queue.min_free_mb)
-        self.status_outbox = Outbox(config.queue.path, destinations)
+        # The same purge policy as every other process adding to the queue:
+        # room is never made by dropping an object a PACS has yet to commit.
+        self.outbox = outbox_for(config)
+        self.status_outbox = outbox_for(config)
         source = stream.driver.source if stream is not None else "synthetic"
         exams = ExamService(config, self.outbox, Capturer(config, self.outbox, source))
         # MPPS, worklist "performed", and the durable exam record; an exam cut
