@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gateway.queue.db import SQLiteStore, open_store, transaction
 from gateway.worklist.jsonform import entry_from_dict, entry_to_dict
-from gateway.worklist.model import WorklistEntry, WorklistQuery
+from gateway.worklist.model import WorklistEntry, WorklistQuery, list_order
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class WorklistCache(SQLiteStore):
                 if entry.key in performed:
                     entry = _mark_performed(entry)
                 found.append((entry, row["fetched_at"]))
-        found.sort(key=lambda pair: _sort_key(pair[0]))
+        found.sort(key=lambda pair: list_order(pair[0]))
         if found:
             oldest = min(f for _, f in found)
         else:
@@ -263,8 +263,3 @@ def mark_performed_entries(
     entries: Iterable[WorklistEntry], performed: set[str]
 ) -> Iterator[WorklistEntry]:
     return (_mark_performed(e) if e.key in performed else e for e in entries)
-
-
-def _sort_key(entry: WorklistEntry) -> tuple[str, str]:
-    start = entry.scheduled_start.isoformat() if entry.scheduled_start else "9999"
-    return (start, entry.patient.name)

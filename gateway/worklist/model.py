@@ -50,3 +50,10 @@ class WorklistResult:
     # Why the live query failed, when it did (the cache may still answer).
     error: str | None = None
     warnings: tuple[str, ...] = ()
+
+
+def list_order(entry: WorklistEntry) -> tuple[str, str]:
+    """How a list is shown, live or cached: by scheduled start (none last),
+    then patient name."""
+    start = entry.scheduled_start.isoformat() if entry.scheduled_start else "9999"
+    return (start, entry.patient.name)

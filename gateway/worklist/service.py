@@ -21,7 +21,7 @@ from gateway.net.find import FindLimits, WorklistFind
 from gateway.net.ul import Timeouts
 from gateway.tls import TLSSetupError
 from gateway.worklist.cache import WorklistCache, mark_performed_entries
-from gateway.worklist.model import WorklistEntry, WorklistQuery, WorklistResult
+from gateway.worklist.model import WorklistEntry, WorklistQuery, WorklistResult, list_order
 from gateway.worklist.mwl import build_identifier, parse_entry
 
 log = logging.getLogger(__name__)
@@ -123,31 +123,25 @@ class WorklistService:
         if peer is None:
             raise WorklistError("no worklist server configured ([worklist])")
         performed = self.cache.performed_keys()
-        find = WorklistFind(
+        matches = self._find(peer, query).matches_generator()
+        try:
+            yield from mark_performed_entries((parse_entry(m) for m in matches), performed)
+        finally:
+            matches.close()  # explicit: C-CANCEL now, not whenever it is collected
+
+    def _find(self, peer: DestinationConfig, query: WorklistQuery) -> WorklistFind:
+        return WorklistFind(
             self.config.station.ae_title,
             peer,
             build_identifier(query),
             timeouts=self.timeouts,
             limits=self.limits,
         )
-        matches = find.matches_generator()
-        try:
-            for ds in matches:
-                entry = parse_entry(ds)
-                yield replace(entry, performed=True) if entry.key in performed else entry
-        finally:
-            matches.close()  # explicit: C-CANCEL now, not whenever it is collected
 
     def _live(
         self, peer: DestinationConfig, query: WorklistQuery
     ) -> tuple[list[WorklistEntry], list[str], bool]:
-        find = WorklistFind(
-            self.config.station.ae_title,
-            peer,
-            build_identifier(query),
-            timeouts=self.timeouts,
-            limits=self.limits,
-        )
+        find = self._find(peer, query)
         entries = [parse_entry(ds) for ds in find]
         warnings: list[str] = []
         if find.stopped:
@@ -157,7 +151,7 @@ class WorklistService:
         flawed = sum(1 for e in entries if e.warnings)
         if flawed:
             warnings.append(f"{flawed} entr{'y has' if flawed == 1 else 'ies have'} problems")
-        entries.sort(key=lambda e: (e.scheduled_start or datetime.max, e.patient.name))
+        entries.sort(key=list_order)
         return entries, warnings, find.stopped is None
 
     def _cached(self, query: WorklistQuery, error: str | None) -> WorklistResult:
