@@ -161,7 +161,6 @@ def import_via_service(
         except OSError:
             pass  # the service stopped listening; its reply (if any) says why
         return _replies(LineReader(sock), as_json)
-    return None  # pragma: no cover (the stack always returns above)
 
 
 def _replies(reader: LineReader, as_json: bool) -> tuple[int, str | None]:
