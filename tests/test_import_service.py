@@ -21,7 +21,15 @@ import pydicom
 import pytest
 
 from gateway.control import SOCKET_NAME
-from tests.conftest import GATEWAY, REPO, Gateway, assert_one_line_error, free_port, write_config
+from tests.conftest import (
+    GATEWAY,
+    REPO,
+    Gateway,
+    assert_one_line_error,
+    free_port,
+    stop_process,
+    write_config,
+)
 
 
 def _jpeg(path: Path, seed: int) -> Path:
@@ -60,9 +68,7 @@ class Service:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
+        stop_process(self.proc, timeout=30)
 
 
 @pytest.fixture

@@ -190,15 +190,25 @@ def test_implicit_vr_only_server() -> None:
     assert entries[0].order.scheduled_procedure_step_id == "S1" and entries[0].warnings == ()
 
 
-def test_endless_pending_is_cut_off_and_cancelled(ris: Callable[[Handler], FakeRIS]) -> None:
-    def endless(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        started = time.monotonic()
-        n = 0
-        while n < 200_000 and time.monotonic() - started < 60:  # bounded even if we fail
-            n += 1
-            yield 0xFF00, _entry(f"LOOP^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
+def _endless(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    """Pending responses without end (bounded in count and time even if we fail)."""
+    started = time.monotonic()
+    n = 0
+    while n < 200_000 and time.monotonic() - started < 60:
+        n += 1
+        yield 0xFF00, _entry(f"LOOP^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
 
-    server = ris(endless)
+
+def _paced(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    """500 entries, paced, so the list is still being sent when the consumer stops."""
+    for n in range(500):
+        yield 0xFF00, _entry(f"MANY^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
+        time.sleep(0.01)
+    yield 0x0000, None
+
+
+def test_endless_pending_is_cut_off_and_cancelled(ris: Callable[[Handler], FakeRIS]) -> None:
+    server = ris(_endless)
     find = WorklistFind(
         "EDGE1",
         server.peer,
@@ -231,14 +241,7 @@ def test_slow_endless_pending_hits_the_time_limit(ris: Callable[[Handler], FakeR
 
 
 def test_consumer_stopping_sends_c_cancel(ris: Callable[[Handler], FakeRIS]) -> None:
-    def many(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        # Paced, so the list is still being sent when the consumer stops.
-        for n in range(500):
-            yield 0xFF00, _entry(f"MANY^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
-            time.sleep(0.01)
-        yield 0x0000, None
-
-    server = ris(many)
+    server = ris(_paced)
     find = WorklistFind("EDGE1", server.peer, build_identifier(WorklistQuery()))
     names = []
     for item in find:
@@ -253,14 +256,7 @@ def test_consumer_stopping_sends_c_cancel(ris: Callable[[Handler], FakeRIS]) -> 
 def test_service_stream_stops_early_with_c_cancel(
     tmp_path: Path, ris: Callable[[Handler], FakeRIS]
 ) -> None:
-    def many(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        # Paced, so the list is still being sent when the consumer stops.
-        for n in range(500):
-            yield 0xFF00, _entry(f"MANY^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
-            time.sleep(0.01)
-        yield 0x0000, None
-
-    server = ris(many)
+    server = ris(_paced)
     with WorklistService(_config(tmp_path, server.port)) as service:
         stream = service.stream(WorklistQuery())
         first = [next(stream) for _ in range(5)]
@@ -289,11 +285,7 @@ def test_failure_status_falls_back_to_cache(
 def test_endless_server_through_service_shows_partial_list(
     tmp_path: Path, ris: Callable[[Handler], FakeRIS]
 ) -> None:
-    def endless(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        for n in range(100_000):
-            yield 0xFF00, _entry(f"LOOP^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
-
-    server = ris(endless)
+    server = ris(_endless)
     with WorklistService(_config(tmp_path, server.port, max_entries=25)) as service:
         result = service.query(WorklistQuery())
         assert len(result.entries) == 25
@@ -304,14 +296,7 @@ def test_endless_server_through_service_shows_partial_list(
 
 
 def test_server_ignoring_c_cancel_is_aborted(ris: Callable[[Handler], FakeRIS]) -> None:
-    def endless(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        started = time.monotonic()
-        n = 0
-        while n < 200_000 and time.monotonic() - started < 30:
-            n += 1
-            yield 0xFF00, _entry(f"LOOP^{n}", f"P{n}", f"A{n}", f"1.2.3.{n}")
-
-    server = ris(endless)
+    server = ris(_endless)
     server.ignore_cancel = True
     find = WorklistFind(
         "EDGE1",
