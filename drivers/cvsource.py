@@ -2,9 +2,9 @@
 
 Shared by the video and file drivers. In raw mode (`CAP_PROP_FORMAT = -1` for
 OpenCV's FFmpeg back-end, `CAP_PROP_CONVERT_RGB = 0` for its V4L2 back-end)
-`read` returns the stream's own JPEG bytes; they are decoded once for the
-preview and kept for the DICOM layer, so a still is not JPEG-compressed a
-second time.
+`read` returns the stream's own JPEG bytes (as the device made them, Huffman
+tables or not); they are decoded once for the preview and kept for the DICOM
+layer, so a still is not JPEG-compressed a second time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from drivers.jpeg import ensure_huffman_tables, is_jpeg
+from drivers.imagecodec import is_jpeg
 
 MJPG = cv2.VideoWriter.fourcc(*"MJPG")
 # How FFmpeg is asked for undecoded packets; V4L2 differs (see drivers.v4l2).
@@ -77,10 +77,6 @@ class CvReader:
         if self.raw:
             packet = data.tobytes()
             if not is_jpeg(packet):
-                return None
-            try:
-                packet = ensure_huffman_tables(packet)
-            except ValueError:
                 return None
             bgr = cv2.imdecode(np.frombuffer(packet, np.uint8), cv2.IMREAD_COLOR)
             if bgr is None:

@@ -1,6 +1,12 @@
-"""Image files as devices send them (BMP, PGM/PPM, TIFF, PNG, JPEG) → 8-bit
-RGB or monochrome pixels, keeping a JPEG's own bytes so they can be stored
-without a second lossy encode."""
+"""The one image decoder: image files as devices send them and as people
+import them (BMP, PGM/PPM, TIFF, PNG, JPEG) → 8-bit RGB or monochrome
+pixels, one policy for both (8- and 16-bit samples, alpha dropped), keeping a
+JPEG's own bytes so they can be stored without a second lossy encode.
+
+A JPEG is handed on as the device made it; making it a complete stream for
+DICOM (the Huffman tables many grabbers leave out) is the DICOM layer's job
+(gateway.dicom.jpeg). libjpeg-turbo decodes such abbreviated streams itself.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,17 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from drivers.jpeg import ensure_huffman_tables, is_jpeg
-
-IMAGE_SUFFIXES = (".bmp", ".dib", ".pgm", ".ppm", ".pnm", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (
+    ".bmp", ".dib", ".pgm", ".ppm", ".pnm", ".tif", ".tiff", ".png", ".jpg", ".jpeg",
+)  # fmt: skip
 KNOWN_FORMATS = "BMP, PGM/PPM, TIFF, PNG or JPEG"
 _PNM_MAXVAL = re.compile(
     rb"^P[2356]\s+(?:#[^\n]*\n\s*)*\d+\s+(?:#[^\n]*\n\s*)*\d+\s+(?:#[^\n]*\n\s*)*(\d+)"
 )
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
 
 
 class ImageError(ValueError):
@@ -82,8 +92,5 @@ def decode_image(data: bytes, keep_jpeg: bool = True) -> DecodedImage:
     if fmt == "JPEG" and keep_jpeg:
         # XMODEM pads the last block with SUB bytes: the stream ends at EOI.
         end = data.rfind(b"\xff\xd9")
-        try:
-            jpeg = ensure_huffman_tables(data[: end + 2] if end > 0 else data)
-        except ValueError:
-            jpeg = None  # decodable but oddly structured: store re-encoded instead
+        jpeg = data[: end + 2] if end > 0 else data
     return DecodedImage(np.ascontiguousarray(pixels, dtype=np.uint8), fmt, jpeg)

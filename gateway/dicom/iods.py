@@ -8,12 +8,9 @@ frame and multi-frame cine) for an ultrasound scanner's video output.
 
 from __future__ import annotations
 
-import io
-import struct
 from collections.abc import Iterable
 from datetime import datetime
 
-from pydicom import dcmwrite
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -376,36 +373,3 @@ def ultrasound_multiframe(
     _cine_module(ds, cine)
     ts = set_pixels(ds, frames, encoding, multiframe=True, quality=quality, history=history)
     return _finish(ds, ts)
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    """The Part 10 file for a dataset built here, in one piece."""
-    return b"".join(to_parts(ds))
-
-
-def to_parts(ds: Dataset) -> list[bytes]:
-    """The Part 10 file for a dataset built here, as pieces to write one after
-    the other.
-
-    Pixel Data (always the last element here) is appended by hand and never
-    copied: pydicom would copy a 150 MB cine through a growing buffer several
-    times, which costs more than building it (and, on a 1 GB box, the memory).
-    """
-    if "PixelData" not in ds or not ds.file_meta.TransferSyntaxUID.is_little_endian:
-        buf = io.BytesIO()
-        dcmwrite(buf, ds, enforce_file_format=True)
-        return [buf.getvalue()]
-    elem = ds["PixelData"]
-    value: bytes = elem.value
-    del ds["PixelData"]
-    try:
-        buf = io.BytesIO()
-        dcmwrite(buf, ds, enforce_file_format=True)
-    finally:
-        ds["PixelData"] = elem
-    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
-        tail = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-        return [buf.getvalue() + head, value, tail]
-    head = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, len(value))
-    return [buf.getvalue() + head, value]

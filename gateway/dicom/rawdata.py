@@ -1,5 +1,6 @@
 """A data set's elements as raw bytes, read in one pass without pydicom's
-object model.
+object model: the one Little Endian element walker of the gateway (worklist
+answers, DIMSE command sets, the File Meta group of queued files).
 
 Why: a worklist answer is a thousand small data sets, each read once for a
 dozen values. pydicom builds a Dataset, a RawDataElement per element and a
@@ -40,7 +41,11 @@ class RawDataError(ValueError):
 
 @cache
 def _is_sequence(tag: int) -> bool:
-    """Implicit VR carries no VR: the data dictionary says which tags are sequences."""
+    """Implicit VR carries no VR: the data dictionary says which tags are
+    sequences. Command (0000) and File Meta (0002) groups hold none, so a
+    DIMSE command is read without loading pydicom."""
+    if tag >> 16 in (0x0000, 0x0002):
+        return False
     from pydicom.datadict import dictionary_VR
 
     try:

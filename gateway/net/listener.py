@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.tls import describe_tls_failure
+from gateway.net.tls import describe_tls_failure
 
 log = logging.getLogger(__name__)
 

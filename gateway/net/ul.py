@@ -1,14 +1,15 @@
-"""A lean DICOM upper layer (PS3.8) for the jobs where volume matters:
-C-STORE (bulk data out) and C-FIND (a thousand small answers in), as an SCU
-over one connection, in one thread, with no reactor.
+"""A lean DICOM upper layer (PS3.8): every association the box initiates
+(C-STORE, C-FIND, C-ECHO, MPPS N-CREATE/N-SET, Storage Commitment N-ACTION
+and the N-EVENT-REPORT answered on the same association), as an SCU over one
+connection, in one thread, with no reactor.
 
-Why not pynetdicom for these: its reactor thread, per-PDU queues and
-per-fragment Python objects cost ~10× DCMTK's time and CPU (BENCHMARKS.md).
+Why not pynetdicom: its reactor thread, per-PDU queues and per-fragment
+Python objects cost ~10× DCMTK's time and CPU for bulk C-STORE (BENCHMARKS.md).
 Here the connection is owned by the caller's thread, PDUs are written straight
 from the file into one reused buffer, and inbound PDUs are cut out of one
-buffered stream (one `recv` often holds dozens of worklist answers).
-pynetdicom stays in charge of the rest (echo, MPPS, Storage Commitment, the
-inbound SCP).
+buffered stream (one `recv` often holds dozens of worklist answers). One stack
+for every job also means "Test connection" (C-ECHO) tests the stack that
+forwards. pynetdicom serves only our listening ports.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway import __version__
+from gateway.dicom.rawdata import RawDataError, read_dataset
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 # The gateway's implementation class UID (2.25 form, fixed once).
@@ -81,8 +83,22 @@ def _ae(title: str) -> bytes:
     return title.encode("ascii").ljust(16, b" ")[:16]
 
 
+@dataclass(frozen=True)
+class Role:
+    """SCP/SCU Role Selection (PS3.7 D.3.3.4) for one SOP class: Storage
+    Commitment's N-EVENT-REPORT comes back from the PACS acting as SCU."""
+
+    sop_class: str
+    scu: bool = True
+    scp: bool = True
+
+
 def encode_associate_rq(
-    calling_ae: str, called_ae: str, contexts: Sequence[Proposed], max_pdu: int = OUR_MAX_PDU
+    calling_ae: str,
+    called_ae: str,
+    contexts: Sequence[Proposed],
+    max_pdu: int = OUR_MAX_PDU,
+    roles: Sequence[Role] = (),
 ) -> bytes:
     body = bytearray(struct.pack(">HH", 1, 0) + _ae(called_ae) + _ae(calling_ae) + bytes(32))
     body += _item(0x10, _uid_bytes(APPLICATION_CONTEXT))
@@ -93,6 +109,9 @@ def encode_associate_rq(
         body += _item(0x20, struct.pack(">BBBB", ctx.id, 0, 0, 0) + sub)
     user = _item(0x51, struct.pack(">I", max_pdu))
     user += _item(0x52, _uid_bytes(IMPLEMENTATION_CLASS_UID))
+    for role in roles:
+        uid = _uid_bytes(role.sop_class)
+        user += _item(0x54, struct.pack(">H", len(uid)) + uid + bytes([role.scu, role.scp]))
     user += _item(0x55, IMPLEMENTATION_VERSION.encode("ascii"))
     body += _item(0x50, user)
     return struct.pack(">BBI", 0x01, 0, len(body)) + bytes(body)
@@ -182,6 +201,76 @@ def encode_command(elements: Sequence[tuple[int, bytes]]) -> bytes:
 
 
 NO_DATA_SET = 0x0101  # CommandDataSetType: no data set follows
+HAS_DATA_SET = 0x0000
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def c_echo_rq(message_id: int, sop_class: str = "1.2.840.10008.1.1") -> bytes:
+    return encode_command(
+        [
+            (0x0002, _uid_bytes(sop_class)),
+            (0x0100, _us(0x0030)),
+            (0x0110, _us(message_id)),
+            (0x0800, _us(NO_DATA_SET)),
+        ]
+    )
+
+
+def n_create_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    return encode_command(
+        [
+            (0x0002, _uid_bytes(sop_class)),
+            (0x0100, _us(0x0140)),
+            (0x0110, _us(message_id)),
+            (0x0800, _us(HAS_DATA_SET)),
+            (0x1000, _uid_bytes(sop_instance)),
+        ]
+    )
+
+
+def n_set_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    return encode_command(
+        [
+            (0x0003, _uid_bytes(sop_class)),
+            (0x0100, _us(0x0120)),
+            (0x0110, _us(message_id)),
+            (0x0800, _us(HAS_DATA_SET)),
+            (0x1001, _uid_bytes(sop_instance)),
+        ]
+    )
+
+
+def n_action_rq(message_id: int, sop_class: str, sop_instance: str, action_type: int) -> bytes:
+    return encode_command(
+        [
+            (0x0003, _uid_bytes(sop_class)),
+            (0x0100, _us(0x0130)),
+            (0x0110, _us(message_id)),
+            (0x0800, _us(HAS_DATA_SET)),
+            (0x1001, _uid_bytes(sop_instance)),
+            (0x1008, _us(action_type)),
+        ]
+    )
+
+
+def n_event_report_rsp(request: dict[int, bytes], status: int) -> bytes:
+    """The answer to a peer's N-EVENT-REPORT-RQ, echoing its class, instance
+    and event type."""
+    elements = [
+        (0x0002, request.get(0x0002, b"")),
+        (0x0100, _us(0x8100)),
+        (0x0120, request.get(0x0110, _us(0))),
+        (0x0800, _us(NO_DATA_SET)),
+        (0x0900, _us(status)),
+    ]
+    if 0x1000 in request:
+        elements.append((0x1000, request[0x1000]))
+    if 0x1002 in request:
+        elements.append((0x1002, request[0x1002]))
+    return encode_command(elements)
 
 
 def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
@@ -220,18 +309,22 @@ def c_cancel_rq(message_id: int) -> bytes:
 
 
 def decode_command(data: bytes) -> dict[int, bytes]:
-    """Elements of group 0000 by element number; raises ULError on nonsense."""
+    """Elements of group 0000 by element number (read by the one element
+    walker, gateway.dicom.rawdata); raises ULError on nonsense."""
+    try:
+        elements = read_dataset(data, explicit_vr=False)
+    except RawDataError:
+        raise ULError("peer sent a malformed DIMSE command") from None
     out: dict[int, bytes] = {}
-    offset = 0
-    while offset + 8 <= len(data):
-        group, elem, length = struct.unpack_from("<HHI", data, offset)
-        if group != 0 or offset + 8 + length > len(data):
+    for tag, value in elements.items():
+        if tag >> 16 != 0 or not isinstance(value, bytes):
             raise ULError("peer sent a malformed DIMSE command")
-        out[elem] = data[offset + 8 : offset + 8 + length]
-        offset += 8 + length
-    if offset != len(data):
-        raise ULError("peer sent a malformed DIMSE command")
+        out[tag & 0xFFFF] = value
     return out
+
+
+def command_text(command: dict[int, bytes], elem: int) -> str:
+    return command.get(elem, b"").decode("ascii", "replace").rstrip("\0 ")
 
 
 def command_us(command: dict[int, bytes], elem: int) -> int | None:
@@ -295,6 +388,7 @@ class ULConnection:
         contexts: Sequence[Proposed],
         timeouts: Timeouts,
         ssl_context: ssl.SSLContext | None,
+        roles: Sequence[Role] = (),
     ) -> ULConnection:
         """Connect, handshake, associate. Raises OSError/ssl.SSLError for the
         transport and ULError for the DICOM layer."""
@@ -307,7 +401,7 @@ class ULConnection:
             sock.settimeout(timeouts.acse)
             inbound = Inbound(sock)
             try:
-                sock.sendall(encode_associate_rq(calling_ae, called_ae, contexts))
+                sock.sendall(encode_associate_rq(calling_ae, called_ae, contexts, roles=roles))
                 pdu_type, body = read_pdu(inbound)
             except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError, PeerClosed):
                 if ssl_context is None:
@@ -331,6 +425,14 @@ class ULConnection:
         if pdu_type == 0x07:
             raise ULError(describe_abort(body))
         raise ULError(f"peer answered the association request with PDU type 0x{pdu_type:02X}")
+
+    @property
+    def transport(self) -> str:
+        """ "TLSv1.3 TLS_AES_256_GCM_SHA384" over TLS, else "plain TCP"."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            cipher = self.sock.cipher()
+            return f"{self.sock.version()} {cipher[0] if cipher else '?'}"
+        return "plain TCP"
 
     def next_message_id(self) -> int:
         self._message_id = (self._message_id % 0xFFFF) + 1
@@ -392,6 +494,26 @@ class ULConnection:
                 )
                 out += chunk
         self.sock.sendall(out)
+
+    def request(
+        self,
+        context_id: int,
+        command: bytes,
+        dataset: bytes | None,
+        response_field: int,
+        message_id: int,
+    ) -> Message:
+        """Send one request and return its response (the command field and
+        Message ID Being Responded To checked); ULError on anything else."""
+        self.send_message(context_id, command, dataset)
+        response = self.read_message(self.timeouts.dimse)
+        if (
+            command_us(response.command, 0x0100) != response_field
+            or command_us(response.command, 0x0120) != message_id
+        ):
+            self.abort()
+            raise ULError("peer answered with a response that does not match our request")
+        return response
 
     def read_command(self, timeout: float) -> dict[int, bytes]:
         """The next command set from the peer (a data set after it is dropped)."""

@@ -1,5 +1,6 @@
-"""The durable SQLite connection every queue table shares (objects,
-deliveries, and later MPPS messages): WAL, synchronous=FULL, asserted."""
+"""The durable SQLite connection every queue table shares: WAL,
+synchronous=FULL, asserted; the one schema of `outbox.sqlite` applied when it
+opens (gateway.queue.schema)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
+
+from gateway.queue.schema import DB_NAME, SchemaError, migrate
 
 
 class QueueError(Exception):
@@ -46,19 +49,38 @@ def open_durable(path: Path) -> sqlite3.Connection:
     return db
 
 
-def open_store(root: Path, name: str, schema: str) -> sqlite3.Connection:
-    """The one way a store opens its SQLite file in the state directory:
-    directory created, durable mode asserted, its tables created (statements
-    separated by ';')."""
+def _make_root(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as exc:
         raise QueueError(f"cannot create {root}: {exc.strerror}") from None
+
+
+def open_store(root: Path, name: str, schema: str) -> sqlite3.Connection:
+    """A SQLite file of its own in the state directory (the worklist cache):
+    directory created, durable mode asserted, its tables created (statements
+    separated by ';')."""
+    _make_root(root)
     db = open_durable(root / name)
     with transaction(db):
         for statement in schema.split(";"):
             if statement.strip():
                 db.execute(statement)
+    return db
+
+
+def open_queue_db(root: Path) -> sqlite3.Connection:
+    """`outbox.sqlite`, durable, at the current schema: the one way every
+    owner of a table in it (objects, deliveries, ledger, MPPS messages,
+    exams) opens it."""
+    _make_root(root)
+    db = open_durable(root / DB_NAME)
+    try:
+        with transaction(db):
+            migrate(db)
+    except SchemaError as exc:
+        db.close()
+        raise QueueError(str(exc)) from None
     return db
 
 

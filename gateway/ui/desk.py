@@ -22,9 +22,10 @@ import numpy as np
 
 from drivers.base import Frame
 from drivers.stream import FrameStream
+from gateway.acquire.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
 from gateway.dicom.modules import ModuleError, Order, Patient
-from gateway.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
-from gateway.queue.outbox import QueuedObject, QueueError, QueueFull
+from gateway.queue.db import QueueError
+from gateway.queue.model import QueuedObject, QueueFull
 from gateway.ui.live import THUMB_WIDTH, Broadcaster, encode_jpeg
 
 log = logging.getLogger(__name__)

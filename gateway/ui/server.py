@@ -12,10 +12,8 @@ from typing import Any
 import uvicorn
 
 from drivers.stream import FrameStream
-from gateway.capture import Capturer
+from gateway.acquire.station import Station
 from gateway.config import GatewayConfig
-from gateway.exam import ExamService
-from gateway.exam_listeners import attach
 from gateway.queue.outbox import outbox_for
 from gateway.ui.app import UIContext, WorklistSource, app_state, create_app
 from gateway.ui.desk import DeskError
@@ -45,7 +43,7 @@ def default_worklist(config: GatewayConfig) -> WorklistSource | None:
     """The worklist service when this build has it and a server is configured."""
     if config.worklist is None:
         return None
-    from gateway.worklist.service import WorklistService
+    from gateway.ris.worklist import WorklistService
 
     source: WorklistSource = WorklistService(config)
     return source
@@ -71,14 +69,13 @@ class UIServer:
         self.outbox = outbox_for(config)
         self.status_outbox = outbox_for(config)
         source = stream.driver.source if stream is not None else "synthetic"
-        exams = ExamService(config, self.outbox, Capturer(config, self.outbox, source))
         # MPPS, worklist "performed", and the durable exam record; an exam cut
         # short by a power loss comes back on screen with its held images.
-        self.listeners = attach(config, exams, self.outbox, restore=True)
+        self.station = Station(config, self.outbox, source, review=True, restore=True)
         self.app = create_app(
             UIContext(
                 config=config,
-                exams=exams,
+                exams=self.station.exams,
                 status_outbox=self.status_outbox,
                 stream=stream,
                 forwarder_status=forwarder_status,
@@ -97,7 +94,7 @@ class UIServer:
             lifespan="on",
             log_config=None,  # our logging set-up (journald), not uvicorn's
         )
-        for exam in self.listeners.restored:
+        for exam in self.station.restored:
             app_state(self.app).desk.adopt(exam)
         self.server = _Server(uv_config, stop, app_state(self.app).closing)
         self.thread = threading.Thread(target=self._serve, name="ui", daemon=True)
@@ -126,7 +123,7 @@ class UIServer:
         try:
             self.server.run()
         finally:
-            self.listeners.close()
+            self.station.close()
             self.outbox.close()
             self.status_outbox.close()
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from drivers.stream import FrameStream
 from gateway.config import GatewayConfig
-from gateway.forwarder import DestinationStatus
 from gateway.queue.outbox import Outbox
+from gateway.send.forwarder import DestinationStatus
 
 # A box without a real-time clock boots into 1970 or into its last shutdown:
 # any time before this build cannot be right.

@@ -23,11 +23,11 @@ import numpy as np
 
 from drivers import create_driver
 from drivers.stream import FrameStream
-from gateway.capture import Capturer
+from gateway.acquire.capture import Capturer
+from gateway.acquire.exam import ExamService
 from gateway.config import GatewayConfig
 from gateway.dicom.modules import Patient
-from gateway.exam import ExamService
-from gateway.queue.outbox import Outbox
+from gateway.queue.outbox import outbox_for
 from tests.benchmarks.common import machine, report
 
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
@@ -98,7 +98,7 @@ def stills(video: Path, root: Path, count: int) -> dict[str, Any]:
             {"capture": {"driver": "file", "compression": compression},
              "queue": {"path": str(root / mode), "min_free_mb": 0}}
         )  # fmt: skip
-        outbox = Outbox(config.queue.path, [], 0)
+        outbox = outbox_for(config)
         service = ExamService(config, outbox, Capturer(config, outbox, "file"))
         services[mode] = (service, service.start(Patient("BENCH^STILL", "B1")), outbox)
     latencies: dict[str, list[float]] = {k: [] for k in services}

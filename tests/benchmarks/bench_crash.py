@@ -10,10 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.certs import make_authority
+from gateway.ops.certs import make_authority
 from tests.benchmarks.common import machine, report
-from tests.conftest import free_port, wait_for_port
-from tests.crash_harness import run_cycles
+from tests.support.crash import run_cycles
+from tests.support.process import free_port, wait_for_port
 
 
 def main() -> None:

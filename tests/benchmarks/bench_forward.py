@@ -30,10 +30,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from gateway.certs import make_authority
+from gateway.ops.certs import make_authority
 from gateway.queue.outbox import Outbox
+from gateway.queue.retention import RetentionPolicy
 from tests.benchmarks.common import Comparison, Run, report, run_command, tool_version
-from tests.conftest import free_port, wait_for_port
+from tests.support.process import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -70,7 +71,7 @@ def make_object(sop_class: str, rows: int, cols: int, frames: int, rng: Any) -> 
 
 
 def fill_queue(root: Path, kind: str, count: int) -> Outbox:
-    outbox = Outbox(root, ["pacs"], min_free_mb=0)
+    outbox = Outbox(root, ["pacs"], RetentionPolicy(min_free_mb=0, retention_days=7.0))
     rng = np.random.default_rng(42)
     for _ in range(count):
         if kind == "sc":

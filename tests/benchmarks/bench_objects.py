@@ -46,7 +46,7 @@ from tests.benchmarks.common import (
     run_command,
     tool_version,
 )
-from tests.conftest import free_port
+from tests.support.process import free_port
 
 JPEG_FILES = 50
 PER_PROCESS_FILES = 10
@@ -285,8 +285,9 @@ def _frames(n: int) -> Iterator[np.ndarray]:  # type: ignore[type-arg]
 
 def cine_worker(mode: str, out: Path) -> None:
     """Runs in its own process (clean peak RSS): build and write one cine."""
-    from gateway.dicom.iods import to_parts, ultrasound_multiframe
+    from gateway.dicom.iods import ultrasound_multiframe
     from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
+    from gateway.dicom.part10 import to_parts
     from gateway.dicom.pixels import EncodedJpeg, encode_jpeg
 
     source: Any
@@ -349,8 +350,9 @@ def _worker_run(mode: str, out: Path) -> tuple[Run, float]:
 
 
 def _uncompressed_reference(path: Path) -> None:
-    from gateway.dicom.iods import to_bytes, ultrasound_multiframe
+    from gateway.dicom.iods import ultrasound_multiframe
     from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
+    from gateway.dicom.part10 import to_bytes
 
     ds = ultrasound_multiframe(
         _frames(REFERENCE_CINE_FRAMES),

@@ -15,10 +15,10 @@ from datetime import date
 from pathlib import Path
 
 from gateway.config import parse_config
-from gateway.worklist.cache import WorklistCache
-from gateway.worklist.model import WorklistQuery
-from gateway.worklist.mwl import build_identifier
-from gateway.worklist.service import WorklistService
+from gateway.ris.model import WorklistQuery
+from gateway.ris.mwl import build_identifier
+from gateway.ris.worklist import WorklistService
+from gateway.ris.worklist_cache import WorklistCache
 from tests.benchmarks.bench_forward import make_pki
 from tests.benchmarks.common import (
     Comparison,
@@ -28,7 +28,7 @@ from tests.benchmarks.common import (
     run_in_process,
     tool_version,
 )
-from tests.wlm import AE, Stunnel, WlmSCP, write_entry
+from tests.support.wlm import AE, Stunnel, WlmSCP, write_entry
 
 ENTRIES = 1000
 PAIRS = 7

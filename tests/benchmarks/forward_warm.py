@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.forwarder import Forwarder
-from gateway.queue.outbox import Outbox
+from gateway.queue.outbox import outbox_for
+from gateway.send.forwarder import Forwarder
 
 
 def vm_hwm_mib() -> float:
@@ -27,7 +27,7 @@ def vm_hwm_mib() -> float:
 
 def main() -> None:
     config = load_config(sys.argv[1])
-    outbox = Outbox(config.queue.path, [d.name for d in config.destinations])
+    outbox = outbox_for(config)
     forwarder = Forwarder.from_config(outbox, config)
     print("ready", flush=True)
     sys.stdin.readline()

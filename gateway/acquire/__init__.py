@@ -1,0 +1,1 @@
+"""Where images enter: the exam, capture, import, device-sent and inbound images."""

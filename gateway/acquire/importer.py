@@ -1,0 +1,371 @@
+"""`dicom-gateway import`: image and video files into DICOM objects in the queue.
+
+JPEG files are wrapped as they are (no second lossy generation); PNG, BMP and
+TIFF are encoded as configured; MP4 and AVI become one multi-frame cine each.
+Every file is checked before anything is queued, and an object is queued only
+once it is complete, so bad input leaves nothing half-made in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from drivers import imagecodec
+from gateway.acquire.capture import Capturer
+from gateway.acquire.subject import Subject
+from gateway.config import GatewayConfig
+from gateway.dicom.jpeg import JpegError
+from gateway.dicom.jpeg import parse as parse_jpeg
+from gateway.dicom.modules import Cine, ModuleError
+from gateway.dicom.pixels import (
+    EncodedJpeg,
+    FrameData,
+    LossyHistory,
+    PixelError,
+    Pixels,
+    wrappable,
+)
+from gateway.queue.model import QueuedObject
+from gateway.queue.outbox import Outbox
+
+if TYPE_CHECKING:
+    import cv2
+    from pydicom.dataset import Dataset
+
+    from gateway.acquire.exam import Exam
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["jpeg", "image", "video"]
+SUPPORTED = f"{imagecodec.KNOWN_FORMATS}, MP4 or AVI"
+DEFAULT_FPS = 30.0
+BATCH_FILES = 32
+BATCH_BYTES = 64 << 20
+
+
+class ImportFileError(Exception):
+    """A file that cannot be imported; the message starts with its path."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    path: Path
+    kind: Kind
+    jpeg: EncodedJpeg | None = None
+    history: LossyHistory | None = None  # a JPEG file that has to be decoded
+
+
+def sniff(head: bytes) -> Kind | None:
+    """The file type from its first bytes, not its name (names lie). Still
+    images by the one image decoder's rules (drivers.imagecodec), the same
+    as for images a device sends."""
+    image = imagecodec.sniff(head)
+    if image == "JPEG":
+        return "jpeg"
+    if image is not None:
+        return "image"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video"
+    if head[4:8] == b"ftyp":
+        return "video"
+    return None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImportFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImportFileError(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise ImportFileError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def decode_image(path: Path, data: bytes) -> Pixels:
+    """8-bit RGB or monochrome pixels of a still image file (the one decoder
+    and its policy: 8- and 16-bit samples, alpha dropped)."""
+    try:
+        return imagecodec.decode_image(data, keep_jpeg=False).pixels
+    except imagecodec.ImageError as exc:
+        raise ImportFileError(f"{path}: {exc}") from None
+
+
+def plan(path: Path) -> Planned:
+    """Check one file enough to know it will import: type, structure, and
+    for video that it opens and has a frame."""
+    if path.is_dir():
+        raise ImportFileError(f"{path}: is a directory")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImportFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImportFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if size == 0:
+        raise ImportFileError(f"{path}: empty file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ImportFileError(f"{path}: cannot read: {exc.strerror}") from None
+    kind = sniff(head)
+    if kind is None:
+        raise ImportFileError(f"{path}: unsupported file type ({SUPPORTED} expected)")
+    if kind == "jpeg":
+        data = _read(path)
+        try:
+            info = parse_jpeg(data)
+        except JpegError as exc:
+            raise ImportFileError(f"{path}: {exc}") from None
+        if info.baseline and info.precision == 8 and wrappable(info):
+            return Planned(path, "jpeg", EncodedJpeg.from_bytes(data))
+        # Progressive, 12-bit or 4:4:4: decode it and store it as configured,
+        # saying it was lossy once.
+        decode_image(path, data)
+        history = LossyHistory.of_jpeg(len(data), info.width, info.height, info.components)
+        return Planned(path, "image", history=history)
+    if kind == "image":
+        decode_image(path, _read(path))
+        return Planned(path, "image")
+    with _video(path) as video:
+        ok, _ = video.read()
+        if not ok:
+            raise ImportFileError(f"{path}: the video has no readable frame")
+    return Planned(path, "video")
+
+
+class _video:
+    """cv2.VideoCapture as a context manager that always releases."""
+
+    def __init__(self, path: Path) -> None:
+        import cv2
+
+        self.path = path
+        self.cap = cv2.VideoCapture(str(path))
+
+    def __enter__(self) -> cv2.VideoCapture:
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise ImportFileError(f"{self.path}: cannot open the video (corrupt or unsupported)")
+        return self.cap
+
+    def __exit__(self, *exc: object) -> None:
+        self.cap.release()
+
+
+def _video_frames(cap: cv2.VideoCapture) -> Iterator[Pixels]:
+    import cv2
+
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame
+        yield np.asarray(rgb, dtype=np.uint8)
+
+
+# FourCC → DICOM Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1).
+_VIDEO_METHODS = {
+    b"avc1": "ISO_14496_10",
+    b"h264": "ISO_14496_10",
+    b"hvc1": "ISO_23008_2",
+    b"hev1": "ISO_23008_2",
+    b"hevc": "ISO_23008_2",
+    b"mpg2": "ISO_13818_2",
+    b"mp2v": "ISO_13818_2",
+    b"mjpg": "ISO_10918_1",
+}
+
+
+def _video_history(path: Path, cap: cv2.VideoCapture) -> LossyHistory:
+    """Decoded video was lossy once; the ratio is estimated from the file size."""
+    import cv2
+
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").lower()
+    frames = max(1, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 1))
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 1)
+    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 1)
+    raw = width * height * 3 * frames
+    return LossyHistory(raw / max(1, path.stat().st_size), _VIDEO_METHODS.get(fourcc))
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(os.stat(path).st_mtime).astimezone()
+
+
+# (files done, files in all, the file being done, as the user named it)
+Progress = Callable[[int, int, str], None]
+
+
+class Importer:
+    """Files → objects of one exam (conversion type WSD) → the queue."""
+
+    def __init__(self, capturer: Capturer) -> None:
+        self.capturer = capturer
+
+    def build(self, exam: Exam, item: Planned) -> Dataset:
+        path = item.path
+        try:
+            if item.kind == "video":
+                import cv2
+
+                with _video(path) as cap:
+                    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
+                    cine = Cine.from_fps(fps if 0 < fps <= 1000 else DEFAULT_FPS)
+                    passed = self._mjpeg_frames(path, cap)
+                    history = None if passed else _video_history(path, cap)
+                    frames = passed or _video_frames(cap)
+                    ds = self.capturer.build_clip(exam, frames, cine, _mtime(path), history)
+            else:
+                data: FrameData = (
+                    item.jpeg if item.jpeg is not None else decode_image(path, _read(path))
+                )
+                ds = self.capturer.build_still(exam, data, _mtime(path), item.history)
+        except (PixelError, JpegError, ModuleError) as exc:
+            raise ImportFileError(f"{path}: {exc}") from None
+        return ds
+
+    def _mjpeg_frames(self, path: Path, cap: cv2.VideoCapture) -> Iterator[FrameData] | None:
+        """An MJPEG video's frames as the JPEG it holds (no second lossy
+        generation), when the IOD accepts their colour layout; else None and
+        `cap` is reopened for decoding."""
+        import cv2
+
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+        if fourcc.upper() not in (b"MJPG", b"JPEG", b"AVRN") or not cap.set(
+            cv2.CAP_PROP_FORMAT, -1
+        ):
+            return None
+        ok, packet = cap.read()
+        try:
+            first = EncodedJpeg.from_bytes(packet.tobytes()) if ok else None
+        except JpegError:
+            first = None
+        wanted = {"YBR_FULL_422"} | (
+            {"MONOCHROME2"} if self.capturer.iod == "ultrasound" else set()
+        )
+        if first is None or first.info.photometric not in wanted:
+            cap.open(str(path))  # back to decoded frames from the start
+            return None
+
+        def frames() -> Iterator[FrameData]:
+            yield first
+            index = 1
+            while True:
+                ok, packet = cap.read()
+                if not ok:
+                    return
+                try:
+                    yield EncodedJpeg.from_bytes(packet.tobytes())
+                except JpegError as exc:
+                    raise PixelError(f"frame {index}: {exc}") from None
+                index += 1
+
+        return frames()
+
+    def run(
+        self,
+        exam: Exam,
+        paths: Sequence[Path],
+        progress: Progress | None = None,
+        labels: Mapping[Path, str] | None = None,
+    ) -> list[QueuedObject]:
+        """All files are checked first; a bad one stops the import before
+        anything is queued. `labels` name files by what the user typed when
+        `paths` are copies (an import handed to the running service)."""
+        labels = labels or {}
+
+        def label(path: Path) -> str:
+            return labels.get(path, str(path))
+
+        planned = []
+        for path in paths:
+            try:
+                planned.append(plan(path))
+            except ImportFileError as exc:
+                raise _relabel(exc, path, label(path)) from None
+        done: list[QueuedObject] = []
+        batch: list[Dataset] = []
+        batch_bytes = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_bytes
+            done.extend(self.capturer.queue_many(exam, batch))
+            batch, batch_bytes = [], 0
+
+        for i, item in enumerate(planned):
+            if progress:
+                progress(i, len(planned), label(item.path))
+            try:
+                ds = self.build(exam, item)
+            except ImportFileError as exc:
+                exc = _relabel(exc, item.path, label(item.path))
+                flush()  # what was made before it is queued, as the message says
+                if done:
+                    raise ImportFileError(
+                        f"{exc} ({len(done)} file(s) before it were queued)"
+                    ) from None
+                raise exc from None
+            # Stills are queued in batches (one directory fsync and one commit
+            # each); a cine, hundreds of MB, alone.
+            batch.append(ds)
+            batch_bytes += len(ds.PixelData)  # what the batch holds in memory
+            if item.kind == "video" or len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                flush()
+        flush()
+        if progress:
+            progress(len(planned), len(planned), label(planned[-1].path))
+        return done
+
+
+def _relabel(exc: ImportFileError, path: Path, label: str) -> ImportFileError:
+    """The same error under the file's name as the user knows it (messages
+    start with the path)."""
+    text = str(exc)
+    if label != str(path) and text.startswith(str(path)):
+        return ImportFileError(label + text[len(str(path)) :])
+    return exc
+
+
+def import_exam(
+    config: GatewayConfig,
+    outbox: Outbox,
+    subject: Subject,
+    paths: Sequence[Path],
+    progress: Progress | None = None,
+    labels: Mapping[Path, str] | None = None,
+) -> dict[str, Any]:
+    """One exam made of the files, queued, reported to the RIS (MPPS
+    completed, or discontinued when anything fails: what was queued stays).
+    Returns the study and a row per queued object."""
+    from gateway.acquire.station import Station
+
+    outbox.check_space()
+    with (
+        Station(config, outbox, "file", review=False) as station,
+        station.exam(subject, "import") as exam,
+    ):
+        queued = Importer(station.capturer).run(exam, paths, progress, labels)
+    labels = labels or {}
+    return {
+        "study_instance_uid": exam.study.instance_uid,
+        "imported": [
+            {
+                "id": q.id,
+                "sop_instance_uid": q.sop_instance_uid,
+                "sop_class_uid": q.sop_class_uid,
+                "path": str(q.path),
+                "source": labels.get(src, str(src)),
+            }
+            for q, src in zip(queued, paths, strict=True)
+        ],
+    }

@@ -1,0 +1,1 @@
+"""The application: the command line, the `run` service, the demo and the control socket."""

@@ -1,0 +1,243 @@
+"""The service's side of the control socket (see gateway/control.py): takes
+an import from `dicom-gateway import`, stages the files it is sent in the
+queue directory, and runs the same import the command would run itself.
+
+One connection at a time, every read bounded: a client that stalls or
+vanishes mid-upload costs a time-out and leaves nothing queued; the staged
+copies are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.app.control import (
+    MAX_FILES,
+    MAX_SOCKET_PATH,
+    LineReader,
+    ProtocolError,
+    send_message,
+    socket_path,
+)
+from gateway.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from gateway.queue.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = "staging"
+READ_TIMEOUT = 60.0
+HEADER_TIMEOUT = 10.0
+MIN_UPLOAD_RATE = 1 << 20  # bytes per second, on average, over the whole upload
+_SUBJECT_KEYS = ("accession", "patient_id", "patient_name", "birth_date", "sex")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class RequestError(Exception):
+    def __init__(self, message: str, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class ControlServer:
+    def __init__(self, config: GatewayConfig, stop: threading.Event) -> None:
+        self.config = config
+        self.stop = stop
+        self.path = socket_path(config.queue.path)
+        self.staging = config.queue.path / STAGING_DIR
+        self.sock: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, name="control", daemon=True)
+
+    def start(self) -> ControlServer | None:
+        """Listening, or None (logged) when the socket cannot be made: the
+        command then imports in-process, so nothing is lost but speed."""
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            log.warning("control socket not started: %s is too long a path", self.path)
+            return None
+        shutil.rmtree(self.staging, ignore_errors=True)  # copies of an import cut short
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # left by a service that did not stop cleanly
+            sock.bind(os.fspath(self.path))
+            os.chmod(self.path, 0o660)
+            sock.listen(4)
+        except OSError as exc:
+            sock.close()
+            log.warning("control socket not started: %s: %s", self.path, exc.strerror)
+            return None
+        sock.settimeout(1.0)
+        self.sock = sock
+        self.thread.start()
+        log.info("control socket listening at %s", self.path)
+        return self
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        import gateway.acquire.importer  # noqa: F401 (loaded now, not on the first import's clock)
+        from gateway.queue.outbox import outbox_for
+
+        outbox = outbox_for(self.config)
+        try:
+            while not self.stop.is_set() and self.sock is not None:
+                try:
+                    conn, _ = self.sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break  # closed
+                with conn:
+                    self._handle(conn, outbox)
+        finally:
+            outbox.close()
+
+    def _handle(self, conn: socket.socket, outbox: Outbox) -> None:
+        conn.settimeout(READ_TIMEOUT)
+        uid, pid = _peer(conn)
+        reply = _Replier(conn)
+        try:
+            reply.send({"ok": self._import(conn, outbox, uid, pid, reply)})
+        except RequestError as exc:
+            reply.send({"error": str(exc), "usage": exc.usage})
+        except (ProtocolError, OSError) as exc:  # the client broke off: nothing was queued
+            log.warning("import from uid %s pid %s abandoned: %s", uid, pid, exc)
+        except Exception:  # never let one request take the service down
+            log.exception("import from uid %s pid %s failed", uid, pid)
+            reply.send({"error": "the service failed to import (see its log)"})
+
+    def _import(
+        self, conn: socket.socket, outbox: Outbox, uid: int, pid: int, reply: _Replier
+    ) -> dict[str, Any]:
+        from gateway.acquire.importer import ImportFileError, import_exam
+        from gateway.acquire.subject import SubjectError, exam_subject
+        from gateway.queue.db import QueueError
+
+        reader = LineReader(conn)
+        conn.settimeout(HEADER_TIMEOUT)  # a request line is small: no trickling it
+        header = reader.line()
+        if header is None:
+            raise ProtocolError("the client sent nothing")
+        conn.settimeout(READ_TIMEOUT)
+        files, subject_args = _parse_header(header)
+        try:
+            subject = exam_subject(self.config, "import", **subject_args)
+        except SubjectError as exc:
+            raise RequestError(str(exc), exc.usage) from None
+        total = sum(size for _, size, _ in files)
+        try:
+            outbox.check_space(total)
+        except QueueError as exc:
+            raise RequestError(str(exc)) from None
+        log.info(
+            "import of %d file(s), %d bytes, handed over by uid %d (pid %d)",
+            len(files),
+            total,
+            uid,
+            pid,
+        )
+        self.staging.mkdir(mode=0o700, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="import-", dir=self.staging))
+        try:
+            paths: list[Path] = []
+            labels: dict[Path, str] = {}
+            # However slowly a local client sends, the upload has an end.
+            deadline = time.monotonic() + READ_TIMEOUT + total / MIN_UPLOAD_RATE
+            for index, (name, size, mtime) in enumerate(files):
+                path = work / f"{index:05d}-{_UNSAFE.sub('_', Path(name).name)[-80:]}"
+                with open(path, "wb") as out:
+                    for chunk in reader.take(size):
+                        out.write(chunk)
+                        if time.monotonic() > deadline:
+                            raise ProtocolError("the client sent its files too slowly")
+                os.utime(path, (mtime, mtime))  # the content time is the file's
+                paths.append(path)
+                labels[path] = name
+            if subject.note:
+                reply.send({"note": subject.note})
+            try:
+                return import_exam(
+                    self.config,
+                    outbox,
+                    subject,
+                    paths,
+                    lambda done, n, name: reply.send({"progress": [done, n, name]}),
+                    labels,
+                )
+            except (ImportFileError, QueueError) as exc:
+                raise RequestError(str(exc)) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+class _Replier:
+    """Replies to the client; once it is gone, the import still completes
+    (what is queued stays queued) and further replies are dropped."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.gone = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.gone:
+            return
+        try:
+            send_message(self.conn, message)
+        except OSError:
+            self.gone = True
+
+
+def _parse_header(header: dict[str, Any]) -> tuple[list[tuple[str, int, float]], dict[str, Any]]:
+    if header.get("op") != "import":
+        raise RequestError(f"unknown request {header.get('op')!r}")
+    subject = header.get("subject")
+    if not isinstance(subject, dict) or not set(subject) <= set(_SUBJECT_KEYS):
+        raise RequestError("malformed import request (subject)")
+    if not all(v is None or isinstance(v, str) for v in subject.values()):
+        raise RequestError("malformed import request (subject values)")
+    raw = header.get("files")
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_FILES:
+        raise RequestError(f"an import takes 1 to {MAX_FILES} files")
+    files = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise RequestError("malformed import request (files)")
+        name, size, mtime = item.get("name"), item.get("size"), item.get("mtime")
+        if (
+            not isinstance(name, str)
+            or not isinstance(size, int)
+            or size < 0
+            or not isinstance(mtime, int | float)
+        ):
+            raise RequestError("malformed import request (file entry)")
+        files.append((name, size, float(mtime)))
+    return files, subject
+
+
+def _peer(conn: socket.socket) -> tuple[int, int]:
+    """Who is asking (for the log): uid and pid from the kernel, not the client."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return uid, pid
+    except OSError:
+        return -1, -1

@@ -1,0 +1,1 @@
+"""Running the box: health, watchdog, metrics, audit, clock, certificates, logs, export."""

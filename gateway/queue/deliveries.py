@@ -1,0 +1,127 @@
+"""Deliveries: a row per (object, destination). The forwarder claims due
+rows, and records each outcome: sent, retry later (with back-off), failed."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.queue.base import OutboxBase
+from gateway.queue.db import this_process
+from gateway.queue.model import Delivery
+
+
+def backoff_delay(attempts: int, base: float = 5.0, cap: float = 300.0) -> float:
+    """Exponential back-off with full jitter (so a fleet does not retry in step)."""
+    ceiling = min(cap, base * 2 ** max(0, attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class DeliveriesMixin(OutboxBase):
+    def claim(self, destination: str, limit: int = 100, now: float | None = None) -> list[Delivery]:
+        """Take due pending deliveries for one destination, oldest first; one
+        that just failed goes behind the rest, so it cannot block the line."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT object_id FROM deliveries WHERE destination = ? AND state = 'pending'"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, object_id LIMIT ?",
+                (destination, now, limit),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            db.executemany(
+                "UPDATE deliveries SET state = 'in_flight', claimed_by = ?, updated_at = ?"
+                " WHERE object_id = ? AND destination = ?",
+                [(this_process(), now, i, destination) for i in ids],
+            )
+        return [d for i in ids if (d := self.delivery(i, destination)) is not None]
+
+    def mark_sent(self, object_id: int, destination: str) -> None:
+        self.mark_sent_many([object_id], destination)
+
+    def mark_sent_many(self, object_ids: Sequence[int], destination: str) -> None:
+        """One durable commit for many successes: an fsync per object would
+        cost more than sending a 1 MB object. Delaying the mark is safe: after
+        a crash the object is sent again, and a resend is harmless."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE deliveries SET state = 'sent', sent_at = ?, updated_at = ?,"
+                " attempts = attempts + 1, last_error = NULL, claimed_by = NULL"
+                " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
+                [(now, now, i, destination) for i in object_ids],
+            )
+
+    def mark_retry(
+        self,
+        object_id: int,
+        destination: str,
+        error: str,
+        delay: float | None = None,
+        *,
+        base: float = 5.0,
+        cap: float = 300.0,
+    ) -> float:
+        """Back to pending with a back-off; returns when it is due again."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT attempts FROM deliveries WHERE object_id = ? AND destination = ?",
+                (object_id, destination),
+            ).fetchone()
+            attempts = (row[0] if row else 0) + 1
+            due = time.time() + (backoff_delay(attempts, base, cap) if delay is None else delay)
+            db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = ?, next_attempt_at = ?,"
+                " last_error = ?, claimed_by = NULL, updated_at = ?"
+                " WHERE object_id = ? AND destination = ?",
+                (attempts, due, error, time.time(), object_id, destination),
+            )
+        return due
+
+    def release(self, object_id: int, destination: str) -> None:
+        """Return an unattempted claim (the forwarder stopped before sending it)."""
+        self.release_many([object_id], destination)
+
+    def release_many(self, object_ids: Sequence[int], destination: str) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE deliveries SET state = 'pending', claimed_by = NULL"
+                " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
+                [(i, destination) for i in object_ids],
+            )
+
+    def mark_failed(self, object_id: int, destination: str, error: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state = 'failed', attempts = attempts + 1,"
+                " last_error = ?, claimed_by = NULL, updated_at = ?"
+                " WHERE object_id = ? AND destination = ?",
+                (error, time.time(), object_id, destination),
+            )
+
+    def retry(self, object_id: int | None = None) -> int:
+        """Operator's retry: failed (or waiting) deliveries become due now."""
+        where = "state IN ('failed', 'pending')"
+        args: tuple[Any, ...] = ()
+        if object_id is not None:
+            where += " AND object_id = ?"
+            args = (object_id,)
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE deliveries SET state = 'pending', next_attempt_at = 0,"
+                f" updated_at = ? WHERE {where}",
+                (time.time(), *args),
+            )
+        return cur.rowcount
+
+    def next_due(self, destination: str) -> float | None:
+        row = self._db.execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries"
+            " WHERE destination = ? AND state = 'pending'",
+            (destination,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    # -- reading --------------------------------------------------------------

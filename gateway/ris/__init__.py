@@ -1,0 +1,1 @@
+"""The RIS side: Modality Worklist (query and cache) and MPPS."""

@@ -1,0 +1,1 @@
+"""Queued objects out to the PACS: the forwarder, its destinations, Storage Commitment."""

@@ -1,0 +1,123 @@
+"""The C-STORE destination: a batch over one association on the lean upper
+layer, each object streamed from its file in its own transfer syntax (or
+re-encoded once when the PACS refuses it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import DestinationConfig
+from gateway.net.association import PeerError, connect, describe_link_failure, peer_label
+from gateway.net.tls import TLSSetupError
+from gateway.net.ul import Accepted, Proposed, Timeouts, ULConnection, ULError
+from gateway.queue.model import Delivery
+from gateway.send.cstore import (
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    FileProblem,
+    classify_status,
+    describe_status,
+    read_part10_header,
+    store_file,
+)
+from gateway.send.destination import LinkDown, Outcome, Report, Result
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128
+
+
+@dataclass
+class DimseSender:
+    dest: DestinationConfig
+    calling_ae: str
+    timeouts: Timeouts
+    workdir: Path  # where a re-encoded copy is written for the time it is sent
+
+    @property
+    def label(self) -> str:
+        return peer_label(self.dest)
+
+    def send(self, batch: Sequence[Delivery], report: Report) -> None:
+        contexts, batch = _contexts(batch)
+        try:
+            conn = connect(self.calling_ae, self.dest, contexts, self.timeouts)
+        except PeerError as exc:
+            raise LinkDown(str(exc)) from None
+        except TLSSetupError as exc:
+            raise LinkDown(f"{self.label}: {exc}") from None
+        try:
+            for delivery in batch:
+                if not conn.open:
+                    # The link broke: the rest were never attempted and go
+                    # back as they were; the next round reconnects.
+                    break
+                report(self._send_one(conn, delivery))
+        finally:
+            conn.release()
+
+    def _send_one(self, conn: ULConnection, delivery: Delivery) -> Result:
+        obj = delivery.object
+        try:
+            sop = read_part10_header(obj.path)
+            if sop.size != obj.size:
+                raise FileProblem(
+                    f"{obj.path.name} is {sop.size} bytes, but {obj.size} were queued "
+                    "(changed behind the gateway's back)"
+                )
+            if sop.sop_instance != obj.sop_instance_uid:
+                raise FileProblem(
+                    f"{obj.path.name} holds SOP Instance UID {sop.sop_instance}, "
+                    f"not the queued {obj.sop_instance_uid}"
+                )
+            choice = _choose_context(conn, sop.sop_class, sop.transfer_syntax)
+            if choice is None:
+                return Result(
+                    obj.id,
+                    Outcome.PERMANENT,
+                    f"{self.label}: accepts neither {sop.transfer_syntax} nor an "
+                    f"uncompressed transfer syntax for SOP class {sop.sop_class}",
+                )
+            code = store_file(conn, sop, choice.id, choice.transfer_syntax, self.workdir)
+        except FileProblem as exc:
+            return Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}")
+        except (ULError, OSError) as exc:
+            conn.abort()
+            reason = f"{self.label}: {describe_link_failure(exc)} during C-STORE"
+            return Result(obj.id, Outcome.TRANSIENT, reason)
+        outcome = classify_status(code)
+        if outcome is Outcome.STORED:
+            return Result(obj.id, outcome)
+        return Result(obj.id, outcome, f"{self.label}: C-STORE {describe_status(code)}")
+
+
+def _contexts(batch: Sequence[Delivery]) -> tuple[list[Proposed], list[Delivery]]:
+    """The object's own transfer syntax, and Explicit/Implicit VR Little Endian
+    as a fallback, per SOP class; at most 128 contexts (the rest wait a round)."""
+    contexts: dict[tuple[str, tuple[str, ...]], Proposed] = {}
+    kept: list[Delivery] = []
+    for delivery in batch:
+        obj = delivery.object
+        wanted = [
+            (obj.sop_class_uid, (obj.transfer_syntax_uid,)),
+            (obj.sop_class_uid, (EXPLICIT_VR_LE, IMPLICIT_VR_LE)),
+        ]
+        new = [w for w in wanted if w not in contexts]
+        if len(contexts) + len(new) > MAX_CONTEXTS:
+            continue
+        for key in new:
+            contexts[key] = Proposed(2 * len(contexts) + 1, key[0], key[1])
+        kept.append(delivery)
+    return list(contexts.values()), kept
+
+
+def _choose_context(conn: ULConnection, sop_class: str, transfer_syntax: str) -> Accepted | None:
+    """The object's own syntax when accepted, else an uncompressed one."""
+    for ts in (transfer_syntax, EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+        for a in conn.accepted.values():
+            if a.abstract_syntax == sop_class and a.transfer_syntax == ts:
+                return a
+    return None

@@ -1,0 +1,223 @@
+"""The forwarder: takes due deliveries from the outbox and hands each batch to
+its destination's sender (gateway.send.destination), then records what the
+sender reports. A row is marked sent only on the destination's word.
+
+Everything the queue promises happens here, the same for every protocol:
+successes committed in groups, transient failures retried with back-off,
+permanent ones set aside on the failed list with their reason, claims never
+outliving the round, and a link status for the screen and `queue stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.config import DestinationConfig, GatewayConfig
+from gateway.net.ul import Timeouts
+from gateway.queue.outbox import Outbox
+from gateway.queue.report import SendReport
+from gateway.send.destination import LinkDown, Outcome, Result, Sender
+from gateway.send.dimse import DimseSender
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+# Successes are committed in groups: one fsync per this many objects or seconds.
+COMMIT_EVERY = 64
+COMMIT_AFTER_S = 0.5
+CONVERT_DIR = "convert"
+
+
+@dataclass
+class DestinationStatus:
+    """What the status bar and `queue stats` say about a link."""
+
+    name: str
+    reachable: bool | None = None
+    last_error: str | None = None
+    last_success: float | None = None
+    next_try: float | None = None
+
+
+def sender_for(
+    dest: DestinationConfig, calling_ae: str, timeouts: Timeouts, queue_root: Path
+) -> Sender:
+    """The sender for a destination's protocol."""
+    return DimseSender(dest, calling_ae, timeouts, queue_root / CONVERT_DIR)
+
+
+@dataclass
+class _Round:
+    """One batch to one destination: what was reported, and the successes
+    not yet committed."""
+
+    dest: DestinationConfig
+    report: SendReport = field(default_factory=SendReport)
+    decided: set[int] = field(default_factory=set)
+    sent: list[int] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Forwarder:
+    outbox: Outbox
+    destinations: list[DestinationConfig]
+    calling_ae: str
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    status: dict[str, DestinationStatus] = field(default_factory=dict)
+    retry_base: float = 5.0  # seconds before the first retry (doubles, with jitter)
+    retry_cap: float = 300.0  # never wait longer than this between tries
+    # Listeners (audit, metrics): called with the object IDs just recorded as
+    # sent, and with each batch's report. Their failures never stop sending.
+    on_sent: list[Callable[[DestinationConfig, list[int]], None]] = field(default_factory=list)
+    on_batch: list[Callable[[DestinationConfig, SendReport], None]] = field(default_factory=list)
+    senders: dict[str, Sender] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
+        f = config.forwarding
+        return cls(
+            outbox,
+            list(config.destinations),
+            config.station.ae_title,
+            timeouts=Timeouts(
+                connect=f.connect_timeout_s,
+                acse=f.acse_timeout_s,
+                dimse=f.dimse_timeout_s,
+                network=f.network_timeout_s,
+            ),
+            retry_base=f.retry_base_s,
+            retry_cap=f.retry_cap_s,
+        )
+
+    def __post_init__(self) -> None:
+        for dest in self.destinations:
+            self.status.setdefault(dest.name, DestinationStatus(dest.name))
+            self.senders.setdefault(
+                dest.name, sender_for(dest, self.calling_ae, self.timeouts, self.outbox.root)
+            )
+
+    @staticmethod
+    def _notify(listeners: Sequence[Callable[..., None]], *args: Any) -> None:
+        for listener in listeners:
+            try:
+                listener(*args)
+            except Exception:
+                log.exception("forwarder listener failed")
+
+    def send_batch(self, dest: DestinationConfig, now: float | None = None) -> SendReport:
+        """Claim what is due for `dest` and hand it to its sender."""
+        report = self._send_batch(dest, now)
+        if report.sent or report.retried or report.failed:
+            self._notify(self.on_batch, dest, report)
+        return report
+
+    def _send_batch(self, dest: DestinationConfig, now: float | None) -> SendReport:
+        batch = self.outbox.claim(dest.name, BATCH, now=now)
+        current = _Round(dest)
+        if not batch:
+            return current.report
+        state = self.status[dest.name]
+        try:
+            self.senders[dest.name].send(batch, lambda result: self._record(current, result))
+        except LinkDown as exc:
+            reason = str(exc)
+            for delivery in batch:
+                if delivery.object.id not in current.decided:
+                    state.next_try = self._retry(delivery.object.id, dest.name, reason)
+                    current.report.retried += 1
+            state.reachable, state.last_error = False, reason
+            current.report.error = reason
+            log.warning("%s; %d object(s) stay queued", reason, current.report.retried)
+        else:
+            state.reachable = True
+        finally:
+            self._commit_sent(current, force=True)
+            # Whatever ended the round, no claim outlives it: rows still in
+            # flight go back to pending (a no-op for rows already decided).
+            self.outbox.release_many([d.object.id for d in batch], dest.name)
+        if current.report.sent:
+            state.last_success = time.time()
+            state.last_error = current.report.error
+        return current.report
+
+    def _record(self, current: _Round, result: Result) -> None:
+        """One object's outcome, as its sender reported it."""
+        dest, report = current.dest, current.report
+        current.decided.add(result.object_id)
+        if result.outcome is Outcome.STORED:
+            current.sent.append(result.object_id)
+            report.sent += 1
+            self._commit_sent(current)
+            return
+        reason = result.reason or "refused"
+        if result.outcome is Outcome.PERMANENT:
+            self.outbox.mark_failed(result.object_id, dest.name, reason)
+            report.failed += 1
+            log.error("%s; object %d moved to the failed list", reason, result.object_id)
+        else:
+            self.status[dest.name].next_try = self._retry(result.object_id, dest.name, reason)
+            report.retried += 1
+            report.error = reason
+            log.warning("%s; object %d will be retried", reason, result.object_id)
+
+    def _retry(self, object_id: int, destination: str, reason: str) -> float:
+        return self.outbox.mark_retry(
+            object_id, destination, reason, base=self.retry_base, cap=self.retry_cap
+        )
+
+    def _commit_sent(self, current: _Round, force: bool = False) -> None:
+        """Successes are committed in groups: a crash in between only means a
+        harmless resend."""
+        if not current.sent:
+            return
+        due = len(current.sent) >= COMMIT_EVERY or time.monotonic() - current.since > COMMIT_AFTER_S
+        if force or due:
+            self.outbox.mark_sent_many(current.sent, current.dest.name)
+            self._notify(self.on_sent, current.dest, current.sent)
+            current.sent = []
+            current.since = time.monotonic()
+
+    def pending(self) -> int:
+        stats = self.outbox.destination_stats()
+        return sum(stats[d.name].counts["pending"] for d in self.destinations if d.name in stats)
+
+    def flush(self, timeout: float) -> SendReport:
+        """Send everything now, ignoring back-off, until done or `timeout`."""
+        total = SendReport()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            progress = False
+            for dest in self.destinations:
+                report = self.send_batch(dest, now=float("inf"))
+                total.add(report)
+                progress = progress or report.progressed
+            if self.pending() == 0:
+                break
+            if not progress:
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        return total
+
+    def run(
+        self, stop: threading.Event, heartbeat: Callable[[], None] | None = None, idle: float = 1.0
+    ) -> None:
+        """Until `stop`: send what is due, sleep until the next thing is due."""
+        while not stop.is_set():
+            busy = False
+            for dest in self.destinations:
+                try:
+                    report = self.send_batch(dest)
+                except Exception:  # the loop must outlive any one bad batch
+                    log.exception("forwarder batch to %s failed unexpectedly", dest.name)
+                    continue
+                busy = busy or report.sent > 0
+            if heartbeat:
+                heartbeat()
+            if not busy:
+                stop.wait(idle)

@@ -1,0 +1,130 @@
+"""What every request of the touchscreen's API goes through, as FastAPI
+dependencies rather than a hand-made guard: the application's state, the
+session, login (only for clients not on loopback when the UI listens
+beyond it), the CSRF token on every state change, and the PIN unlock for
+settings. A refusal is an `ApiError`, answered as one line of JSON."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Protocol
+
+from fastapi import Depends, Request
+
+from drivers.stream import FrameStream
+from gateway.acquire.exam import ExamService
+from gateway.config import GatewayConfig
+from gateway.queue.outbox import Outbox
+from gateway.ris.model import WorklistEntry, WorklistQuery, WorklistResult
+from gateway.ui.desk import ExamDesk
+from gateway.ui.live import Broadcaster, PreviewEncoder
+from gateway.ui.security import CSRF_HEADER, SESSION_COOKIE, PinLimiter, Session, Sessions
+from gateway.ui.settings import SettingsStore
+from gateway.ui.status import ForwarderStatus, StatusBoard
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class WorklistSource(Protocol):
+    """What the worklist screen needs; `gateway.ris.worklist.WorklistService` fits."""
+
+    def query(self, query: WorklistQuery, offline: bool = False) -> WorklistResult: ...
+
+
+@dataclass
+class UIContext:
+    """Everything the application is built on, handed in by `service.run`
+    (or a test), so the app itself opens nothing."""
+
+    config: GatewayConfig
+    exams: ExamService
+    status_outbox: Outbox  # its own connection: status reads never meet exam writes
+    stream: FrameStream | None = None
+    forwarder_status: ForwarderStatus | None = None
+    worklist: WorklistSource | None = None
+    config_path: Path | None = None
+    # Overrides the bind address's verdict (tests of the remote login).
+    login_required: bool | None = None
+
+
+@dataclass
+class UIState:
+    ctx: UIContext
+    desk: ExamDesk
+    board: StatusBoard
+    settings: SettingsStore
+    events: Broadcaster
+    preview: PreviewEncoder = field(default_factory=PreviewEncoder)
+    sessions: Sessions = field(default_factory=Sessions)
+    pins: PinLimiter = field(default_factory=PinLimiter)
+    login_required: bool = False
+    worklist_entries: dict[str, WorklistEntry] = field(default_factory=dict)
+    # Set when the server is asked to stop, so open streams end by themselves.
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.settings.config
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_is_loopback(request: Request) -> bool:
+    return request.client is not None and is_loopback_host(request.client.host)
+
+
+def ui_state(request: Request) -> UIState:
+    state: UIState = request.app.state.ui
+    return state
+
+
+def current_session(request: Request) -> Session | None:
+    return ui_state(request).sessions.get(request.cookies.get(SESSION_COOKIE))
+
+
+def require_login(request: Request) -> None:
+    state = ui_state(request)
+    session = current_session(request)
+    remote = state.login_required and not client_is_loopback(request)
+    if remote and not (session and session.logged_in):
+        raise ApiError(401, "log in first (POST /api/login with the PIN)")
+
+
+def require_csrf(request: Request) -> Session | None:
+    session = current_session(request)
+    changes_state = request.method not in ("GET", "HEAD")
+    if changes_state and not (session and session.check_csrf(request.headers.get(CSRF_HEADER))):
+        raise ApiError(403, "missing or wrong CSRF token (GET /api/session for one)")
+    return session
+
+
+def require_session(session: Annotated[Session | None, Depends(require_csrf)]) -> Session:
+    """A state change's session (the CSRF check needs one, so there is one)."""
+    if session is None:
+        raise ApiError(403, "missing or wrong CSRF token (GET /api/session for one)")
+    return session
+
+
+def require_unlocked(request: Request) -> None:
+    session = current_session(request)
+    if not (session and session.settings_unlocked):
+        raise ApiError(403, "settings are locked; enter the PIN")
+
+
+GUARDS = [Depends(require_login), Depends(require_csrf)]
+CurrentSession = Annotated[Session, Depends(require_session)]

@@ -1,0 +1,1 @@
+"""The touchscreen's API and pages, one module per resource."""

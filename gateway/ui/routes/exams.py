@@ -1,0 +1,153 @@
+"""The exam: start, capture, record, save the last seconds, review, delete,
+finish, discontinue, and the foot pedal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from gateway.acquire.exam import Exam
+from gateway.acquire.subject import UnscheduledPatientError, unscheduled_patient
+from gateway.dicom.modules import Patient
+from gateway.ui import models as m
+from gateway.ui.deps import GUARDS, ApiError, ui_state
+
+router = APIRouter(prefix="/api", tags=["exams"], dependencies=GUARDS)
+
+
+def _exam(request: Request, exam_id: str) -> Exam:
+    return ui_state(request).desk.exam(exam_id)
+
+
+def _object_id(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 12:
+        raise ApiError(404, f"object {raw[:20]!r} is not part of this exam")
+    return int(raw)
+
+
+def _patient_from(form: m.UnscheduledPatient) -> Patient:
+    """The form's fields by the one unscheduled-patient check the command
+    line uses too (future birth dates refused, every bad field named)."""
+    name = form.family_name.strip()
+    if form.given_name.strip():
+        name += "^" + form.given_name.strip()
+    born = form.birth_date.isoformat() if form.birth_date else ""
+    try:
+        return unscheduled_patient(name, form.id, born, form.sex)
+    except UnscheduledPatientError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+@router.post("/exams", status_code=201, response_model=m.ExamView)
+def api_start_exam(request: Request, body: m.StartExam) -> dict[str, Any]:
+    """Start an exam from a worklist entry (`worklist_key`) or an unscheduled patient."""
+    state = ui_state(request)
+    if (body.worklist_key is None) == (body.patient is None):
+        raise ApiError(422, "give either worklist_key or patient, not both or neither")
+    if body.worklist_key is not None:
+        entry = state.worklist_entries.get(body.worklist_key)
+        if entry is None:
+            raise ApiError(404, "that worklist entry is not in the current list; refresh")
+        exam = state.desk.start(entry.patient, entry.order)
+    else:
+        assert body.patient is not None
+        exam = state.desk.start(_patient_from(body.patient))
+    return state.desk.describe(exam)
+
+
+@router.get("/exams/current", response_model=m.ExamView)
+def api_current_exam(request: Request) -> dict[str, Any]:
+    """The exam in progress, or 404."""
+    desk = ui_state(request).desk
+    if desk.current is None:
+        raise ApiError(404, "no exam in progress")
+    return desk.describe(desk.current)
+
+
+@router.get("/exams/{exam_id}", response_model=m.ExamView)
+def api_get_exam(request: Request, exam_id: str) -> dict[str, Any]:
+    """One exam: patient, state and its objects."""
+    return ui_state(request).desk.describe(_exam(request, exam_id))
+
+
+@router.post("/exams/{exam_id}/capture", status_code=201, response_model=m.ShotView)
+def api_capture(request: Request, exam_id: str) -> dict[str, Any]:
+    """Capture the current frame as an image; durable when this answers."""
+    return ui_state(request).desk.capture(_exam(request, exam_id)).as_json(exam_id)
+
+
+@router.post("/exams/{exam_id}/record/start", response_model=m.Recording)
+def api_record_start(request: Request, exam_id: str) -> m.Recording:
+    """Start recording a clip."""
+    ui_state(request).desk.record_start(_exam(request, exam_id))
+    return m.Recording(recording=True)
+
+
+@router.post("/exams/{exam_id}/record/stop", status_code=201, response_model=m.ShotView)
+def api_record_stop(request: Request, exam_id: str) -> dict[str, Any]:
+    """Stop recording and store the clip as one multi-frame object."""
+    return ui_state(request).desk.record_stop(_exam(request, exam_id)).as_json(exam_id)
+
+
+@router.post("/exams/{exam_id}/save-last", status_code=201, response_model=m.ShotView)
+def api_save_last(request: Request, exam_id: str) -> dict[str, Any]:
+    """Store the last seconds of video (capture.buffer_seconds, default 10)
+    as one multi-frame object."""
+    return ui_state(request).desk.save_last(_exam(request, exam_id)).as_json(exam_id)
+
+
+@router.delete("/exams/{exam_id}/objects/{object_id}", response_model=m.Deleted)
+def api_delete_object(request: Request, exam_id: str, object_id: str) -> m.Deleted:
+    """Delete an object of the exam before it is finished."""
+    exam = _exam(request, exam_id)
+    ui_state(request).desk.delete(exam, _object_id(object_id))
+    return m.Deleted(deleted=True)
+
+
+def _object_jpeg(request: Request, exam_id: str, object_id: str, which: str) -> Response:
+    exam = _exam(request, exam_id)
+    shot = ui_state(request).desk.shot(exam.id, _object_id(object_id))
+    return Response(
+        shot.thumb if which == "thumb" else shot.full,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.get("/exams/{exam_id}/objects/{object_id}/thumb.jpg", response_class=Response)
+def api_object_thumb(request: Request, exam_id: str, object_id: str) -> Response:
+    """Thumbnail of a captured object (while the exam is open)."""
+    return _object_jpeg(request, exam_id, object_id, "thumb")
+
+
+@router.get("/exams/{exam_id}/objects/{object_id}/image.jpg", response_class=Response)
+def api_object_image(request: Request, exam_id: str, object_id: str) -> Response:
+    """Large view of a captured object (while the exam is open)."""
+    return _object_jpeg(request, exam_id, object_id, "full")
+
+
+@router.post("/exams/{exam_id}/finish", response_model=m.Ended)
+def api_finish(request: Request, exam_id: str) -> m.Ended:
+    """Finish: the objects are released to the queue and sent."""
+    released = ui_state(request).desk.finish(_exam(request, exam_id))
+    return m.Ended(state="completed", queued=released)
+
+
+@router.post("/exams/{exam_id}/discontinue", response_model=m.Ended)
+def api_discontinue(request: Request, exam_id: str, body: m.Discontinue) -> m.Ended:
+    """Discontinue with a reason; objects already captured are still sent."""
+    exam = _exam(request, exam_id)
+    if not body.reason.strip():
+        raise ApiError(422, "reason: give a reason")
+    released = ui_state(request).desk.discontinue(exam, body.reason.strip())
+    return m.Ended(state="discontinued", queued=released)
+
+
+@router.post("/pedal")
+def api_pedal(request: Request, body: m.PedalPress) -> dict[str, Any]:
+    """Same as a foot-pedal press ("capture" or "record") on the current exam."""
+    event = ui_state(request).desk.trigger(body.action)
+    if not event["ok"]:
+        raise ApiError(409, str(event.get("message", "refused")))
+    return event

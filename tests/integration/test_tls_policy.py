@@ -1,0 +1,123 @@
+"""BCP 195 non-downgrading: TLS 1.2/1.3 only, AEAD suites, the peer's
+certificate and host name verified, ours presented — every refusal says why,
+and the objects stay queued. Run against TLS 1.2 and TLS 1.3 peers."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from gateway.config import TLSConfig
+from gateway.net.tls import client_context, server_context
+from gateway.net.ul import Timeouts, ULConnection
+from gateway.ops.certs import Issued
+from gateway.send.forwarder import Forwarder
+from tests.support.peers import StoreSCPy, destination, queue_objects, raw_peer, server_tls
+from tests.support.pki import PKI
+from tests.support.queue import new_outbox
+
+VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
+QUICK = Timeouts(connect=2, acse=2, dimse=2, network=2)
+
+
+def _read(conn: socket.socket) -> None:
+    conn.recv(65536)
+
+
+def refusal(tmp_path: Path, pki: PKI, ctx: ssl.SSLContext) -> str:
+    """Queue two objects, try to send them to a TLS peer using `ctx`; return
+    the reason, after checking both objects are still pending."""
+    with new_outbox(tmp_path / "q", ["pacs"]) as outbox:
+        queue_objects(outbox, 2)
+        with raw_peer(_read, tls=ctx) as port:
+            dest = destination(pki, port)
+            report = Forwarder(outbox, [dest], "EDGE1", timeouts=QUICK).send_batch(dest)
+        assert report.sent == 0 and report.retried == 2
+        assert {d.state.value for d in outbox.deliveries()} == {"pending"}
+        assert all(d.last_error == report.error for d in outbox.deliveries())
+        return str(report.error)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["tls1.2", "tls1.3"])
+@pytest.mark.parametrize(
+    ("cert", "reason"),
+    [
+        ("stranger", "not signed by our CA"),
+        ("wrong_host", "does not match the host name"),
+        ("expired", "has expired"),
+    ],
+)
+def test_untrusted_peer_certificates_are_refused(
+    tmp_path: Path, pki: PKI, version: ssl.TLSVersion, cert: str, reason: str
+) -> None:
+    issued: Issued = getattr(pki, cert)
+    ctx = server_tls(issued, pki.ca.cert, minimum=version, maximum=version)
+    assert reason in refusal(tmp_path, pki, ctx)
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["tls1.0", "tls1.1"]
+)
+def test_old_tls_versions_are_refused(tmp_path: Path, pki: PKI, version: ssl.TLSVersion) -> None:
+    ctx = server_tls(pki.server, pki.ca.cert, minimum=version, maximum=version)
+    assert "does not speak TLS 1.2 or 1.3" in refusal(tmp_path, pki, ctx)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["tls1.2", "tls1.3"])
+def test_peer_that_does_not_trust_our_certificate(
+    tmp_path: Path, pki: PKI, version: ssl.TLSVersion
+) -> None:
+    ctx = server_tls(pki.server, pki.other_ca.cert, minimum=version, maximum=version)
+    reason = refusal(tmp_path, pki, ctx)
+    assert "our certificate" in reason or "our client certificate" in reason, reason
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["tls1.2", "tls1.3"])
+def test_our_listeners_refuse_a_client_without_certificate(
+    pki: PKI, version: ssl.TLSVersion
+) -> None:
+    """Our own SCP ports (Storage Commitment) insist on mutual authentication."""
+    ours = server_context(TLSConfig(ca=pki.ca.cert, cert=pki.server.cert, key=pki.server.key))
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(pki.ca.cert)
+    client.minimum_version = client.maximum_version = version
+    with raw_peer(lambda c: c.sendall(b"hello"), tls=ours) as port:
+        with (
+            pytest.raises((ssl.SSLError, ConnectionError)) as info,
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            client.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            if tls.recv(5) == b"":  # TLS 1.3: the refusal arrives after the handshake
+                raise ConnectionError("closed")
+        text = str(info.value).lower()
+        assert any(w in text for w in ("certificate", "closed", "handshake failure")), text
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["tls1.2", "tls1.3"])
+def test_negotiated_suite_is_aead_and_preferred_version(pki: PKI, version: ssl.TLSVersion) -> None:
+    ctx = server_tls(pki.server, pki.ca.cert, maximum=version)
+    scp = StoreSCPy(tls=ctx).start()
+    try:
+        ours = client_context(TLSConfig(ca=pki.ca.cert, cert=pki.client.cert, key=pki.client.key))
+        conn = ULConnection.connect("localhost", scp.port, "EDGE1", "PACS", [], Timeouts(), ours)
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        assert conn.sock.version() == (
+            "TLSv1.3" if version == ssl.TLSVersion.TLSv1_3 else "TLSv1.2"
+        )
+        name = conn.sock.cipher()[0]  # type: ignore[index]
+        assert "GCM" in name or "CHACHA20" in name, name
+        conn.release()
+    finally:
+        scp.stop()
+
+
+def test_client_policy_never_offers_less_than_tls12(pki: PKI) -> None:
+    ctx = client_context(TLSConfig(ca=pki.ca.cert, cert=pki.client.cert, key=pki.client.key))
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    for cipher in ctx.get_ciphers():
+        assert cipher["aead"], cipher["name"]

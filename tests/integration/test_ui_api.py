@@ -1,0 +1,435 @@
+"""The touchscreen's JSON API, in process: every endpoint, the happy path and
+bad input (wrong types, unknown exam, oversized fields, missing CSRF, locked
+settings) — always a clear 4xx with a one-line message, never a 500."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from drivers import create_driver
+from drivers.stream import FrameStream
+from gateway.acquire.capture import Capturer
+from gateway.acquire.exam import ExamService
+from gateway.config import load_config
+from gateway.queue.model import DeliveryState
+from gateway.queue.outbox import Outbox
+from gateway.ui.app import UIContext, app_state, create_app
+from gateway.ui.security import hash_pin, verify_pin
+from tests.support.dcmtk import StoreSCP
+from tests.support.gateway import gateway_config, write_config
+from tests.support.pki import PKI
+from tests.support.process import free_port
+from tests.support.queue import new_outbox
+from tests.support.ui import ListWorklist, entry
+
+PIN = "2468"
+
+
+@dataclass
+class Rig:
+    client: TestClient
+    csrf: str
+    worklist: ListWorklist
+    config_path: Path
+    outbox: Outbox
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.client.post(path, json=body, headers={"X-CSRF-Token": self.csrf}, **kw)
+
+    def start(self, **patient: Any) -> str:
+        body = {"family_name": "Doe", "given_name": "Jane", "id": "P1", **patient}
+        r = self.post("/api/exams", {"patient": body})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+
+def _make_app(
+    tmp_path: Path,
+    pki: PKI,
+    port: int | None,
+    *,
+    listen: str = "127.0.0.1:8080",
+    pin: str | None = PIN,
+    worklist: ListWorklist | None = None,
+    client_addr: tuple[str, int] = ("127.0.0.1", 50000),
+    buffer_seconds: float = 10.0,
+) -> Iterator[Rig]:
+    ui: dict[str, Any] = {"listen": listen, "max_record_seconds": 2.0}
+    if pin:
+        ui["pin_hash"] = hash_pin(pin)
+    data = gateway_config(tmp_path, pki, port, ui=ui)
+    path = write_config(tmp_path / "gateway.toml", data)
+    config = load_config(path)
+    outbox = new_outbox(config.queue.path, [d.name for d in config.destinations])
+    status_outbox = new_outbox(config.queue.path, [d.name for d in config.destinations])
+    stream = FrameStream(
+        create_driver("testpattern", {"width": 320, "height": 240, "fps": 30}),
+        buffer_seconds=buffer_seconds,
+    )
+    stream.start()
+    assert stream.wait_frame(timeout=10) is not None
+    exams = ExamService(config, outbox, Capturer(config, outbox, "synthetic"))
+    wl = worklist or ListWorklist([entry("Roe^Anna", "100", "ACC100"), entry("Poe^Bob", "200", "")])
+    app = create_app(
+        UIContext(
+            config=config,
+            exams=exams,
+            status_outbox=status_outbox,
+            stream=stream,
+            worklist=wl,
+            config_path=path,
+        )
+    )
+    try:
+        with TestClient(app, client=client_addr, base_url="http://127.0.0.1") as client:
+            csrf = client.get("/api/session").json()["csrf"]
+            yield Rig(client, csrf, wl, path, outbox)
+    finally:
+        stream.stop()
+        outbox.close()
+        status_outbox.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, pki: PKI) -> Iterator[Rig]:
+    yield from _make_app(tmp_path, pki, free_port())  # a PACS that is down
+
+
+def _error(r: Any, status: int) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    message = r.json()["error"]
+    assert isinstance(message, str) and message and "\n" not in message
+    return str(message)
+
+
+def test_pages_render_with_csrf_and_accessible_controls(rig: Rig) -> None:
+    page = rig.client.get("/")
+    assert page.status_code == 200
+    assert 'name="csrf-token"' in page.text and "Unscheduled patient" in page.text
+    exam_id = rig.start()
+    exam = rig.client.get(f"/exam/{exam_id}").text
+    for name in ("Capture", "Record", "Save last 10 s", "Finish", "Discontinue"):
+        assert f">{name}<" in exam
+    assert "Doe, Jane" in exam
+    assert rig.client.get("/exam/nope", follow_redirects=False).status_code == 303
+    assert rig.client.get("/settings").status_code == 200
+    assert rig.client.get("/static/app.js").status_code == 200
+    still = rig.client.get("/api/preview.jpg")
+    assert still.headers["content-type"] == "image/jpeg" and still.content[:2] == b"\xff\xd8"
+    assert "openapi.json" in rig.client.get("/api").text
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+
+
+def test_openapi_documents_every_endpoint(rig: Rig) -> None:
+    doc = rig.client.get("/api/openapi.json").json()
+    assert doc == rig.client.app.openapi()  # type: ignore[attr-defined]
+    assert doc["openapi"].startswith("3.")
+    routes = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    assert ("POST", "/api/exams/{exam_id}/capture") in routes
+    assert ("PUT", "/api/settings") in routes
+    body = doc["paths"]["/api/exams"]["post"]["requestBody"]["content"]["application/json"]
+    schema = body["schema"]
+    if "$ref" in schema:  # FastAPI puts models under components
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    assert "patient" in schema["properties"]
+    assert all(op["summary"] for ops in doc["paths"].values() for op in ops.values())
+    # Responses are documented by their models, refusals by the one-line error.
+    capture = doc["paths"]["/api/exams/{exam_id}/capture"]["post"]["responses"]
+    assert capture["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/ShotView")
+    assert capture["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
+
+
+def test_exam_flow_capture_delete_finish(rig: Rig) -> None:
+    exam_id = rig.start(birth_date="1980-02-03", sex="F")
+    assert rig.client.get("/api/exams/current").json()["id"] == exam_id
+    shots = [rig.post(f"/api/exams/{exam_id}/capture") for _ in range(3)]
+    assert [s.status_code for s in shots] == [201] * 3
+    ids = [s.json()["id"] for s in shots]
+    thumb = rig.client.get(shots[0].json()["thumb_url"])
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    assert rig.client.get(shots[0].json()["image_url"]).content[:2] == b"\xff\xd8"
+    r = rig.client.delete(
+        f"/api/exams/{exam_id}/objects/{ids[1]}", headers={"X-CSRF-Token": rig.csrf}
+    )
+    assert r.status_code == 200
+    _error(
+        rig.client.delete(
+            f"/api/exams/{exam_id}/objects/{ids[1]}", headers={"X-CSRF-Token": rig.csrf}
+        ),
+        404,
+    )
+    exam = rig.client.get(f"/api/exams/{exam_id}").json()
+    assert [o["id"] for o in exam["objects"]] == [ids[0], ids[2]]
+    assert [d.state for d in rig.outbox.deliveries()] == [DeliveryState.HELD] * 2
+    # A second exam while one is open is refused.
+    _error(rig.post("/api/exams", {"patient": {"family_name": "X", "id": "2"}}), 409)
+    r = rig.post(f"/api/exams/{exam_id}/finish")
+    assert r.status_code == 200 and r.json()["queued"] == 2
+    assert [d.state for d in rig.outbox.deliveries()] == [DeliveryState.PENDING] * 2
+    assert "completed" in _error(rig.post(f"/api/exams/{exam_id}/finish"), 409)
+    _error(rig.post(f"/api/exams/{exam_id}/capture"), 409)
+    _error(rig.client.get("/api/exams/current"), 404)
+
+
+def test_discontinue_needs_a_reason(rig: Rig) -> None:
+    exam_id = rig.start()
+    rig.post(f"/api/exams/{exam_id}/capture")
+    assert "reason" in _error(rig.post(f"/api/exams/{exam_id}/discontinue", {}), 422)
+    assert "reason" in _error(rig.post(f"/api/exams/{exam_id}/discontinue", {"reason": "   "}), 422)
+    _error(rig.post(f"/api/exams/{exam_id}/discontinue", {"reason": "x" * 65}), 422)
+    r = rig.post(f"/api/exams/{exam_id}/discontinue", {"reason": "Patient left"})
+    assert r.status_code == 200 and r.json()["state"] == "discontinued"
+
+
+def test_bad_input_is_a_clear_4xx(rig: Rig) -> None:
+    assert "CSRF" in _error(rig.client.post("/api/exams", json={}), 403)
+    wrong = rig.client.post("/api/exams", json={}, headers={"X-CSRF-Token": "forged"})
+    _error(wrong, 403)
+    _error(rig.post("/api/exams", {}), 422)
+    msg = _error(rig.post("/api/exams", {"patient": {"family_name": "Doe", "id": 123}}), 422)
+    assert "patient.id" in msg
+    msg = _error(rig.post("/api/exams", {"patient": {"family_name": "D" * 65, "id": "1"}}), 422)
+    assert "family_name" in msg
+    _error(rig.post("/api/exams", {"patient": {"family_name": "Doe", "id": "1", "sex": "X"}}), 422)
+    _error(rig.post("/api/exams", {"patient": {"family_name": "Doe", "id": "1", "extra": 1}}), 422)
+    _error(rig.post("/api/exams", {"patient": {"family_name": "Do\\e", "id": "1"}}), 422)
+    _error(
+        rig.post(
+            "/api/exams", {"patient": {"family_name": "Doe", "id": "1", "birth_date": "soon"}}
+        ),
+        422,
+    )
+    _error(rig.post("/api/exams", {"worklist_key": "no/such"}), 404)
+    big = rig.client.post(
+        "/api/exams",
+        content=b'{"patient": "' + b"x" * 20000 + b'"}',
+        headers={"X-CSRF-Token": rig.csrf, "Content-Type": "application/json"},
+    )
+    _error(big, 413)
+    notjson = rig.client.post("/api/exams", content=b"{nope", headers={"X-CSRF-Token": rig.csrf})
+    assert "JSON" in _error(notjson, 400)
+    _error(rig.post("/api/exams", [1, 2]), 400)
+    for path in ("capture", "record/start", "record/stop", "save-last", "finish"):
+        _error(rig.post(f"/api/exams/unknown/{path}"), 404)
+    _error(rig.post("/api/exams/unknown/discontinue", {"reason": "x"}), 404)
+    _error(rig.client.get("/api/exams/unknown"), 404)
+    _error(rig.client.get("/api/exams/unknown/objects/1/thumb.jpg"), 404)
+    exam_id = rig.start()
+    _error(rig.client.get(f"/api/exams/{exam_id}/objects/abc/thumb.jpg"), 404)
+    _error(rig.client.get(f"/api/exams/{exam_id}/objects/99/image.jpg"), 404)
+    _error(
+        rig.client.delete(f"/api/exams/{exam_id}/objects/99", headers={"X-CSRF-Token": rig.csrf}),
+        404,
+    )
+    _error(rig.post(f"/api/exams/{exam_id}/record/stop"), 409)
+    rig.outbox.policy = replace(
+        rig.outbox.policy, min_free_mb=10**9
+    )  # the disk is "full": capture refused, said plainly
+    assert "capture refused" in _error(rig.post(f"/api/exams/{exam_id}/capture"), 507)
+    rig.outbox.policy = replace(rig.outbox.policy, min_free_mb=0)
+    _error(rig.client.get("/api/no-such-thing"), 404)
+    _error(rig.client.get("/api/exams"), 405)
+    _error(rig.post("/api/worklist/search", {"text": "x" * 65}), 422)
+    _error(rig.post("/api/worklist/search", {"text": 5}), 422)
+    _error(rig.post("/api/pedal", {"action": "explode"}), 422)
+
+
+def test_worklist_search_offline_and_start_from_entry(tmp_path: Path, pki: PKI) -> None:
+    for rig in _make_app(tmp_path, pki, None):
+        listing = rig.client.get("/api/worklist").json()
+        assert [e["patient_id"] for e in listing["entries"]] == ["100", "200"]
+        assert listing["cached_at"] is None
+        assert rig.worklist.queries[-1].date_from == date.today()
+        found = rig.post("/api/worklist/search", {"text": "roe"}).json()["entries"]
+        assert [e["accession_number"] for e in found] == ["ACC100"]
+        assert rig.post("/api/worklist/search", {"text": "ACC100"}).json()["entries"][0]["key"]
+        rig.worklist.offline = True
+        offline = rig.post("/api/worklist/search", {"text": "", "refresh": True}).json()
+        assert offline["cached_at"] == "2026-01-02T07:30" and offline["error"] == "RIS unreachable"
+        r = rig.post("/api/exams", {"worklist_key": found[0]["key"]})
+        assert r.status_code == 201
+        exam = r.json()
+        assert exam["scheduled"] and exam["accession_number"] == "ACC100"
+        assert exam["patient"]["name"] == "Roe^Anna"
+
+
+def test_clips_record_and_save_last(rig: Rig) -> None:
+    exam_id = rig.start()
+    assert rig.post(f"/api/exams/{exam_id}/record/start").status_code == 200
+    _error(rig.post(f"/api/exams/{exam_id}/record/start"), 409)
+    stopped = rig.post(f"/api/exams/{exam_id}/record/stop")
+    assert stopped.status_code == 201 and stopped.json()["kind"] == "clip"
+    saved = rig.post(f"/api/exams/{exam_id}/save-last")
+    assert saved.status_code == 201 and saved.json()["frames"] > 1
+
+
+def test_save_last_saves_what_the_buffer_holds(tmp_path: Path, pki: PKI) -> None:
+    """capture.buffer_seconds sets how far back "Save last N s" reaches, and
+    the button says so."""
+    for rig in _make_app(tmp_path, pki, free_port(), buffer_seconds=1.5):
+        exam_id = rig.start()
+        assert ">Save last 1.5 s<" in rig.client.get(f"/exam/{exam_id}").text
+        time.sleep(2.5)  # more than the buffer holds
+        saved = rig.post(f"/api/exams/{exam_id}/save-last")
+        assert saved.status_code == 201
+        assert 2 <= saved.json()["frames"] <= 1.5 * 30 + 3  # 30 fps test pattern
+
+
+def test_pedal_captures_on_the_open_exam(rig: Rig) -> None:
+    assert "no exam" in _error(rig.post("/api/pedal", {"action": "capture"}), 409)
+    exam_id = rig.start()
+    r = rig.post("/api/pedal", {"action": "capture"})
+    assert r.status_code == 200 and r.json()["ok"]
+    desk = app_state(rig.client.app).desk  # type: ignore[arg-type]
+    event = desk.trigger("capture")
+    assert event["ok"] and event["object"]["kind"] == "image"
+    assert len(rig.client.get(f"/api/exams/{exam_id}").json()["objects"]) == 2
+
+
+def test_pin_unlock_rate_limit_and_settings(tmp_path: Path, pki: PKI, storescp: StoreSCP) -> None:
+    storescp.start()
+    for rig in _make_app(tmp_path, pki, storescp.port):
+        assert "locked" in _error(rig.client.get("/api/settings"), 403)
+        assert "wrong PIN" in _error(rig.post("/api/pin/unlock", {"pin": "0000"}), 403)
+        _error(rig.post("/api/pin/unlock", {"pin": 2468}), 422)
+        assert rig.post("/api/pin/unlock", {"pin": PIN}).status_code == 200
+        view = rig.client.get("/api/settings").json()
+        assert view["destinations"][0]["name"] == "pacs" and view["pin_set"]
+        echo = rig.post("/api/settings/echo", {"name": "pacs"}).json()
+        assert echo["ok"] and echo["detail"].startswith("TLSv1.")
+        _error(rig.post("/api/settings/echo", {"name": "nope"}), 404)
+        bad = dict(view["destinations"][0], port="eleven")
+        msg = _error(
+            rig.client.put(
+                "/api/settings", json={"destinations": [bad]}, headers={"X-CSRF-Token": rig.csrf}
+            ),
+            422,
+        )
+        assert "destinations[0].port" in msg
+        _error(
+            rig.client.put(
+                "/api/settings", json={"station": {}}, headers={"X-CSRF-Token": rig.csrf}
+            ),
+            422,
+        )
+        _error(rig.client.put("/api/settings", json={}, headers={"X-CSRF-Token": rig.csrf}), 422)
+        before = rig.config_path.read_text()
+        assert tomllib.loads(before)["destinations"][0]["port"] == storescp.port
+        good = [
+            dict(view["destinations"][0], ae_title="PACS2"),
+            dict(view["destinations"][0], name="backup"),
+        ]
+        r = rig.client.put(
+            "/api/settings",
+            json={"destinations": good, "worklist": None},
+            headers={"X-CSRF-Token": rig.csrf},
+        )
+        assert r.status_code == 200, r.text
+        saved = load_config(rig.config_path)
+        assert [d.name for d in saved.destinations] == ["pacs", "backup"]
+        assert saved.destinations[0].ae_title == "PACS2" and saved.ui.pin_hash
+        # Changing the PIN (unlocked) keeps the rest of the file.
+        _error(rig.post("/api/pin/setup", {"pin": "12"}), 422)
+        assert rig.post("/api/pin/setup", {"pin": "13579"}).status_code == 200
+        stored = load_config(rig.config_path).ui.pin_hash
+        assert stored and verify_pin("13579", stored) and "13579" not in rig.config_path.read_text()
+        assert rig.post("/api/pin/lock").status_code == 200
+        _error(rig.client.get("/api/settings"), 403)
+        for _ in range(4):
+            _error(rig.post("/api/pin/unlock", {"pin": "1111"}), 403)
+        assert "locked for" in _error(rig.post("/api/pin/unlock", {"pin": "1111"}), 403)
+        assert "try again" in _error(rig.post("/api/pin/unlock", {"pin": "13579"}), 429)
+
+
+def test_first_pin_is_chosen_at_the_box(tmp_path: Path, pki: PKI) -> None:
+    for rig in _make_app(tmp_path, pki, None, pin=None):
+        assert not rig.client.get("/api/session").json()["pin_set"]
+        _error(rig.post("/api/pin/unlock", {"pin": "1234"}), 409)
+        _error(rig.post("/api/pin/setup", {"pin": "12ab"}), 422)
+        assert rig.post("/api/pin/setup", {"pin": "1234"}).status_code == 200
+        assert rig.client.get("/api/settings").status_code == 200
+        assert verify_pin("1234", load_config(rig.config_path).ui.pin_hash or "")
+
+
+def test_remote_clients_must_log_in(tmp_path: Path, pki: PKI) -> None:
+    # Bound beyond loopback; the client address is a documentation address and
+    # no packet leaves the process (the app is called in-process).
+    for rig in _make_app(
+        tmp_path, pki, None, listen="0.0.0.0:8080", client_addr=("192.0.2.7", 4000)
+    ):
+        session = rig.client.get("/api/session").json()
+        assert session["login_required"] and not session["logged_in"]
+        assert "log in" in _error(rig.client.get("/api/status"), 401)
+        _error(rig.post("/api/exams", {"patient": {"family_name": "Doe", "id": "1"}}), 401)
+        page = rig.client.get("/", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login"
+        _error(rig.client.post("/api/login", json={"pin": PIN}), 403)  # no CSRF token
+        _error(rig.post("/api/login", {"pin": "9999"}), 403)
+        _error(rig.post("/api/pin/setup", {"pin": "1234"}), 401)
+        assert rig.post("/api/login", {"pin": PIN}).status_code == 200
+        assert rig.client.get("/api/status").status_code == 200
+        assert rig.client.get("/").status_code == 200
+
+
+def test_status_reports_queue_and_link(tmp_path: Path, pki: PKI) -> None:
+    dead = free_port()  # nothing listens: the link is down
+    for rig in _make_app(tmp_path, pki, dead):
+        status = rig.client.get("/api/status").json()
+        assert status["queue"] == {"held": 0, "pending": 0, "sent": 0, "failed": 0}
+        assert status["links"][0]["state"] == "unknown"
+        assert status["video"]["connected"] and status["clock"]["ok"]
+        exam_id = rig.start()
+        rig.post(f"/api/exams/{exam_id}/capture")
+        rig.post(f"/api/exams/{exam_id}/finish")
+        obj = rig.outbox.objects()[0]
+        rig.outbox.mark_retry(obj.id, "pacs", "PACS (localhost): connection refused")
+        app_state(rig.client.app).board.ttl = 0  # type: ignore[arg-type]
+        status = rig.client.get("/api/status").json()
+        assert status["links"][0]["state"] == "down"
+        text = status["messages"][0]["text"]
+        assert text.startswith("PACS unreachable — 1 image waiting, next try "), text
+
+
+def test_recorder_stops_at_its_memory_cap() -> None:
+    from gateway.ui.desk import Recorder
+
+    stream = FrameStream(create_driver("testpattern", {"width": 64, "height": 48, "fps": 60}))
+    stream.start()
+    try:
+        hit: list[bool] = []
+        recorder = Recorder(
+            stream, 30.0, max_bytes=5 * 64 * 48 * 3, on_limit=lambda: hit.append(True)
+        )
+        wait = time.monotonic() + 20
+        while recorder.running and time.monotonic() < wait:
+            time.sleep(0.05)
+        frames = recorder.stop()
+        assert hit == [True] and len(frames) == 5
+        assert [f.index for f in frames] == sorted({f.index for f in frames})
+    finally:
+        stream.stop()
+
+
+def test_status_warns_about_disk_and_clock(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.ui import status as status_module
+
+    board = app_state(rig.client.app).board  # type: ignore[arg-type]
+    board.ttl = 0
+    board.config = board.config.model_copy(
+        update={"queue": board.config.queue.model_copy(update={"min_free_mb": 10**9})}
+    )
+    monkeypatch.setattr(status_module, "CLOCK_FLOOR", time.time() + 86400)
+    current = rig.client.get("/api/status").json()
+    texts = [m["text"] for m in current["messages"]]
+    assert any(t.startswith("Disk full — ") and "capture is refused" in t for t in texts), texts
+    assert any(t.startswith("Clock is wrong (") for t in texts), texts
+    assert current["disk"]["low"] and not current["clock"]["ok"]

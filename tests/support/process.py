@@ -1,0 +1,61 @@
+"""Processes the tests start: where the code is, the real tools (a missing
+one fails the test: `make test` installs them), ports on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY = [sys.executable, "-m", "gateway"]
+# Screenshots and other evidence a person looks at after the run.
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def require_tool(name: str) -> str:
+    """Tests use real tools; `make test` installs them. A missing one is a
+    broken set-up, so fail loudly instead of skipping."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; run the tests through `make test`")
+    return path
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, and SIGKILL if it has not gone after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 15.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")

@@ -1,0 +1,22 @@
+"""Outboxes for tests that drive the queue directly: the retention policy is
+a required value, given here explicitly (nothing purged unless a test says)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.queue.outbox import Outbox
+from gateway.queue.retention import RetentionPolicy
+
+
+def new_outbox(
+    root: Path,
+    destinations: Sequence[str],
+    *,
+    min_free_mb: int = 0,
+    retention_days: float = 7.0,
+    commitment: Sequence[str] = (),
+) -> Outbox:
+    policy = RetentionPolicy(min_free_mb, retention_days, frozenset(commitment))
+    return Outbox(root, destinations, policy)

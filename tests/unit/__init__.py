@@ -1,0 +1,1 @@
+"""In-process tests: no peer, no subprocess."""
