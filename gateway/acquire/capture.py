@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from drivers.base import Frame, SourceKind
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.dicom.iods import (
+    Coding,
+    Header,
     multiframe_true_color_sc,
     secondary_capture,
     ultrasound_image,
@@ -129,7 +131,7 @@ class Capturer:
         history: LossyHistory | None = None,
     ) -> Dataset:
         build = ultrasound_image if self.iod == "ultrasound" else secondary_capture
-        return build(data, **self._modules(exam, content_time, history))
+        return build(data, self._header(exam, content_time), self._coding(history))
 
     def build_clip(
         self,
@@ -140,23 +142,22 @@ class Capturer:
         history: LossyHistory | None = None,
     ) -> Dataset:
         build = ultrasound_multiframe if self.iod == "ultrasound" else multiframe_true_color_sc
-        return build(frames, cine=cine, **self._modules(exam, content_time, history))
+        return build(frames, cine, self._header(exam, content_time), self._coding(history))
 
-    def _modules(
-        self, exam: Exam, content_time: datetime, history: LossyHistory | None
-    ) -> dict[str, Any]:
+    def _header(self, exam: Exam, content_time: datetime) -> Header:
         """What every IOD builder takes from the exam and the configuration."""
-        return {
-            "patient": exam.patient,
-            "study": exam.study,
-            "series": exam.series,
-            "equipment": self.equipment,
-            "image": self._image(exam, content_time),
-            "encoding": self.config.capture.compression,
-            "order": exam.order,
-            "quality": self.config.capture.jpeg_quality,
-            "history": history,
-        }
+        return Header(
+            patient=exam.patient,
+            study=exam.study,
+            series=exam.series,
+            equipment=self.equipment,
+            image=self._image(exam, content_time),
+            order=exam.order,
+        )
+
+    def _coding(self, history: LossyHistory | None) -> Coding:
+        capture = self.config.capture
+        return Coding(capture.compression, capture.jpeg_quality, history)
 
     def queue(self, exam: Exam, ds: Dataset, hold: bool = False) -> QueuedObject:
         """Returns only once the object is durable; raises QueueError otherwise.

@@ -9,6 +9,7 @@ frame and multi-frame cine) for an ultrasound scanner's video output.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom.charset import convert_encodings
@@ -195,32 +196,49 @@ def _file_meta(ds: Dataset, transfer_syntax: UID) -> None:
     ds.file_meta = meta
 
 
-def _header(
-    sop_class: UID,
-    *,
-    patient: Patient,
-    study: Study,
-    series: Series,
-    equipment: Equipment,
-    image: ImageInfo,
-    order: Order | None,
-    image_type: list[str],
-) -> Dataset:
-    ds = Dataset()
-    _sop_common(ds, sop_class, image)
-    _patient_module(ds, patient)
-    _study_module(ds, study)
-    _series_module(ds, series)
-    if order is not None:
-        if order.study_instance_uid != study.instance_uid:
+@dataclass(frozen=True)
+class Header:
+    """The modules every image carries, each a typed value checked where it
+    was made: Patient, General Study, General Series, General Equipment, the
+    image's own (instance number, content time, SOP Instance UID) and, when
+    the exam was scheduled, the order (IHE Scheduled Workflow)."""
+
+    patient: Patient
+    study: Study
+    series: Series
+    equipment: Equipment
+    image: ImageInfo
+    order: Order | None = None
+
+    def __post_init__(self) -> None:
+        order = self.order
+        if order is not None and order.study_instance_uid != self.study.instance_uid:
             raise ModuleError(
                 "Study Instance UID: the study is not the one the order scheduled "
-                f"({study.instance_uid} vs {order.study_instance_uid})"
+                f"({self.study.instance_uid} vs {order.study_instance_uid})"
             )
-        _order_attributes(ds, order)
-    _equipment_module(ds, equipment)
-    _image_module(ds, image, image_type)
-    _character_set(ds, order.specific_character_set if order else UNICODE)
+
+
+@dataclass(frozen=True)
+class Coding:
+    """How the pixels are stored, and any lossy step they went through before."""
+
+    encoding: Encoding = "none"
+    quality: int = DEFAULT_JPEG_QUALITY
+    history: LossyHistory | None = None
+
+
+def _dataset(sop_class: UID, header: Header, image_type: list[str]) -> Dataset:
+    ds = Dataset()
+    _sop_common(ds, sop_class, header.image)
+    _patient_module(ds, header.patient)
+    _study_module(ds, header.study)
+    _series_module(ds, header.series)
+    if header.order is not None:
+        _order_attributes(ds, header.order)
+    _equipment_module(ds, header.equipment)
+    _image_module(ds, header.image, image_type)
+    _character_set(ds, header.order.specific_character_set if header.order else UNICODE)
     return ds
 
 
@@ -238,138 +256,71 @@ def _finish(ds: Dataset, transfer_syntax: UID) -> Dataset:
     return ds
 
 
-def secondary_capture(
-    pixels: FrameData,
-    *,
-    patient: Patient,
-    study: Study,
-    series: Series,
-    equipment: Equipment,
-    image: ImageInfo,
-    encoding: Encoding = "none",
-    order: Order | None = None,
-    quality: int = DEFAULT_JPEG_QUALITY,
-    history: LossyHistory | None = None,
+@dataclass(frozen=True)
+class _Iod:
+    sop_class: UID
+    image_type: tuple[str, ...]
+    secondary_capture: bool  # SC Equipment and SC Image modules
+    colour_only: bool = False  # Multi-frame True Colour SC
+    ultrasound: bool = False
+
+
+_SC = _Iod(SecondaryCaptureImageStorage, ("DERIVED", "SECONDARY"), True)
+_MF_SC = _Iod(
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    ("DERIVED", "SECONDARY"),
+    True,
+    colour_only=True,
+)
+_US = _Iod(UltrasoundImageStorage, ("DERIVED", "PRIMARY"), False, ultrasound=True)
+_US_MF = _Iod(UltrasoundMultiFrameImageStorage, ("DERIVED", "PRIMARY"), False, ultrasound=True)
+
+
+def _build(
+    iod: _Iod, frames: Iterable[FrameData], header: Header, coding: Coding, cine: Cine | None
 ) -> Dataset:
-    """Secondary Capture Image (PS3.3 A.8.1): one 8-bit RGB or monochrome frame."""
-    ds = _header(
-        SecondaryCaptureImageStorage,
-        patient=patient,
-        study=study,
-        series=series,
-        equipment=equipment,
-        image=image,
-        order=order,
-        image_type=["DERIVED", "SECONDARY"],
+    if iod.ultrasound and header.series.modality != "US":
+        raise ModuleError(f"Modality: {header.series.modality!r}; an Ultrasound image must be US")
+    ds = _dataset(iod.sop_class, header, list(iod.image_type))
+    if iod.secondary_capture:
+        ds.ConversionType = header.image.conversion_type  # SC Equipment module
+        ds.DateOfSecondaryCapture = ds.ContentDate  # SC Image module
+        ds.TimeOfSecondaryCapture = ds.ContentTime
+    if cine is not None:
+        _cine_module(ds, cine)
+    ts = set_pixels(
+        ds,
+        frames,
+        coding.encoding,
+        multiframe=cine is not None,
+        quality=coding.quality,
+        colour_only=iod.colour_only,
+        history=coding.history,
     )
-    ds.ConversionType = image.conversion_type  # SC Equipment module
-    ds.DateOfSecondaryCapture = ds.ContentDate  # SC Image module
-    ds.TimeOfSecondaryCapture = ds.ContentTime
-    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality, history=history))
+    return _finish(ds, ts)
+
+
+def secondary_capture(pixels: FrameData, header: Header, coding: Coding = Coding()) -> Dataset:
+    """Secondary Capture Image (PS3.3 A.8.1): one 8-bit RGB or monochrome frame."""
+    return _build(_SC, [pixels], header, coding, None)
 
 
 def multiframe_true_color_sc(
-    frames: Iterable[FrameData],
-    *,
-    cine: Cine,
-    patient: Patient,
-    study: Study,
-    series: Series,
-    equipment: Equipment,
-    image: ImageInfo,
-    encoding: Encoding = "none",
-    order: Order | None = None,
-    quality: int = DEFAULT_JPEG_QUALITY,
-    history: LossyHistory | None = None,
+    frames: Iterable[FrameData], cine: Cine, header: Header, coding: Coding = Coding()
 ) -> Dataset:
     """Multi-frame True Color Secondary Capture (PS3.3 A.8.5): a clip from any
     device, played back at its recorded rate. Monochrome frames become RGB,
     as the IOD is colour only."""
-    ds = _header(
-        MultiFrameTrueColorSecondaryCaptureImageStorage,
-        patient=patient,
-        study=study,
-        series=series,
-        equipment=equipment,
-        image=image,
-        order=order,
-        image_type=["DERIVED", "SECONDARY"],
-    )
-    ds.ConversionType = image.conversion_type
-    ds.DateOfSecondaryCapture = ds.ContentDate
-    ds.TimeOfSecondaryCapture = ds.ContentTime
-    _cine_module(ds, cine)
-    ts = set_pixels(
-        ds,
-        frames,
-        encoding,
-        multiframe=True,
-        quality=quality,
-        colour_only=True,
-        history=history,
-    )
-    return _finish(ds, ts)
+    return _build(_MF_SC, frames, header, coding, cine)
 
 
-def _require_us(series: Series) -> None:
-    if series.modality != "US":
-        raise ModuleError(f"Modality: {series.modality!r}; an Ultrasound image must be US")
-
-
-def ultrasound_image(
-    pixels: FrameData,
-    *,
-    patient: Patient,
-    study: Study,
-    series: Series,
-    equipment: Equipment,
-    image: ImageInfo,
-    encoding: Encoding = "none",
-    order: Order | None = None,
-    quality: int = DEFAULT_JPEG_QUALITY,
-    history: LossyHistory | None = None,
-) -> Dataset:
+def ultrasound_image(pixels: FrameData, header: Header, coding: Coding = Coding()) -> Dataset:
     """Ultrasound Image (PS3.3 A.6): a still of the scanner's screen."""
-    _require_us(series)
-    ds = _header(
-        UltrasoundImageStorage,
-        patient=patient,
-        study=study,
-        series=series,
-        equipment=equipment,
-        image=image,
-        order=order,
-        image_type=["DERIVED", "PRIMARY"],
-    )
-    return _finish(ds, set_pixels(ds, [pixels], encoding, quality=quality, history=history))
+    return _build(_US, [pixels], header, coding, None)
 
 
 def ultrasound_multiframe(
-    frames: Iterable[FrameData],
-    *,
-    cine: Cine,
-    patient: Patient,
-    study: Study,
-    series: Series,
-    equipment: Equipment,
-    image: ImageInfo,
-    encoding: Encoding = "none",
-    order: Order | None = None,
-    quality: int = DEFAULT_JPEG_QUALITY,
-    history: LossyHistory | None = None,
+    frames: Iterable[FrameData], cine: Cine, header: Header, coding: Coding = Coding()
 ) -> Dataset:
     """Ultrasound Multi-frame Image (PS3.3 A.7): a cine loop."""
-    _require_us(series)
-    ds = _header(
-        UltrasoundMultiFrameImageStorage,
-        patient=patient,
-        study=study,
-        series=series,
-        equipment=equipment,
-        image=image,
-        order=order,
-        image_type=["DERIVED", "PRIMARY"],
-    )
-    _cine_module(ds, cine)
-    ts = set_pixels(ds, frames, encoding, multiframe=True, quality=quality, history=history)
-    return _finish(ds, ts)
+    return _build(_US_MF, frames, header, coding, cine)

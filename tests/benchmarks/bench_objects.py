@@ -285,7 +285,7 @@ def _frames(n: int) -> Iterator[np.ndarray]:  # type: ignore[type-arg]
 
 def cine_worker(mode: str, out: Path) -> None:
     """Runs in its own process (clean peak RSS): build and write one cine."""
-    from gateway.dicom.iods import ultrasound_multiframe
+    from gateway.dicom.iods import Coding, Header, ultrasound_multiframe
     from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
     from gateway.dicom.part10 import to_parts
     from gateway.dicom.pixels import EncodedJpeg, encode_jpeg
@@ -301,13 +301,15 @@ def cine_worker(mode: str, out: Path) -> None:
         source = (frames[i % 6] for i in range(CINE_FRAMES))
     ds = ultrasound_multiframe(
         source,
-        cine=Cine.from_fps(30),
-        patient=Patient("Bench^Mark", "BENCH"),
-        study=Study(study_id="1"),
-        series=Series("US"),
-        equipment=Equipment("bench", "bench", "0"),
-        image=ImageInfo(1, "DV"),
-        encoding="jpeg-baseline",
+        Cine.from_fps(30),
+        Header(
+            patient=Patient("Bench^Mark", "BENCH"),
+            study=Study(study_id="1"),
+            series=Series("US"),
+            equipment=Equipment("bench", "bench", "0"),
+            image=ImageInfo(1, "DV"),
+        ),
+        Coding("jpeg-baseline"),
     )
     with out.open("wb") as f:  # in pieces, as the queue writes it (never joined)
         for part in to_parts(ds):
@@ -350,19 +352,21 @@ def _worker_run(mode: str, out: Path) -> tuple[Run, float]:
 
 
 def _uncompressed_reference(path: Path) -> None:
-    from gateway.dicom.iods import ultrasound_multiframe
+    from gateway.dicom.iods import Coding, Header, ultrasound_multiframe
     from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
     from gateway.dicom.part10 import to_bytes
 
     ds = ultrasound_multiframe(
         _frames(REFERENCE_CINE_FRAMES),
-        cine=Cine.from_fps(30),
-        patient=Patient("Bench^Mark", "BENCH"),
-        study=Study(study_id="1"),
-        series=Series("US"),
-        equipment=Equipment("bench", "bench", "0"),
-        image=ImageInfo(1, "DV"),
-        encoding="none",
+        Cine.from_fps(30),
+        Header(
+            patient=Patient("Bench^Mark", "BENCH"),
+            study=Study(study_id="1"),
+            series=Series("US"),
+            equipment=Equipment("bench", "bench", "0"),
+            image=ImageInfo(1, "DV"),
+        ),
+        Coding("none"),
     )
     path.write_bytes(to_bytes(ds))
 

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from drivers import create_driver
 from gateway.config import CaptureConfig
 from gateway.dicom import iods, jpeg, part10
+from gateway.dicom.iods import Coding, Header
 from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
 from gateway.dicom.pixels import EncodedJpeg, PixelError, encode_jpeg
 from tests.support.process import require_tool
@@ -58,18 +59,17 @@ def build(kind: str, encoding: str, frames: list[Any], **extra: Any) -> Dataset:
         if encoding == "jpeg-passthrough"
         else frames
     )
-    kwargs: dict[str, Any] = {
-        "patient": Patient(name="Doe^Jane", id="P1", sex="F"),
-        "study": Study(study_id="S1", accession_number="A1"),
-        "series": Series(modality=modality),
-        "equipment": Equipment("Maker", "Model", "0.1.0", "ROOM1", "Clinic", "SN1"),
-        "image": ImageInfo(instance_number=1, conversion_type="DV"),
-        "encoding": "none" if encoding == "jpeg-passthrough" else encoding,
-        **extra,
-    }
+    header = Header(
+        patient=Patient(name="Doe^Jane", id="P1", sex="F"),
+        study=Study(study_id="S1", accession_number="A1"),
+        series=Series(modality=modality),
+        equipment=Equipment("Maker", "Model", "0.1.0", "ROOM1", "Clinic", "SN1"),
+        image=ImageInfo(instance_number=1, conversion_type="DV"),
+    )
+    coding = Coding("none" if encoding == "jpeg-passthrough" else encoding, **extra)
     if multi:
-        return builder(source, cine=Cine.from_fps(25), **kwargs)
-    return builder(source[0], **kwargs)
+        return builder(source, Cine.from_fps(25), header, coding)
+    return builder(source[0], header, coding)
 
 
 @pytest.fixture(scope="module")
