@@ -2,7 +2,8 @@
 never copied) and reading back where a queued file's data set starts and
 what it is, without loading it (a 110 MB cine costs a 4 KiB read).
 
-The File Meta group is read by the one element walker (gateway.dicom.rawdata).
+The File Meta group is read by the one element walker (gateway.dicom.rawdata);
+pydicom is imported only to write (it costs a sending process ~0.2 s to load).
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-from pydicom import dcmwrite
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from typing import TYPE_CHECKING
 
 from gateway.dicom.rawdata import RawDataError, RawItem, read_dataset
+
+if TYPE_CHECKING:  # reading a header needs no pydicom: `queue flush` starts without it
+    from pydicom.dataset import Dataset
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 PREAMBLE = 128
@@ -98,6 +98,8 @@ def to_parts(ds: Dataset) -> list[bytes]:
     copied: pydicom would copy a 150 MB cine through a growing buffer several
     times, which costs more than building it (and, on a 1 GB box, the memory).
     """
+    from pydicom import dcmwrite
+
     if "PixelData" not in ds or not ds.file_meta.TransferSyntaxUID.is_little_endian:
         buf = io.BytesIO()
         dcmwrite(buf, ds, enforce_file_format=True)
@@ -121,6 +123,9 @@ def to_parts(ds: Dataset) -> list[bytes]:
 def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     """A data set without File Meta, as it travels in a DIMSE message
     (Explicit or Implicit VR Little Endian)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
     out = DicomBytesIO()
     out.is_little_endian = True
     out.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE

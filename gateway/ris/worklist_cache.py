@@ -97,12 +97,13 @@ class WorklistCache(SQLiteStore):
         """`store` on a writer thread: the technician's list is not held up
         by its cache write (5-25 ms for 1,000 entries). Every other use of the
         cache waits for it first, so nobody ever reads around it."""
-        self._settle()
+        self.settle()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="worklist-cache")
         self._pending = self._writer.submit(self._store, query, list(entries), time.time())
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """Wait for the write `store_soon` started (its failure is logged)."""
         pending, self._pending = self._pending, None
         if pending is not None:
             try:
@@ -111,7 +112,7 @@ class WorklistCache(SQLiteStore):
                 log.exception("worklist cache not updated")
 
     def close(self) -> None:
-        self._settle()
+        self.settle()
         if self._writer is not None:
             self._writer.shutdown()
         super().close()
@@ -122,7 +123,7 @@ class WorklistCache(SQLiteStore):
         """Record a complete answer to `query`: its entries are upserted, and
         cached entries the same query no longer returns (cancelled orders)
         are dropped. Returns the fetch time."""
-        self._settle()
+        self.settle()
         return self._store(query, entries, now)
 
     def _store(
@@ -189,7 +190,7 @@ class WorklistCache(SQLiteStore):
     def lookup(self, query: WorklistQuery) -> tuple[list[WorklistEntry], datetime | None]:
         """Cached entries matching `query` (performed ones marked) and when
         the oldest of them was fetched; None when nothing was ever cached."""
-        self._settle()
+        self.settle()
         sql = "SELECT key, data, fetched_at FROM worklist_entries WHERE fetched_at >= ?"
         args: list[object] = [time.time() - self.keep_seconds]
         # Narrow in SQL where it is exact; the wildcard rest is done in Python.
@@ -242,7 +243,7 @@ class WorklistCache(SQLiteStore):
         return entry
 
     def mark_performed(self, entry_key: str, accession_number: str, exam_id: str) -> None:
-        self._settle()
+        self.settle()
         with transaction(self._db) as db:
             db.execute(
                 "INSERT OR REPLACE INTO worklist_performed"
@@ -251,7 +252,7 @@ class WorklistCache(SQLiteStore):
             )
 
     def performed_keys(self) -> set[str]:
-        self._settle()
+        self.settle()
         return {r[0] for r in self._db.execute("SELECT key FROM worklist_performed")}
 
 

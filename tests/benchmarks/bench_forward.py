@@ -172,6 +172,54 @@ def measured(cmd: list[str], env: dict[str, str]) -> Run:
     return run_command(cmd, env=env, timeout=900)
 
 
+def sent_count(queue: Path) -> int:
+    with sqlite3.connect(queue / "outbox.sqlite") as db:
+        return int(db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'sent'").fetchone()[0])
+
+
+def delivered_all(run: Run, queue: Path, count: int, what: str) -> Run:
+    """A time counts only when every object was delivered."""
+    sent = sent_count(queue)
+    if sent != count:
+        raise RuntimeError(f"{what}: {sent} of {count} objects sent; the run does not count")
+    return run
+
+
+PYNETDICOM_SENDER = """
+import sys, ssl
+from pathlib import Path
+from pynetdicom import AE, _config
+from pydicom import dcmread
+_config.STORE_SEND_CHUNKED_DATASET = True
+ca, cert, key, port, folder = sys.argv[1:6]
+files = sorted(Path(folder).iterdir())
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+ae = AE(ae_title="EDGE1")
+for path in files[:1]:
+    ds = dcmread(path, stop_before_pixels=True)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+assoc = ae.associate("localhost", int(port), ae_title="PACS", max_pdu=131072,
+                     tls_args=(ctx, "localhost"))
+assert assoc.is_established
+bad = [p for p in files if getattr(assoc.send_c_store(p), "Status", None) != 0]
+assoc.release()
+sys.exit(1 if bad else 0)
+"""
+
+
+def pynetdicom_cmd(pki: dict[str, Path], port: int, directory: Path) -> list[str]:
+    """A plain pynetdicom sender (send_c_store of each file, one association):
+    what the lean upper layer is measured against."""
+    return [
+        sys.executable,
+        "-c",
+        PYNETDICOM_SENDER,
+        *(str(pki["ca"]), str(pki["client_cert"]), str(pki["client_key"])),
+        *(str(port), str(directory)),
+    ]
+
+
 def warm_ours(config: Path, env: dict[str, str]) -> Run:
     """The forwarder of the running service: start-up excluded from the clock."""
     proc = subprocess.Popen(
@@ -224,11 +272,11 @@ def compare(
 
     def ours_cli() -> Run:
         reset_queue(queue)
-        return measured(ours_cmd(config), env)
+        return delivered_all(measured(ours_cmd(config), env), queue, count, "queue flush")
 
     def ours_warm() -> Run:
         reset_queue(queue)
-        return warm_ours(config, env)
+        return delivered_all(warm_ours(config, env), queue, count, "the service's forwarder")
 
     dataset = f"{kind}: {count} objects, {total / 1e6:.0f} MB, TLS 1.3 mutual auth, loopback"
     reference = tool_version(["storescu", "--version"])
@@ -285,6 +333,31 @@ def compare(
                 "received_by_ours_run": received,
             }
         )
+    if kind == "sc":  # what a plain pynetdicom sender does with the same files
+        port3 = free_port()
+        scp3 = start_storescp(pki, port3, ["--ignore"])
+        plain = Comparison(
+            name="forward_sc_pynetdicom",
+            dataset=dataset,
+            reference=reference,
+            extra={
+                "ours": "plain pynetdicom 3 send_c_store per file, one association "
+                "(the library the lean upper layer replaces), started like storescu",
+                "receiver": "TCP_NODELAY=1 storescp --ignore -pdu 131072 +tls",
+            },
+        )
+        try:
+            plain.pair(
+                lambda: measured(storescu_cmd(pki, port3, queue / "objects"), env),
+                lambda: measured(pynetdicom_cmd(pki, port3, queue / "objects"), env),
+                pairs=max(3, pairs // 2),
+            )
+        finally:
+            scp3.terminate()
+            scp3.wait(timeout=10)
+        summary = plain.summary()
+        summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
+        report(summary)
     shutil.rmtree(queue)
 
 

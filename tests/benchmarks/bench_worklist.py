@@ -1,14 +1,22 @@
-"""Worklist query time for a 1,000-entry worklist: our C-FIND SCU (the
-touchscreen's `WorklistService.query`, parsed into entries and cached
-durably) against DCMTK `findscu -W` with the same identifier, on the same
-`wlmscpfs`, alternating; and the offline (cached) lookup time.
+"""Worklist query time for a 1,000-entry worklist: our C-FIND SCU against
+DCMTK `findscu -W` with the same identifier, on the same `wlmscpfs`,
+alternating; and the offline (cached) lookup time.
+
+Both sides start the same way for the headline figure: `dicom-gateway
+worklist` and `findscu` are each a new process launched by the same launcher.
+The touchscreen's case (a long-lived service refreshing its list) is reported
+beside it, said as such; its clock stops only once the deferred cache write
+has finished too.
 
 Targets (issue 7): ratio ≤ 1.2×, cached lookup ≤ 50 ms.
 Run: `.venv/bin/python -m tests.benchmarks worklist`."""
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import date
@@ -73,7 +81,7 @@ def main() -> None:
             if len(check.entries) != ENTRIES or check.error:
                 raise RuntimeError(f"expected {ENTRIES} entries, got {len(check.entries)}")
             cmp = Comparison(
-                name="worklist_query_1000",
+                name="worklist_query_1000_service",
                 dataset=f"{ENTRIES} MWL entries (ISO_IR 192), wlmscpfs on loopback, plain TCP",
                 reference=f"findscu -W ({tool_version([findscu, '--version'])})",
             )
@@ -89,9 +97,42 @@ def main() -> None:
                 str(scp.port),
                 str(qfile),
             ]
+            # The same processes, the same launcher: ours is the command line.
+            config_file = root / "gateway.toml"
+            config_file.write_text(
+                f'[queue]\npath = "{root / "queue-cli"}"\nmin_free_mb = 0\n'
+                f'[worklist]\nae_title = "{AE}"\nhost = "127.0.0.1"\nport = {scp.port}\n'
+            )
+            ours_cli = [
+                *(sys.executable, "-m", "gateway", "--config", str(config_file)),
+                *("worklist", "--date", "today", "--station", "any", "--json"),
+            ]
+            check_cli = subprocess.run(ours_cli, capture_output=True, text=True, timeout=120)
+            if len(json.loads(check_cli.stdout)["entries"]) != ENTRIES:
+                raise RuntimeError("the worklist command did not return the whole list")
+            cli = Comparison(
+                name="worklist_query_1000",
+                dataset=cmp.dataset + "; both sides a new process, same launcher",
+                reference=cmp.reference,
+            )
+            cli.pair(
+                lambda: run_command(reference, env={"TCP_NODELAY": "1"}),
+                lambda: run_command(ours_cli, env={"TCP_NODELAY": "1"}),
+                pairs=PAIRS,
+            )
+            cli.extra = {
+                "entries": ENTRIES,
+                "target_ratio": 1.2,
+                "ours": "dicom-gateway worklist --json (start-up, query, parse, cache write)",
+            }
+
+            def refresh() -> None:
+                service.query(query)
+                service.cache.settle()  # the deferred write is part of the work
+
             cmp.pair(
                 lambda: run_command(reference, env={"TCP_NODELAY": "1"}),
-                lambda: run_in_process(lambda: service.query(query)),
+                lambda: run_in_process(refresh),
                 pairs=PAIRS,
             )
             # A new WorklistService on the same cache each time (a new
@@ -106,7 +147,12 @@ def main() -> None:
 
             def cold_query() -> Run:
                 with WorklistService(config) as new:  # opening the cache is not timed
-                    return run_in_process(lambda: new.query(query))
+
+                    def query_and_write() -> None:
+                        new.query(query)
+                        new.cache.settle()
+
+                    return run_in_process(query_and_write)
 
             first.pair(
                 lambda: run_command(reference, env={"TCP_NODELAY": "1"}),
@@ -147,9 +193,14 @@ def main() -> None:
                 with WorklistService(tls_config) as tls_service:
                     if len(tls_service.query(query).entries) != ENTRIES:
                         raise RuntimeError("the TLS query did not return the whole list")
+
+                    def tls_refresh() -> None:
+                        tls_service.query(query)
+                        tls_service.cache.settle()
+
                     over_tls.pair(
                         lambda: run_command(tls_reference, env={"TCP_NODELAY": "1"}),
-                        lambda: run_in_process(lambda: tls_service.query(query)),
+                        lambda: run_in_process(tls_refresh),
                         pairs=PAIRS,
                     )
                 over_tls.extra = {"entries": ENTRIES, "target_ratio": 1.2}
@@ -189,7 +240,7 @@ def main() -> None:
                 "cache_write_refresh_median_ms": statistics.median(refresh_write) * 1000,
                 "cache_write_every_row_median_ms": statistics.median(full_write) * 1000,
                 "note_cache_write": "the cache write runs on a writer thread after the "
-                "list is returned; it is not in the query times",
+                "list is returned; the query times include waiting for it",
                 "cached_lookup_cold_median_ms": statistics.median(cold) * 1000,
                 "cached_lookup_cold_min_ms": min(cold) * 1000,
                 "cached_lookup_cold_max_ms": max(cold) * 1000,
@@ -200,10 +251,12 @@ def main() -> None:
                 "cached_lookup_target_ms": 50,
                 "note_cached": "cold: first lookup of a new WorklistService (decodes every row); "
                 "warm: repeated lookups of one long-lived service (the touchscreen's)",
-                "note": "ours measured in-process (as the UI calls it), incl. parsing into "
-                "entries; findscu as a process (incl. its start-up), printing nothing",
+                "note": "ours warm in a long-lived service (as the touchscreen calls it), incl. "
+                "parsing and the cache write; findscu a new process (incl. its start-up): not "
+                "like for like, see worklist_query_1000 for that",
             }
             service.close()
+            report(cli.summary())
             report(cmp.summary())
             report(first.summary())
             report(over_tls.summary())
