@@ -5,6 +5,7 @@ write, optionally behind `stunnel4` requiring client certificates."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from datetime import date
@@ -92,11 +93,14 @@ def write_entry(
 
 @dataclass
 class WlmSCP:
-    """wlmscpfs on loopback, answering for AE title OFFIS from `root`/OFFIS."""
+    """wlmscpfs on loopback, answering for AE title OFFIS from `root`/OFFIS.
+    With `log`, it runs verbose into that file, so a test can count the
+    associations and C-FIND requests the RIS saw."""
 
     root: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
 
     @property
     def db(self) -> Path:
@@ -110,21 +114,40 @@ class WlmSCP:
         return self
 
     def start(self) -> WlmSCP:
-        self.proc = subprocess.Popen(
-            [
-                require_tool("wlmscpfs"),
-                "-q",
-                "-csk",  # answer in the character set each file declares
-                "-dfp",
-                str(self.root),
-                str(self.port),
-            ],
-            env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    require_tool("wlmscpfs"),
+                    "-v" if self.log else "-q",
+                    "-csk",  # answer in the character set each file declares
+                    "-dfp",
+                    str(self.root),
+                    str(self.port),
+                ],
+                env={**os.environ, "TCP_NODELAY": "1"},
+                stdout=out,
+                stderr=out,
+            )
+        finally:
+            if self.log:
+                out.close()  # type: ignore[union-attr]
         wait_for_port(self.port, self.proc)
         return self
+
+    def _count(self, pattern: str) -> int:
+        if self.log is None or not self.log.exists():
+            return 0
+        return len(re.findall(pattern, self.log.read_text(errors="replace")))
+
+    def associations(self) -> int:
+        """Associations the RIS was asked for so far (needs `log`); a bare
+        TCP connect (a port probe) names no AE titles and is not counted."""
+        return self._count(r"Association Received \([^)]*:\S+ -> \S+\)")
+
+    def finds(self) -> int:
+        """C-FIND requests the RIS answered so far (needs `log`)."""
+        return self._count(r"C-FIND RQ")
 
     def stop(self) -> None:
         stop_process(self.proc)
