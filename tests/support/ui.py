@@ -90,6 +90,7 @@ class RisPeer:
                 self.pki.server.cert,
                 self.pki.server.key,
                 self.pki.ca.cert,
+                debug=5,
             ).start()
         return self
 
@@ -102,6 +103,11 @@ class RisPeer:
         self.wlm.start()
         if self.tunnel is not None:
             self.tunnel.start()
+
+    def connections(self) -> int:
+        """TLS connections the RIS's tunnel accepted: every try the gateway
+        made, answered or not (with `pki`)."""
+        return self.tunnel.connections() if self.tunnel is not None else 0
 
     @property
     def port(self) -> int:
@@ -172,3 +178,29 @@ def crowded_destructive(page: Any, gap: float = 12.0) -> list[str]:
         gap,
     )
     return found
+
+
+def frame_counters(frames: Any, width: int, height: int, around: int, span: int = 600) -> list[int]:
+    """The frame numbers the test pattern burnt into each of `frames` (RGB
+    arrays, as stored uncompressed), read by matching the counter's band
+    against the pattern rendered for each candidate number near `around`.
+    The moving box never reaches that band, so only the digits differ."""
+    import numpy as np
+
+    from drivers.testpattern import TestPatternDriver, TestPatternOptions
+
+    driver = TestPatternDriver(TestPatternOptions(width=width, height=height))
+    row = int(height * 0.62)
+    top, bottom = max(0, row - int(40 * max(0.4, height / 480))), row + 10
+    band = slice(top, bottom)
+    candidates = range(max(0, around - span), around + span)
+    refs = {k: driver.render(k)[band].astype(np.int16) for k in candidates}
+    out = []
+    for frame in frames:
+        got = np.asarray(frame)[band].astype(np.int16)
+        scores = sorted((float(np.abs(got - ref).mean()), k) for k, ref in refs.items())
+        best, runner_up = scores[0], scores[1]
+        if not best[0] < 0.5 * runner_up[0]:
+            raise AssertionError(f"frame counter unreadable (best {best}, next {runner_up})")
+        out.append(best[1])
+    return out

@@ -166,6 +166,7 @@ class Stunnel:
     ca: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    debug: int = 3  # 5 logs each accepted connection (see `connections`)
 
     def start(self) -> Stunnel:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,7 @@ class Stunnel:
         conf.write_text(
             "foreground = yes\n"
             f"pid =\n"
-            "debug = 3\n"
+            f"debug = {self.debug}\n"
             f"output = {self.work / 'stunnel.log'}\n"
             "[worklist]\n"
             f"accept = 127.0.0.1:{self.port}\n"
@@ -196,3 +197,8 @@ class Stunnel:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+    def connections(self) -> int:
+        """Connections the tunnel accepted so far (needs `debug` 5)."""
+        log = self.work / "stunnel.log"
+        return log.read_text(errors="replace").count("accepted connection") if log.exists() else 0

@@ -52,14 +52,20 @@ const busy = new Set();
 let buttonRules = () => {}; // a page's extra reasons to disable buttons
 function updateButtons() { buttonRules(); }
 
-/* `fn` runs on a tap; a second tap within 300 ms is ignored, and with
-   `lock` the button stays disabled until its request has answered. */
+/* A repeat tap is the same button again within 300 ms, nothing tapped in
+   between (a glove bouncing); a tap on another button first is a new tap.
+   Updated after the button's own handler has looked at it. */
+let lastTap = { target: null, at: -Infinity };
+document.addEventListener("click", ev => {
+  lastTap = { target: ev.target.closest("button, a"), at: performance.now() };
+});
+
+/* `fn` runs on a tap; a repeat tap is ignored, and with `lock` the button
+   stays disabled until its request has answered. */
 function tap(button, fn, { lock = false } = {}) {
-  let last = -Infinity;
   button.addEventListener("click", async ev => {
     const now = performance.now();
-    if (now - last < REPEAT_MS || busy.has(button)) return;
-    last = now;
+    if ((lastTap.target === button && now - lastTap.at < REPEAT_MS) || busy.has(button)) return;
     if (lock) { busy.add(button); button.disabled = true; }
     try { await fn(ev); }
     finally {
@@ -101,7 +107,9 @@ function patientBox(p, extra = {}) {
   box.appendChild(el("div", "pbox-name", p.display_name));
   const facts = el("div", "pbox-facts");
   const items = [["ID", p.id], ["Born", p.birth_text], ["Sex", p.sex_text]];
-  if (extra.accession !== undefined) items.push(["Acc", extra.accession || "none (unscheduled)"]);
+  if (extra.accession !== undefined) {
+    items.push(["Acc", extra.accession || (extra.scheduled ? "none" : "none (unscheduled)")]);
+  }
   for (const [k, v] of items) {
     const s = el("span", "fact"); s.append(el("span", "k", k + " "), el("span", "v", v)); facts.appendChild(s);
   }
@@ -248,7 +256,8 @@ function initWorklist() {
     list.replaceChildren(...shown.map(row));
     const what = `${view.range_label}${view.station === "all" ? " · all stations" : ""}`;
     let heading;
-    if (view.text) heading = `“${view.text}” · ${what} · ${entries.length} found`;
+    if (!view.configured) heading = "No worklist server";
+    else if (view.text) heading = `“${view.text}” · ${what} · ${entries.length} found`;
     else if (words.length) heading = `${what} · ${shown.length} of ${entries.length} scheduled`;
     else heading = `${what} · ${entries.length} scheduled`;
     $("#wl-heading").textContent = heading;
@@ -327,7 +336,8 @@ function initWorklist() {
       return;
     }
     const box = $("#confirm-details");
-    box.replaceChildren(patientBox(info.patient, { accession: info.accession_number }));
+    box.replaceChildren(patientBox(info.patient,
+      { accession: info.accession_number, scheduled: !!request.worklist_key }));
     if (info.procedure || info.scheduled) {
       box.appendChild(el("p", "pbox-more", [info.procedure, info.scheduled ? `scheduled ${info.scheduled.replace("T", " ")}` : ""].filter(Boolean).join(" · ")));
     }
@@ -576,7 +586,8 @@ function initExam() {
   const capture = $("#btn-capture"), record = $("#btn-record"), saveLast = $("#btn-save-last");
 
   $("#exam-patient").replaceChildren(
-    patientBox(exam.patient, { accession: exam.accession_number, procedure: exam.procedure }));
+    patientBox(exam.patient,
+      { accession: exam.accession_number, procedure: exam.procedure, scheduled: exam.scheduled }));
 
   buttonRules = () => {
     capture.disabled = stalled || busy.has(capture);
@@ -882,7 +893,7 @@ function initSettings() {
       const tab = $(`.tab[data-tab="${panel.id}"]`, form); tab.classList.add("has-error");
       if (!first) first = { panel, input };
     }
-    if (first) { showTab(first.panel.id); if (first.input) first.input.scrollIntoView({ block: "nearest" }); }
+    if (first) { showTab(first.panel.id); if (first.input) first.input.scrollIntoView({ block: "center" }); }
   }
   form.addEventListener("input", ev => { // a fixed field loses its message
     const span = ev.target.closest(".field") && $(".field-error", ev.target.closest(".field"));
