@@ -319,6 +319,32 @@ def test_save_last_right_after_the_start_holds_no_earlier_frame(rig: Rig) -> Non
     page.context.close()
 
 
+def test_double_taps_on_record_and_save_last_make_one_clip_each(rig: Rig) -> None:
+    url = rig.gateway.url
+    page = rig.page()
+    start_unscheduled(page, url, "Gloves", "UI-9")
+    record = page.locator("#btn-record")
+    tap_twice(page, "Record")  # the second tap must not stop it at once
+    expect(record).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#rec-badge")).to_contain_text(re.compile(r"REC 0:0[1-9] / 0:30"))
+    shot(page, "12a-recording")
+    assert exam_json(page, url)["recording"]
+    page.get_by_role("button", name="Stop recording").tap()
+    expect(thumbs(page)).to_have_count(1)
+    page.wait_for_timeout(400)
+    tap_twice(page, "Save last 10 s")
+    expect(thumbs(page)).to_have_count(2)
+    page.wait_for_timeout(1000)
+    exam = exam_json(page, url)
+    assert exam["counts"] == {"images": 0, "clips": 2}
+    expect(page.locator("#counts")).to_have_text("2 clips")
+    page.get_by_role("button", name="Discontinue").click()
+    page.get_by_role("button", name="Patient left").click()
+    page.get_by_role("button", name="Discontinue exam").click()
+    page.wait_for_url(url + "/")
+    page.context.close()
+
+
 def test_wrong_patient_sends_nothing_unless_confirmed(rig: Rig) -> None:
     url = rig.gateway.url
     page = rig.page()
@@ -502,12 +528,37 @@ def test_a_frozen_service_makes_the_preview_say_it_stalled(rig: Rig) -> None:
     page.context.close()
 
 
+def test_pin_lockout_says_the_seconds_above_the_pad(rig: Rig) -> None:
+    """Five wrong PINs lock the pad; the wait counts down where it is seen.
+    (The limiter lives in the service: the restart test after this one clears it.)"""
+    page = rig.page()
+    page.goto(rig.gateway.url + "/settings")
+    error = page.locator("#pin-error")
+    for _ in range(5):
+        for digit in "0000":
+            page.get_by_role("button", name=digit, exact=True).click()
+        page.get_by_role("button", name="Unlock").click()
+        expect(error).not_to_have_text("")
+    expect(error).to_have_text(re.compile(r"Too many wrong PINs — try again in \d+ s"))
+    expect(page.get_by_role("button", name="Unlock")).to_be_disabled()
+    first = int(re.findall(r"\d+", error.inner_text())[0])
+    page.wait_for_timeout(2100)
+    assert int(re.findall(r"\d+", error.inner_text())[0]) < first  # counting down
+    shot(page, "18a-pin-locked")
+    page.context.close()
+
+
 def test_a_service_restart_under_an_open_page_then_capture_works(rig: Rig) -> None:
     url = rig.gateway.url
     page = rig.page()
     start_unscheduled(page, url, "Restart", "UI-8")
     page.get_by_role("button", name="Capture", exact=True).tap()
     expect(thumbs(page)).to_have_count(1)
+    # A token the service no longer knows: refreshed, and the tap still works.
+    page.evaluate("CSRF = 'stale'")
+    page.wait_for_timeout(350)  # not a repeat tap
+    page.get_by_role("button", name="Capture", exact=True).tap()
+    expect(thumbs(page)).to_have_count(2)
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
     old_csrf = page.evaluate("CSRF")
     first_frame = page.evaluate("Number(document.getElementById('preview').dataset.frame)")
@@ -525,14 +576,14 @@ def test_a_service_restart_under_an_open_page_then_capture_works(rig: Rig) -> No
     )
     expect(page.locator("#stalled")).to_be_hidden()
     page.get_by_role("button", name="Capture", exact=True).tap()
-    expect(thumbs(page)).to_have_count(2)
+    expect(thumbs(page)).to_have_count(3)
     assert page.evaluate("window.__sameDocument") is True
-    assert len(exam_json(page, url)["objects"]) == 2
+    assert len(exam_json(page, url)["objects"]) == 3
     shot(page, "25-after-restart")
     before = set(rig.pacs.received())
     page.get_by_role("button", name="Finish").click()
     page.wait_for_url(url + "/")
-    files = received_since(rig, before, 2)
+    files = received_since(rig, before, 3)
     uids = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
     assert len(uids) == 1  # one exam, across the restart
     page.context.close()
