@@ -216,8 +216,11 @@ class WorklistService:
             ):
                 if complete:  # only a complete answer may replace what the cache holds
                     self.cache.store_soon(query, entries)
-        merged = {e.key: e for entries in results.per_query for e in entries}
-        ordered = sorted(merged.values(), key=list_order)
+        if len(results.per_query) == 1:  # the plain list: sorted already
+            ordered = results.per_query[0]
+        else:
+            merged = {e.key: e for entries in results.per_query for e in entries}
+            ordered = sorted(merged.values(), key=list_order)
         return WorklistResult(
             entries=list(mark_performed_entries(ordered, performed)),
             warnings=tuple(results.warnings),
@@ -363,8 +366,9 @@ class WorklistService:
         warnings: tuple[str, ...] = ()
         if oldest is None:
             warnings = ("no cached worklist yet",)
+        found = list(merged.values())  # one query: in list order already
         return WorklistResult(
-            entries=sorted(merged.values(), key=list_order),
+            entries=found if len(queries) == 1 else sorted(found, key=list_order),
             cached_at=oldest,
             error=error,
             warnings=warnings,

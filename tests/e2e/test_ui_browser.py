@@ -266,9 +266,22 @@ def test_forms_say_what_is_wrong_next_to_the_field(rig: Rig) -> None:
     expect(form.locator('[data-for="id"]')).to_have_text("Patient ID may not contain \\")
     assert small_targets(page) == []
     shot(page, "08-form-errors")
-    # Fixed: Continue, then Back keeps every value typed.
+    # Fixed: Continue, then Back keeps every value typed. The birth date on
+    # the keyboard's digit pad: the dashes come by themselves.
     page.get_by_label("Given name").fill("Jo")
-    page.get_by_label("Birth date").fill("1970-05-06")
+    page.get_by_label("Birth date").fill("")
+    page.get_by_label("Birth date").tap()
+    keyboard = page.get_by_role("group", name="On-screen keyboard")
+    expect(keyboard.locator('[data-key="5"]')).to_be_visible()
+    expect(keyboard.locator('[data-key="q"]')).to_have_count(0)  # digits only
+    shot(page, "08a-date-pad")
+    for key in "19700506":
+        keyboard.locator(f'[data-key="{key}"]').tap()
+    expect(page.get_by_label("Birth date")).to_have_value("1970-05-06")
+    expect(form.locator('[data-for="birth_date"]')).to_have_text("")
+    keyboard.get_by_role("button", name="Enter").tap()
+    expect(keyboard).to_be_hidden()
+    page.get_by_label("Patient ID").click()  # a mouse from here on: no keyboard
     page.get_by_label("Patient ID").fill("F-12")
     page.get_by_role("radio", name="Female", exact=True).click()
     page.get_by_role("button", name="Continue").click()

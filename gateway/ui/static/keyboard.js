@@ -139,8 +139,15 @@
   document.addEventListener("pointerdown", ev => { lastPointer = ev.pointerType || "mouse"; }, true);
   document.addEventListener("focusin", ev => {
     if (kb.contains(ev.target)) return;
-    if (wants(ev.target) && (lastPointer === "touch" || document.body.dataset.keyboard === "always")) show(ev.target);
-    else if (!wants(ev.target)) hide();
+    const touch = lastPointer === "touch" || document.body.dataset.keyboard === "always";
+    if (wants(ev.target) && touch) show(ev.target); // another field: the keys type there now
+    else hide(); // a field chosen with a mouse has a keyboard of its own
+  });
+  // A touch on the field that has the focus already (after Done) brings it back.
+  document.addEventListener("click", ev => {
+    if (kb.hidden && lastPointer === "touch" && wants(ev.target) && ev.target === document.activeElement) {
+      show(ev.target);
+    }
   });
   document.addEventListener("focusout", ev => {
     // Give a tap on another field (or a key) the chance to keep it open.
