@@ -558,8 +558,8 @@ def test_a_capture_killed_mid_exam_is_discontinued_at_the_next_start(
     import time
 
     from gateway.dicom.procedure_step import DISCONTINUED
-    from tests.support.process import GATEWAY, REPO
     from tests.support.gateway import write_config
+    from tests.support.process import GATEWAY, REPO
 
     scp.start()
     data: dict[str, Any] = {
