@@ -617,6 +617,7 @@ def test_a_capture_killed_mid_exam_is_discontinued_at_the_next_start(
     finally:
         outbox.close()
     (_, _, created), (_, _, modified) = scp.received
+    assert created.PerformedProcedureStepStatus == "IN PROGRESS"
     assert modified.PerformedProcedureStepStatus == DISCONTINUED
     assert "interrupted" in modified.CommentsOnThePerformedProcedureStep
     assert len(modified.PerformedSeriesSequence[0].ReferencedImageSequence) >= 1
