@@ -58,39 +58,28 @@ def _label(path: list[str]) -> str:
     return LABELS.get(path[-1], path[-1].replace("_", " ").capitalize()) if path else "Settings"
 
 
+_NUMBER = ("int_parsing", "int_type", "int_from_float")
+_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("missing", "string_too_short"), "{label} is needed"),
+    (("extra_forbidden",), "{label}: not a setting this gateway knows"),
+    (("less_than_equal",), "{label} must be at most {le}"),
+    (("greater_than_equal",), "{label} must be at least {ge}"),
+    (_NUMBER, "{label} must be a whole number"),
+    (("float_parsing", "float_type"), "{label} must be a number"),
+    (("literal_error",), "{label} must be {expected}"),
+    (("string_too_long",), "{label} is too long (at most {max_length} characters)"),
+)
+
+
 def field_message(path: list[str], err: Mapping[str, Any]) -> str:
     """One problem as the settings screen says it: "Port must be 1–65535"."""
     kind, ctx = str(err["type"]), err.get("ctx") or {}
     label = _label(path)
-    if (
-        path
-        and path[-1] == "port"
-        and kind
-        in {
-            "greater_than_equal",
-            "less_than_equal",
-            "int_parsing",
-            "int_type",
-            "int_from_float",
-        }
-    ):
+    if path and path[-1] == "port" and kind in ("greater_than_equal", "less_than_equal", *_NUMBER):
         return "Port must be 1–65535"
-    if kind in ("missing", "string_too_short"):
-        return f"{label} is needed"
-    if kind == "extra_forbidden":
-        return f"{label}: not a setting this gateway knows"
-    if kind == "less_than_equal":
-        return f"{label} must be at most {ctx.get('le')}"
-    if kind == "greater_than_equal":
-        return f"{label} must be at least {ctx.get('ge')}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"{label} must be a whole number"
-    if kind in ("float_parsing", "float_type"):
-        return f"{label} must be a number"
-    if kind == "literal_error":
-        return f"{label} must be {ctx.get('expected', 'one of the choices')}"
-    if kind == "string_too_long":
-        return f"{label} is too long (at most {ctx.get('max_length')} characters)"
+    for kinds, words in _WORDS:
+        if kind in kinds:
+            return words.format(**{"expected": "one of the choices", **ctx, "label": label})
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{label}: {msg}" if path else msg
 

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,24 +32,20 @@ from tests.support.dcmtk import StoreSCP
 from tests.support.gateway import UIGateway, gateway_config, write_config
 from tests.support.pki import PKI
 from tests.support.process import ARTIFACTS, free_port, require_tool
-from tests.support.ui import crowded_destructive, frame_counters, small_targets, wait_until
+from tests.support.ui import (
+    SMALL,
+    UIRig,
+    crowded_destructive,
+    frame_counters,
+    small_targets,
+    wait_until,
+)
 
 PIN = "4711"
-SMALL = {"width": 800, "height": 480}
 WIDTH, HEIGHT = 800, 480  # the test pattern's frames
 
 
-@dataclass
-class Rig:
-    gateway: UIGateway
-    pacs: StoreSCP
-    browser: Any
-
-    def page(self, viewport: dict[str, int] = SMALL) -> Page:
-        context = self.browser.new_context(viewport=viewport, has_touch=True)
-        context.set_default_timeout(15_000)
-        page: Page = context.new_page()
-        return page
+Rig = UIRig
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +134,13 @@ def queue_status(rig: Rig) -> dict[str, int]:
     return counts
 
 
+def pacs_files(rig: Rig) -> set[Path]:
+    """What the PACS holds once the gateway has nothing left to send (an
+    earlier test's objects may still be on their way)."""
+    wait_until(lambda: queue_status(rig)["pending"] == 0)
+    return set(rig.pacs.received())
+
+
 def received_since(rig: Rig, before: set[Path], count: int) -> list[Path]:
     """The files the PACS stored since `before`, once the gateway has them
     all as sent (storescp answers after writing: no file is half there)."""
@@ -213,7 +215,7 @@ def test_full_exam_from_unscheduled_patient_to_pacs(rig: Rig) -> None:
     expect(thumbs(page)).to_have_count(2)
     expect(page.locator("#counts")).to_have_text("2 images")
 
-    before = set(rig.pacs.received())
+    before = pacs_files(rig)
     page.get_by_role("button", name="Finish").click()  # the deletes still waiting go first
     page.wait_for_url(url + "/")
     expect(page.locator("#toast")).to_contain_text("2 object(s) queued")
@@ -320,7 +322,7 @@ def test_save_last_right_after_the_start_holds_no_earlier_frame(rig: Rig) -> Non
     expect(page.locator(".clip-time")).to_contain_text(re.compile(r"\d+\.\d s / \d+\.\d s"))
     shot(page, "11-review-clip")
     page.get_by_role("button", name="Close").click()
-    before = set(rig.pacs.received())
+    before = pacs_files(rig)
     page.get_by_role("button", name="Finish").click()
     page.wait_for_url(url + "/")
     (file,) = received_since(rig, before, 1)
@@ -366,7 +368,7 @@ def test_wrong_patient_sends_nothing_unless_confirmed(rig: Rig) -> None:
         page.get_by_role("button", name="Capture", exact=True).tap()
         page.wait_for_timeout(350)
     expect(thumbs(page)).to_have_count(2)
-    before = set(rig.pacs.received())
+    before = pacs_files(rig)
     page.get_by_role("button", name="Discontinue").click()
     page.get_by_role("button", name="Wrong patient").click()
     assert crowded_destructive(page) == []
@@ -593,7 +595,7 @@ def test_a_service_restart_under_an_open_page_then_capture_works(rig: Rig) -> No
     assert page.evaluate("window.__sameDocument") is True
     assert len(exam_json(page, url)["objects"]) == 3
     shot(page, "25-after-restart")
-    before = set(rig.pacs.received())
+    before = pacs_files(rig)
     page.get_by_role("button", name="Finish").click()
     page.wait_for_url(url + "/")
     files = received_since(rig, before, 3)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -25,23 +24,21 @@ from tests.support.dcmtk import StoreSCP
 from tests.support.gateway import UIGateway, gateway_config, write_config
 from tests.support.pki import PKI
 from tests.support.process import ARTIFACTS, free_port
-from tests.support.ui import ENTRIES, RisPeer, crowded_destructive, small_targets, wait_until
+from tests.support.ui import (
+    ENTRIES,
+    RisPeer,
+    UIRig,
+    crowded_destructive,
+    small_targets,
+    wait_until,
+)
 
-SMALL = {"width": 800, "height": 480}
+Rig = UIRig
 
 
-@dataclass
-class Rig:
-    gateway: UIGateway
-    pacs: StoreSCP
-    ris: RisPeer
-    browser: Any
-
-    def page(self, viewport: dict[str, int] = SMALL) -> Page:
-        context = self.browser.new_context(viewport=viewport, has_touch=True)
-        context.set_default_timeout(15_000)
-        page: Page = context.new_page()
-        return page
+def ris_of(rig: Rig) -> RisPeer:
+    assert rig.ris is not None  # always here
+    return rig.ris
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +52,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, pki: PKI, chromium: Any) -> It
     gateway = UIGateway(write_config(tmp / "gateway.toml", data), port).start()
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        yield Rig(gateway, pacs, ris, chromium)
+        yield Rig(gateway, pacs, chromium, ris)
     finally:
         log = gateway.stop()
         pacs.stop()
@@ -111,7 +108,7 @@ def test_find_by_name_and_by_accession_pick_and_send(rig: Rig) -> None:
     shot(page, "30-worklist-today")
 
     # Typing on the on-screen keyboard filters what is shown; the RIS hears nothing.
-    seen = rig.ris.associations()
+    seen = ris_of(rig).associations()
     page.get_by_label("Search worklist").tap()
     keyboard = page.get_by_role("group", name="On-screen keyboard")
     expect(keyboard).to_be_visible()
@@ -123,18 +120,18 @@ def test_find_by_name_and_by_accession_pick_and_send(rig: Rig) -> None:
     expect(page.locator("#wl-note")).to_contain_text("No match for “yes” — 5 scheduled. Tap Search")
     assert small_targets(page) == []
     shot(page, "31-keyboard-typing")
-    assert rig.ris.associations() == seen
+    assert ris_of(rig).associations() == seen
     # Search asks the RIS: one association, today only at first.
     keyboard.get_by_role("button", name="Enter").tap()
     expect(keyboard).to_be_hidden()
     expect(page.locator("#wl-note")).to_have_text("No match for “yes” — 5 scheduled.")
-    assert rig.ris.associations() == seen + 1
+    assert ris_of(rig).associations() == seen + 1
     shot(page, "32-search-no-match")
     page.get_by_role("button", name="Yesterday–Tomorrow").tap()
     expect(rows(page)).to_have_count(1)
     expect(heading).to_contain_text("“yes”")
     expect(rows(page).first).to_contain_text(re.compile(r"\w{3} \d+ \w{3}"))  # its day
-    assert rig.ris.associations() == seen + 2
+    assert ris_of(rig).associations() == seen + 2
     exam_to_pacs(rig, page, "Yester, Day", "ACC-YEST")
 
     # Another station, by accession: All stations, then Search.
@@ -202,7 +199,7 @@ def test_ris_stopped_the_cache_answers_at_once_and_the_list_comes_back(rig: Rig)
     expect(rows(page)).to_have_count(5)
     # The RIS itself stops; its TLS front stays up, so every try the gateway
     # makes is counted (stunnel logs each connection it accepts).
-    rig.ris.wlm.stop()
+    ris_of(rig).wlm.stop()
     page.get_by_role("button", name="Refresh").click()  # finds the link down
     offline = page.locator("#wl-offline")
     expect(offline).to_contain_text(re.compile(r"Offline · list from \d\d:\d\d"))
@@ -213,7 +210,7 @@ def test_ris_stopped_the_cache_answers_at_once_and_the_list_comes_back(rig: Rig)
     expect(page.locator("#offline-details")).to_contain_text("unreachable")
     shot(page, "39-offline-details")
     page.get_by_role("button", name="Close").click()
-    tries = rig.ris.connections()
+    tries = ris_of(rig).connections()
     started = time.monotonic()
     # Typing filters the cached list: no try at all.
     page.get_by_label("Search worklist").tap()
@@ -221,7 +218,7 @@ def test_ris_stopped_the_cache_answers_at_once_and_the_list_comes_back(rig: Rig)
     for key in "roe":
         keyboard.locator(f'[data-key="{key}"]').tap()
     expect(rows(page)).to_have_count(1)
-    assert rig.ris.connections() == tries
+    assert ris_of(rig).connections() == tries
     keyboard.get_by_role("button", name="Backspace").tap()
     keyboard.get_by_role("button", name="Enter").tap()  # Search; the keyboard closes
     expect(keyboard).to_be_hidden()
@@ -246,7 +243,7 @@ def test_ris_stopped_the_cache_answers_at_once_and_the_list_comes_back(rig: Rig)
         page.get_by_role("button", name="Back to list").click()
         expect(page.locator("#wl-heading")).to_contain_text("scheduled")
     elapsed = time.monotonic() - started
-    attempts = rig.ris.connections() - tries
+    attempts = ris_of(rig).connections() - tries
     assert attempts <= 1 + elapsed / 5, (attempts, elapsed)
     (ARTIFACTS / "ui-worklist-offline-timings.txt").write_text(
         "Search answered from the cache, RIS link known down (ms from tap to list): "
@@ -254,7 +251,7 @@ def test_ris_stopped_the_cache_answers_at_once_and_the_list_comes_back(rig: Rig)
         + f"\nconnection tries during {elapsed:.1f} s and {len(timings)} searches: {attempts}\n"
     )
     # The RIS comes back: the retry finds it, the page shows the live list by itself.
-    rig.ris.wlm.start()
+    ris_of(rig).wlm.start()
     expect(page.locator("#sb-ris")).to_have_text("RIS OK", timeout=90_000)
     expect(offline).to_be_hidden(timeout=10_000)
     expect(rows(page)).to_have_count(5)

@@ -12,6 +12,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.support.dcmtk import StoreSCP
+from tests.support.gateway import UIGateway
 from tests.support.pki import PKI
 from tests.support.wlm import AE, Stunnel, WlmSCP, write_entry
 
@@ -126,6 +128,30 @@ class RisPeer:
 
     def associations(self) -> int:
         return self.wlm.associations()
+
+
+SMALL = {"width": 800, "height": 480}
+
+
+def touch_page(browser: Any, viewport: dict[str, int] = SMALL) -> Any:
+    """A new page in its own context, with touch, as the kiosk's screen."""
+    context = browser.new_context(viewport=viewport, has_touch=True)
+    context.set_default_timeout(15_000)
+    return context.new_page()
+
+
+@dataclass
+class UIRig:
+    """What a browser test of the touchscreen runs against: `dicom-gateway
+    run`, the PACS, Chromium, and the RIS when there is one."""
+
+    gateway: UIGateway
+    pacs: StoreSCP
+    browser: Any
+    ris: RisPeer | None = None
+
+    def page(self, viewport: dict[str, int] = SMALL) -> Any:
+        return touch_page(self.browser, viewport)
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
