@@ -290,7 +290,7 @@ function initWorklist() {
   }
 
   function setDates(value) {
-    dates = value;
+    dates = value; sessionStorage.setItem("wl-dates", value);
     $$(".chip[data-dates]").forEach(c => c.setAttribute("aria-pressed", String(c.dataset.dates === value)));
   }
   $$(".chip[data-dates]").forEach(c => tap(c, async () => {
@@ -299,11 +299,14 @@ function initWorklist() {
   }, { lock: true }));
   const stationBtn = $("#wl-station");
   function setStation(value) {
-    station = value; stationBtn.dataset.station = value;
+    station = value; stationBtn.dataset.station = value; sessionStorage.setItem("wl-station", value);
     stationBtn.textContent = value === "mine" ? `Station ${myStation}` : "All stations";
     stationBtn.setAttribute("aria-pressed", String(value === "all"));
   }
-  setStation("mine");
+  // Back from an exam, the list is the one the technician had chosen.
+  setStation(sessionStorage.getItem("wl-station") === "all" ? "all" : "mine");
+  const keptDates = sessionStorage.getItem("wl-dates");
+  if (["today", "around", "week", "any"].includes(keptDates)) setDates(keptDates);
   tap(stationBtn, async () => {
     setStation(station === "mine" ? "all" : "mine"); listCount = null;
     await load({ text: view && view.text ? view.text : "" });
