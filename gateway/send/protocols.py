@@ -35,7 +35,7 @@ def confirmer_for(dest: Destination) -> Confirmer | None:
     return None
 
 
-def test_connection(calling_ae: str, dest: Destination) -> EchoResult:
+def echo_destination(calling_ae: str, dest: Destination) -> EchoResult:
     """ "Test connection" / `echo`: C-ECHO for DIMSE, an authenticated QIDO-RS
     request for DICOMweb; both with the TLS version and cipher."""
     if isinstance(dest, StowDestinationConfig):

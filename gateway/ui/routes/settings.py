@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.send.protocols import test_connection
+from gateway.send.protocols import echo_destination
 from gateway.ui import models as m
 from gateway.ui.deps import GUARDS, ApiError, require_unlocked, ui_state
 
@@ -42,4 +42,4 @@ def api_echo(request: Request, body: m.EchoRequest) -> dict[str, Any]:
         dest = next(d for d in config.destinations if d.name == body.name)
     except StopIteration:
         raise ApiError(404, f"no destination named {body.name!r}") from None
-    return test_connection(config.station.ae_title, dest).as_json()
+    return echo_destination(config.station.ae_title, dest).as_json()
