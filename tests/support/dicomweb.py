@@ -148,6 +148,13 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
+        location /stream/ {{
+            proxy_pass http://127.0.0.1:{orthanc}/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            client_body_in_file_only off;
+        }}
         location /faults/ {{
             proxy_pass http://127.0.0.1:{faults}/;
             proxy_http_version 1.1;
@@ -164,7 +171,8 @@ http {{
 class Nginx:
     """HTTPS with a client certificate required (signed by the test CA),
     `/orthanc/` to Orthanc (request bodies buffered, as nginx does by
-    default) and `/faults/` to the fault proxy (streamed)."""
+    default), `/stream/` to Orthanc with bodies streamed through as they
+    arrive, and `/faults/` to the fault proxy (streamed)."""
 
     root: Path
     pki: PKI
