@@ -58,6 +58,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
+def _readable_file(value: Path, what: str) -> Path:
+    if not value.is_file():
+        raise ValueError(f"{what} {str(value)!r} does not exist")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"{what} {str(value)!r} is not readable")
+    return value
+
+
 class TLSConfig(_Model):
     """Mutual TLS: the peer is checked against `ca`; we present `cert`/`key`."""
 
@@ -68,11 +76,7 @@ class TLSConfig(_Model):
     @field_validator("ca", "cert", "key")
     @classmethod
     def _exists(cls, value: Path) -> Path:
-        if not value.is_file():
-            raise ValueError(f"certificate file {str(value)!r} does not exist")
-        if not os.access(value, os.R_OK):
-            raise ValueError(f"certificate file {str(value)!r} is not readable")
-        return value
+        return _readable_file(value, "certificate file")
 
 
 class StationConfig(_Model):
@@ -142,14 +146,6 @@ class DestinationConfig(_Model):
     def peer(self) -> tuple[str, str]:
         """(who, where) for audit messages: the AE title and its host."""
         return self.ae_title, self.host
-
-
-def _readable_file(value: Path, what: str) -> Path:
-    if not value.is_file():
-        raise ValueError(f"{what} {str(value)!r} does not exist")
-    if not os.access(value, os.R_OK):
-        raise ValueError(f"{what} {str(value)!r} is not readable")
-    return value
 
 
 class HttpsTLSConfig(_Model):
