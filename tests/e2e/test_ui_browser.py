@@ -38,6 +38,7 @@ from tests.support.ui import (
     crowded_destructive,
     frame_counters,
     small_targets,
+    touch_page,
     wait_until,
 )
 
@@ -489,6 +490,49 @@ def test_settings_behind_the_pin(rig: Rig) -> None:
     page.get_by_role("button", name="Lock").click()
     page.wait_for_url(rig.gateway.url + "/")
     page.context.close()
+
+
+def test_settings_keep_what_the_screen_does_not_show(
+    tmp_path: Path, pki: PKI, chromium: Any
+) -> None:
+    """A DICOMweb destination is shown as one (its URL, not AE/host/port),
+    and Save writes back every key the screen has no field for."""
+    import tomllib
+
+    port = free_port()
+    data = gateway_config(tmp_path, pki, free_port(), ui={"listen": f"127.0.0.1:{port}"})
+    data["ui"]["pin_hash"] = hash_pin(PIN)
+    data["destinations"].append(
+        {
+            "name": "cloud",
+            "protocol": "stow-rs",
+            "allow_plain_http": True,
+            "url": "http://127.0.0.1:1/dicom-web",
+            "batch_max_objects": 7,
+        }
+    )
+    data["worklist"] = {"ae_title": "RIS", "host": "localhost", "port": 1, "max_entries": 99}
+    config = write_config(tmp_path / "gateway.toml", data)
+    gateway = UIGateway(config, port).start()
+    try:
+        page = touch_page(chromium)
+        page.goto(gateway.url + "/settings")
+        for digit in PIN:
+            page.get_by_role("button", name=digit, exact=True).click()
+        page.get_by_role("button", name="Unlock").click()
+        cloud = page.locator(".dest").nth(1)
+        expect(cloud.get_by_label("DICOMweb URL")).to_have_value("http://127.0.0.1:1/dicom-web")
+        expect(cloud.get_by_label("Destination AE title")).to_be_hidden()
+        page.get_by_role("button", name="Save settings").click()
+        expect(page.locator("#settings-note")).to_contain_text("Saved")
+        page.context.close()
+    finally:
+        gateway.stop()
+    saved = tomllib.loads(config.read_text())
+    assert saved["destinations"][1]["batch_max_objects"] == 7
+    assert saved["destinations"][1]["protocol"] == "stow-rs"
+    assert "ae_title" not in saved["destinations"][1]
+    assert saved["worklist"]["max_entries"] == 99
 
 
 def test_pacs_down_and_the_status_bar_tells_the_truth(rig: Rig) -> None:

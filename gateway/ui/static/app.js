@@ -831,22 +831,25 @@ function initExam() {
 function initSettings() {
   const pinForm = $("#pin-form"), form = $("#settings-form"), pin = $("#pin-input");
   const pinError = $("#pin-error");
-  let pinSet = true, origCapture = {}, waitTimer = null;
+  let pinSet = true, origCapture = {}, origWorklist = {}, waitTimer = null;
   function fill(fieldset, data) {
     for (const input of $$("input, select", fieldset)) {
       const v = ["ca", "cert", "key"].includes(input.name) ? (data.tls || {})[input.name] : data[input.name];
       if (input.type === "checkbox") input.checked = !!v; else input.value = v ?? "";
     }
   }
-  function read(fieldset) {
-    const out = {}, tls = {};
+  /* What the fields say, over what the file held (keys the screen does not
+     show, such as a DICOMweb destination's http_auth, are kept as they were). */
+  function read(fieldset, original = {}) {
+    const out = Object.assign({}, original), tls = Object.assign({}, original.tls || {});
     for (const input of $$("input, select", fieldset)) {
+      if (input.closest(".dimse-only[hidden], .stow-only[hidden]")) continue; // another kind
       const v = input.type === "checkbox" ? input.checked : input.value.trim();
-      if (["ca", "cert", "key"].includes(input.name)) { if (v) tls[input.name] = v; }
+      if (["ca", "cert", "key"].includes(input.name)) { if (v) tls[input.name] = v; else delete tls[input.name]; }
       else if (input.name === "port") out.port = /^\d+$/.test(v) ? Number(v) : v;
       else out[input.name] = v;
     }
-    if (Object.keys(tls).length) out.tls = tls;
+    if (Object.keys(tls).length) out.tls = tls; else delete out.tls;
     return out;
   }
   function showTab(id) {
@@ -857,8 +860,12 @@ function initSettings() {
   function renumber() {
     $$(".dest", form).forEach((d, i) => { d.dataset.path = `destinations.${i}`; $(".dest-title", d).textContent = `Destination ${i + 1}`; });
   }
+  const original = new WeakMap(); // destination fieldset → what the file held
   function addDest(data) {
     const node = $("#dest-template").content.firstElementChild.cloneNode(true);
+    const stow = (data || {}).protocol === "stow-rs";
+    $(".dimse-only", node).hidden = stow; $(".stow-only", node).hidden = !stow;
+    original.set(node, data || {});
     fill(node, data || {});
     $(".remove-dest", node).addEventListener("click", () => { node.remove(); renumber(); });
     tap($(".test-conn", node), async () => {
@@ -908,7 +915,8 @@ function initSettings() {
     pinForm.hidden = true; form.hidden = false; $("#set-lock").hidden = false;
     $("#dest-list").replaceChildren();
     (s.destinations || []).forEach(addDest);
-    fill($("#wl-fields"), s.worklist || {});
+    origWorklist = s.worklist || {};
+    fill($("#wl-fields"), origWorklist);
     origCapture = s.capture || {};
     fill($("#cap-fields"), origCapture);
     showTab("sec-dest");
@@ -961,9 +969,9 @@ function initSettings() {
   form.addEventListener("submit", async ev => {
     ev.preventDefault();
     clearErrors();
-    const wl = read($("#wl-fields"));
+    const wl = read($("#wl-fields"), origWorklist);
     const body = {
-      destinations: $$(".dest", form).map(read),
+      destinations: $$(".dest", form).map(d => read(d, original.get(d))),
       worklist: wl.host ? wl : null,
       capture: Object.assign({}, origCapture, read($("#cap-fields"))),
     };
