@@ -137,8 +137,12 @@ class FrameStream:
                     return None
                 self._cond.wait(remaining)
 
-    def clip(self, seconds: float | None = None, decode: bool = True) -> list[Frame]:
-        """The buffered frames of the last `seconds` (all buffered if None).
+    def clip(
+        self, seconds: float | None = None, decode: bool = True, since: float | None = None
+    ) -> list[Frame]:
+        """The buffered frames of the last `seconds` (all buffered if None),
+        and only those that arrived after `since` (a `time.time()` value: an
+        exam's start, so a clip never holds the previous patient's frames).
 
         Frames kept as JPEG are decoded here, on the caller's thread, unless
         `decode` is false (then their `pixels` are empty and `jpeg` holds
@@ -148,6 +152,8 @@ class FrameStream:
         if seconds is not None and frames:
             cutoff = frames[-1].timestamp - seconds
             frames = [f for f in frames if f.timestamp >= cutoff]
+        if since is not None:
+            frames = [f for f in frames if f.timestamp > since]
         return [_restore(f) for f in frames] if decode else frames
 
     def stats(self) -> StreamStats:

@@ -173,11 +173,22 @@ class ExamService:
         self._emit(ExamEvent("completed", exam))
         return released
 
-    def discontinue(self, exam: Exam, reason: str) -> int:
+    def discontinue(self, exam: Exam, reason: str, *, discard: bool = False) -> int:
         """Abandoned exam: images already taken are still sent (they were
-        acknowledged to the technician); the RIS is told it was discontinued."""
+        acknowledged to the technician); the RIS is told it was discontinued.
+
+        `discard`: the technician confirmed the held images belong to someone
+        else (the wrong patient was picked): they are deleted, never sent, and
+        the MPPS names no images."""
         if exam.state is not ExamState.IN_PROGRESS:
             raise ExamError(f"exam is already {exam.state.value}")
+        if discard:
+            if not self.hold:
+                raise ExamError("images of this exam were sent as they were made")
+            with exam.lock:
+                for image in list(exam.images):
+                    self.outbox.discard_held(image.id)
+                    exam.images.remove(image)
         released = self.outbox.release_exam(exam.id)
         exam.state, exam.ended = ExamState.DISCONTINUED, datetime.now().astimezone()
         exam.discontinue_reason = reason

@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.acquire.exam import Exam, ExamEvent, ExamState
 from gateway.dicom.modules import Series, Study
-from gateway.queue.db import SQLiteStore, open_queue_db, transaction
+from gateway.queue.db import SQLiteStore, claimer_alive, open_queue_db, this_process, transaction
 from gateway.queue.outbox import Outbox
 from gateway.ris.jsonform import (
     order_from_dict,
@@ -26,9 +26,13 @@ from gateway.ris.jsonform import (
 )
 
 
-def _exam_to_json(exam: Exam) -> str:
+def _exam_to_json(exam: Exam, review: bool) -> str:
     study, series = exam.study, exam.series
     data: dict[str, Any] = {
+        # Who runs it: a reviewed exam (the touchscreen) comes back on screen
+        # after a restart; a headless one whose process died is discontinued.
+        "review": review,
+        "owner": this_process(),
         "patient": patient_to_dict(exam.patient),
         "order": order_to_dict(exam.order) if exam.order else None,
         "study": {
@@ -50,8 +54,9 @@ def _exam_to_json(exam: Exam) -> str:
 
 
 class ExamStore(SQLiteStore):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, review: bool = True) -> None:
         self._db = open_queue_db(root)
+        self.review = review
 
     def __call__(self, event: ExamEvent) -> None:
         exam = event.exam
@@ -59,7 +64,12 @@ class ExamStore(SQLiteStore):
             if event.kind == "started":
                 db.execute(
                     "INSERT OR REPLACE INTO exams (id, state, data, started) VALUES (?, ?, ?, ?)",
-                    (exam.id, exam.state.value, _exam_to_json(exam), exam.started.isoformat()),
+                    (
+                        exam.id,
+                        exam.state.value,
+                        _exam_to_json(exam, self.review),
+                        exam.started.isoformat(),
+                    ),
                 )
             elif event.kind in ("completed", "discontinued"):
                 db.execute(
@@ -72,14 +82,29 @@ class ExamStore(SQLiteStore):
                     ),
                 )
 
-    def unfinished(self, outbox: Outbox) -> list[Exam]:
-        """Exams still in progress, oldest first, with the images the queue holds for them."""
-        out = []
-        for row in self._db.execute(
+    def _in_progress(self) -> list[tuple[sqlite3.Row, dict[str, Any]]]:
+        rows = self._db.execute(
             "SELECT * FROM exams WHERE state = 'in_progress' ORDER BY started"
-        ).fetchall():
-            out.append(self._restore(row, outbox))
-        return out
+        ).fetchall()
+        return [(row, json.loads(row["data"])) for row in rows]
+
+    def unfinished(self, outbox: Outbox) -> list[Exam]:
+        """Reviewed exams still in progress, oldest first, with the images the
+        queue holds for them (the touchscreen takes them back)."""
+        return [
+            self._restore(row, outbox)
+            for row, data in self._in_progress()
+            if data.get("review", True)
+        ]
+
+    def abandoned(self, outbox: Outbox) -> list[Exam]:
+        """Headless exams (`capture`, `import`) still in progress whose process
+        is gone (killed, or the power failed): nobody can end them but us."""
+        return [
+            self._restore(row, outbox)
+            for row, data in self._in_progress()
+            if not data.get("review", True) and not claimer_alive(data.get("owner"))
+        ]
 
     def _restore(self, row: sqlite3.Row, outbox: Outbox) -> Exam:
         data = json.loads(row["data"])

@@ -17,6 +17,8 @@ from gateway.queue.outbox import Outbox
 @dataclass
 class ExamListeners:
     restored: list[Exam] = field(default_factory=list)
+    # Headless exams of processes that died mid-exam (see ExamStore.abandoned).
+    abandoned: list[Exam] = field(default_factory=list)
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -31,10 +33,11 @@ def attach(
     """Subscribe the listeners; with `restore`, return the exams that were in
     progress when the last process ended (their images still held)."""
     out = ExamListeners()
-    store = ExamStore(config.queue.path)
+    store = ExamStore(config.queue.path, review=exams.hold)
     out.closers.append(store.close)
     if restore:
         out.restored = store.unfinished(outbox)
+        out.abandoned = store.abandoned(outbox)
     exams.subscribe(store)
     if mpps_peer(config) is not None:
         from gateway.dicom import procedure_step

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Discontinuation Reason: Comments on the Performed Procedure Step is LO (64).
 MAX_REASON = 64
+INTERRUPTED = "interrupted: the process ended before the exam did"
 
 
 def failure_reason(what: str, exc: BaseException) -> str:
@@ -44,7 +45,9 @@ class Station:
     `review`: images are held until the exam is finished (the touchscreen,
     where the technician may still delete them); headless exams send at once.
     `restore`: exams left in progress by the last process come back in
-    `restored` (the touchscreen adopts them)."""
+    `restored` (the touchscreen adopts them); headless ones whose process
+    died (a `capture` or `import` killed mid-exam) are discontinued here,
+    MPPS included, so none stays open."""
 
     def __init__(
         self,
@@ -60,6 +63,12 @@ class Station:
         self.capturer = Capturer(config, outbox, source)
         self.exams = ExamService(config, outbox, self.capturer, hold_until_finished=review)
         self.listeners: ExamListeners = attach(config, self.exams, outbox, restore=restore)
+        for exam in self.listeners.abandoned:
+            log.warning("exam %s was left in progress by a process that ended", exam.id)
+            try:
+                self.exams.discontinue(exam, INTERRUPTED)
+            except Exception:  # the next start tries again
+                log.exception("exam %s could not be discontinued", exam.id)
 
     @property
     def restored(self) -> list[Exam]:

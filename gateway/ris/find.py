@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from pydicom.dataset import Dataset
@@ -80,7 +80,7 @@ class WorklistFind:
         self,
         calling_ae: str,
         peer: DestinationConfig,
-        identifier: Dataset,
+        identifier: Dataset | Sequence[Dataset],
         *,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         limits: FindLimits = FindLimits(),
@@ -88,7 +88,9 @@ class WorklistFind:
     ) -> None:
         self.calling_ae = calling_ae
         self.peer = peer
-        self.identifier = identifier
+        # Several identifiers are asked one after the other on one association
+        # (a search box's name, ID and accession keys: one connection per tap).
+        self.identifiers = [identifier] if isinstance(identifier, Dataset) else list(identifier)
         self.limits = limits
         # No single message may wait longer than the whole query may take.
         self.timeouts = replace(
@@ -101,6 +103,7 @@ class WorklistFind:
         self.stopped: str | None = None  # why we stopped early, said plainly
         self.matches = 0
         self.undecodable = 0
+        self.current = 0  # which identifier the match being read answers
 
     def __iter__(self) -> Iterator[RawItem]:
         return self.matches_generator()
@@ -117,45 +120,53 @@ class WorklistFind:
         if accepted is None:
             conn.release()
             raise PeerError(f"{self._label}: {_FAILURES[0x0122]}")
-        finished = False
+        finished = True
+        message_id = 0
         try:
             explicit = accepted.transfer_syntax == EXPLICIT_VR_LE
-            message_id = conn.next_message_id()
-            conn.send_message(
-                accepted.id,
-                c_find_rq(message_id, MWL_FIND),
-                encode_dataset(self.identifier, accepted.transfer_syntax),
-            )
-            while True:
-                message = self._next_response(conn, message_id)
-                if message is None:
-                    finished = True
+            failures: list[int] = []
+            for number, identifier in enumerate(self.identifiers):
+                self.current, finished, self.status = number, False, None
+                message_id = conn.next_message_id()
+                conn.send_message(
+                    accepted.id,
+                    c_find_rq(message_id, MWL_FIND),
+                    encode_dataset(identifier, accepted.transfer_syntax),
+                )
+                while True:
+                    message = self._next_response(conn, message_id)
+                    if message is None:
+                        finished = True
+                        break
+                    code = command_us(message.command, 0x0900)
+                    if code not in PENDING:
+                        self.status = code
+                        finished = True
+                        break
+                    item = self._decode(message, explicit)
+                    if item is not None:
+                        self.matches += 1
+                        yield item
+                    if self.matches >= self.limits.max_matches:
+                        self.stopped = (
+                            f"stopped after {self.matches} entries (worklist.max_entries); "
+                            "narrow the query"
+                        )
+                        break
+                    if time.monotonic() > deadline:
+                        self.stopped = (
+                            f"stopped after {self.limits.seconds:g} s with {self.matches} "
+                            "entries (worklist.timeout); the server kept sending"
+                        )
+                        break
+                if self.status is not None and self.status not in (0x0000, CANCELLED):
+                    failures.append(self.status)
+                if not finished or not conn.open:
                     break
-                code = command_us(message.command, 0x0900)
-                if code not in PENDING:
-                    self.status = code
-                    finished = True
-                    break
-                item = self._decode(message, explicit)
-                if item is not None:
-                    self.matches += 1
-                    yield item
-                if self.matches >= self.limits.max_matches:
-                    self.stopped = (
-                        f"stopped after {self.matches} entries (worklist.max_entries); "
-                        "narrow the query"
-                    )
-                    break
-                if time.monotonic() > deadline:
-                    self.stopped = (
-                        f"stopped after {self.limits.seconds:g} s with {self.matches} entries "
-                        "(worklist.timeout); the server kept sending"
-                    )
-                    break
-            if self.status is not None and self.status not in (0x0000, CANCELLED):
+            if failures:
                 if self.matches == 0:
-                    raise PeerError(describe_status(self.status))
-                self.stopped = describe_status(self.status)
+                    raise PeerError(describe_status(failures[0]))
+                self.stopped = describe_status(failures[0])
         finally:
             # Reached on a normal end, on our limits, and when the consumer
             # stops iterating (GeneratorExit): the server is told either way.

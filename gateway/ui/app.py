@@ -92,17 +92,19 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body.body})
 
 
-def _problem(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status)
+def _problem(status: int, message: str, **more: Any) -> JSONResponse:
+    body = {"error": message, **{k: v for k, v in more.items() if v is not None}}
+    return JSONResponse(body, status)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError | DeskError)
-    return _problem(exc.status, exc.message)
+    return _problem(exc.status, exc.message, fields=exc.fields, code=exc.code, **exc.extra)
 
 
 async def _settings_error(request: Request, exc: Exception) -> Response:
-    return _problem(422, str(exc))
+    assert isinstance(exc, SettingsError)
+    return _problem(422, str(exc), fields=exc.fields)
 
 
 async def _module_error(request: Request, exc: Exception) -> Response:
@@ -120,7 +122,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         return _problem(400, "request body is not JSON")
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in _NOT_AN_OBJECT:
         return _problem(400, "request body must be a JSON object")
-    return _problem(422, m.first_problem(errors))
+    return _problem(422, m.first_problem(errors), fields=m.field_problems(errors) or None)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -147,7 +149,13 @@ def create_app(ctx: UIContext) -> FastAPI:
     state = UIState(
         ctx=ctx,
         desk=desk,
-        board=StatusBoard(config, ctx.status_outbox, ctx.forwarder_status, ctx.stream),
+        board=StatusBoard(
+            config,
+            ctx.status_outbox,
+            ctx.forwarder_status,
+            ctx.stream,
+            ris_status=ctx.worklist.link_status if ctx.worklist is not None else None,
+        ),
         settings=SettingsStore(ctx.config_path, config),
         events=events,
         login_required=ctx.login_required

@@ -7,10 +7,12 @@ settings. A refusal is an `ApiError`, answered as one line of JSON."""
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
@@ -19,6 +21,7 @@ from gateway.acquire.exam import ExamService
 from gateway.config import GatewayConfig
 from gateway.queue.outbox import Outbox
 from gateway.ris.model import WorklistEntry, WorklistQuery, WorklistResult
+from gateway.ris.worklist import LinkState
 from gateway.ui.desk import ExamDesk
 from gateway.ui.live import Broadcaster, PreviewEncoder
 from gateway.ui.security import CSRF_HEADER, SESSION_COOKIE, PinLimiter, Session, Sessions
@@ -27,15 +30,40 @@ from gateway.ui.status import ForwarderStatus, StatusBoard
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A refusal: its status, a sentence for the screen, and what the screen
+    may use besides (`fields`: form field → message; `code`; `extra` values
+    such as the seconds to wait)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        fields: dict[str, str] | None = None,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+        self.fields, self.code, self.extra = fields, code, extra or {}
+
+
+CSRF_REFUSAL = "missing or wrong CSRF token (GET /api/session for one)"
 
 
 class WorklistSource(Protocol):
-    """What the worklist screen needs; `gateway.ris.worklist.WorklistService` fits."""
+    """What the worklist screen needs; `gateway.ris.worklist.WorklistService`
+    (made with `background=True`) is the one."""
 
     def query(self, query: WorklistQuery, offline: bool = False) -> WorklistResult: ...
+
+    def search(self, text: str, base: WorklistQuery, offline: bool = False) -> WorklistResult: ...
+
+    def link_status(self) -> LinkState: ...
+
+    def retry_now(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -65,9 +93,12 @@ class UIState:
     sessions: Sessions = field(default_factory=Sessions)
     pins: PinLimiter = field(default_factory=PinLimiter)
     login_required: bool = False
-    worklist_entries: dict[str, WorklistEntry] = field(default_factory=dict)
+    worklist_entries: OrderedDict[str, WorklistEntry] = field(default_factory=OrderedDict)
     # Set when the server is asked to stop, so open streams end by themselves.
     closing: threading.Event = field(default_factory=threading.Event)
+    # This process's start: a screen that sees another one knows the service
+    # restarted (its session and token are gone: it fetches new ones).
+    boot: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @property
     def config(self) -> GatewayConfig:
@@ -109,14 +140,14 @@ def require_csrf(request: Request) -> Session | None:
     session = current_session(request)
     changes_state = request.method not in ("GET", "HEAD")
     if changes_state and not (session and session.check_csrf(request.headers.get(CSRF_HEADER))):
-        raise ApiError(403, "missing or wrong CSRF token (GET /api/session for one)")
+        raise ApiError(403, CSRF_REFUSAL, code="csrf")
     return session
 
 
 def require_session(session: Annotated[Session | None, Depends(require_csrf)]) -> Session:
     """A state change's session (the CSRF check needs one, so there is one)."""
     if session is None:
-        raise ApiError(403, "missing or wrong CSRF token (GET /api/session for one)")
+        raise ApiError(403, CSRF_REFUSAL, code="csrf")
     return session
 
 

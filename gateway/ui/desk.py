@@ -14,19 +14,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from drivers.base import Frame
 from drivers.stream import FrameStream
 from gateway.acquire.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
-from gateway.dicom.modules import ModuleError, Order, Patient
+from gateway.acquire.station import failure_reason
+from gateway.dicom.modules import Cine, ModuleError, Order, Patient
 from gateway.queue.db import QueueError
 from gateway.queue.model import QueuedObject, QueueFull
 from gateway.ui.live import THUMB_WIDTH, Broadcaster, encode_jpeg
+from gateway.ui.people import patient_view
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,32 @@ SAVE_LAST_SECONDS = 10.0
 
 
 class DeskError(Exception):
-    """A refused action: the HTTP status and a sentence for the screen."""
+    """A refused action: the HTTP status and a sentence for the screen
+    (`code` and `extra` for a screen that can act on it)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, code: str | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.fields: dict[str, str] | None = None
+        self.code = code
+        self.extra = extra
+
+
+# CID 9300 "Incorrect worklist entry selected": what the screen's "Wrong
+# patient" sends. Its images are held until the technician says what they are.
+WRONG_PATIENT = "110514"
+_WRONG_PATIENT_WORDS = {WRONG_PATIENT, "wrong patient", "incorrect worklist entry selected"}
+
+
+def is_wrong_patient(reason: str) -> bool:
+    return reason.strip().lower() in _WRONG_PATIENT_WORDS
+
+
+# A clip in the review plays from this many frames at most (small JPEGs held
+# while the exam is open: ~1 MB a clip), spread over its whole length.
+PREVIEW_FRAMES = 30
+PREVIEW_SIZE = (640, 400)
 
 
 @dataclass
@@ -51,6 +74,8 @@ class Shot:
     frames: int
     thumb: bytes
     full: bytes
+    seconds: float | None = None  # a clip's length as the PACS plays it
+    previews: list[bytes] = field(default_factory=list)
 
     def as_json(self, exam_id: str) -> dict[str, Any]:
         base = f"/api/exams/{exam_id}/objects/{self.object_id}"
@@ -60,7 +85,23 @@ class Shot:
             "frames": self.frames,
             "thumb_url": f"{base}/thumb.jpg",
             "image_url": f"{base}/image.jpg",
+            "seconds": None if self.seconds is None else round(self.seconds, 2),
+            "preview_urls": [f"{base}/frames/{i}.jpg" for i in range(len(self.previews))],
         }
+
+
+def _spread(count: int, most: int) -> list[int]:
+    """`most` indices spread evenly over `count` items (all when fewer)."""
+    if count <= most:
+        return list(range(count))
+    return [round(i * (count - 1) / (most - 1)) for i in range(most)]
+
+
+def clip_seconds(frames: Sequence[Frame]) -> float:
+    """How long the clip plays: its frame count at the Cine frame time the
+    object carries (the mean interval), so screen and PACS agree."""
+    cine = Cine.from_timestamps([f.timestamp for f in frames])
+    return len(frames) * cine.frame_time_ms / 1000.0
 
 
 # Raw frames are large (1080p RGB is 6 MB): a recording also stops at this
@@ -86,6 +127,7 @@ class Recorder:
         self.frames: list[Frame] = []
         self.bytes = 0
         self.started = time.monotonic()
+        self.limit_reached = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ui-record", daemon=True)
         self._thread.start()
@@ -97,6 +139,7 @@ class Recorder:
             last = latest.index
         while not self._stop.is_set():
             if time.monotonic() - self.started >= self.max_seconds or self.bytes >= self.max_bytes:
+                self.limit_reached = True
                 if self.on_limit is not None:
                     self.on_limit()
                 return
@@ -111,31 +154,49 @@ class Recorder:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def elapsed(self) -> float:
+        return min(time.monotonic() - self.started, self.max_seconds)
+
     def stop(self) -> list[Frame]:
         self._stop.set()
         self._thread.join(timeout=5)
         return self.frames
 
 
-def _shot_from_file(queued: QueuedObject) -> Shot:
-    """A thumbnail rebuilt from the stored object (first frame)."""
-    from pydicom import dcmread
+def _as_uint8(pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    if pixels.dtype == np.uint8:
+        return pixels
+    top = float(pixels.max()) or 1.0
+    return (pixels.astype(np.float32) * (255.0 / top)).astype(np.uint8)
 
-    frames = 1
+
+def _shot_from_file(queued: QueuedObject) -> Shot:
+    """A held object shown again after a restart, rebuilt from its file: a
+    still's picture, or a clip's frames spread over it and its length."""
+    from pydicom import dcmread
+    from pydicom.pixels.utils import pixel_array
+
+    frames, seconds, pictures = 1, None, []
     try:
-        ds = dcmread(queued.path)
+        ds = dcmread(queued.path, stop_before_pixels=True)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        pixels = ds.pixel_array[0] if frames > 1 else ds.pixel_array
-        if pixels.dtype != np.uint8:
-            pixels = pixels.astype(np.uint8)
+        if frames > 1:
+            frame_time = float(getattr(ds, "FrameTime", 0) or 0)
+            seconds = frames * frame_time / 1000.0 if frame_time > 0 else None
+        for index in _spread(frames, PREVIEW_FRAMES if frames > 1 else 1):
+            pictures.append(_as_uint8(pixel_array(queued.path, index=index)))
     except Exception:  # unreadable image: a grey tile, never a broken page
-        pixels = np.full((48, 64), 128, dtype=np.uint8)
+        pictures = [np.full((48, 64), 128, dtype=np.uint8)]
+    key = pictures[len(pictures) // 2]
     return Shot(
         queued.id,
         "clip" if frames > 1 else "image",
         frames,
-        encode_jpeg(pixels, (THUMB_WIDTH, THUMB_WIDTH), quality=75),
-        encode_jpeg(pixels, (1280, 800), quality=85),
+        encode_jpeg(key, (THUMB_WIDTH, THUMB_WIDTH), quality=75),
+        encode_jpeg(key, (1280, 800), quality=85),
+        seconds,
+        [encode_jpeg(p, PREVIEW_SIZE, quality=70) for p in pictures] if frames > 1 else [],
     )
 
 
@@ -179,26 +240,32 @@ class ExamDesk:
 
     def describe(self, exam: Exam) -> dict[str, Any]:
         """The screen's view of an exam. Patient details are in the body only."""
+        shots = self.shots.get(exam.id, [])
+        recorder = self.recorder if exam is self.current else None
         return {
             "id": exam.id,
             "state": exam.state.value,
             "scheduled": exam.scheduled,
-            "patient": {
-                "name": exam.patient.name,
-                "id": exam.patient.id,
-                "birth_date": exam.patient.birth_date.isoformat()
-                if exam.patient.birth_date
-                else None,
-                "sex": exam.patient.sex,
-            },
+            "patient": patient_view(exam.patient),
             "accession_number": exam.study.accession_number,
             "procedure": exam.study.description,
             "started": exam.started.isoformat(timespec="seconds"),
-            "objects": [s.as_json(exam.id) for s in self.shots.get(exam.id, [])],
+            "objects": [s.as_json(exam.id) for s in shots],
+            "counts": {
+                "images": sum(1 for s in shots if s.kind == "image"),
+                "clips": sum(1 for s in shots if s.kind == "clip"),
+            },
             # Stays true after the length cap until Stop saves the clip.
-            "recording": exam is self.current and self.recorder is not None,
+            "recording": recorder is not None,
+            "recording_seconds": None if recorder is None else round(recorder.elapsed, 1),
+            "record_limit": self.max_record_seconds,
             "discontinue_reason": exam.discontinue_reason,
         }
+
+    def open_exam(self) -> Exam | None:
+        """The exam in progress on this box, if any."""
+        exam = self.current
+        return exam if exam is not None and exam.state is ExamState.IN_PROGRESS else None
 
     # -- actions ----------------------------------------------------------------
 
@@ -210,8 +277,23 @@ class ExamDesk:
             self._known[exam.id] = exam
             self.shots[exam.id] = []
             self.current = exam
-            self._take_waiting(exam)
+            try:
+                self._take_waiting(exam)
+            except BaseException as exc:
+                # Started but unusable: discontinued (MPPS too), never left open.
+                # The device's images still wait for the next exam.
+                self._fail_start(exam, exc)
+                raise
             return exam
+
+    def _fail_start(self, exam: Exam, exc: BaseException) -> None:
+        reason = exc.message if isinstance(exc, DeskError) else str(exc)
+        try:
+            self.exams.discontinue(exam, failure_reason("start", RuntimeError(reason)))
+        except Exception:  # the first failure is the one to report
+            log.exception("exam %s could not be discontinued", exam.id)
+        if self.current is exam:
+            self.current = None
 
     def adopt(self, exam: Exam) -> None:
         """Take back an exam that was in progress when the service stopped:
@@ -296,12 +378,20 @@ class ExamDesk:
 
     def _add_shot(self, exam: Exam, queued: QueuedObject, kind: str, frames: list[Frame]) -> Shot:
         key = frames[len(frames) // 2] if kind == "clip" else frames[0]
+        clip = kind == "clip"
         shot = Shot(
             queued.id,
             kind,
             len(frames),
             encode_jpeg(key.pixels, (THUMB_WIDTH, THUMB_WIDTH), quality=75),
             encode_jpeg(key.pixels, (1280, 800), quality=85),
+            clip_seconds(frames) if clip else None,
+            [
+                encode_jpeg(frames[i].pixels, PREVIEW_SIZE, quality=70)
+                for i in _spread(len(frames), PREVIEW_FRAMES)
+            ]
+            if clip
+            else [],
         )
         self.shots.setdefault(exam.id, []).append(shot)
         self.events.publish({"type": "object", "exam": exam.id, "object": shot.as_json(exam.id)})
@@ -345,10 +435,16 @@ class ExamDesk:
         return self.stream.buffer_seconds if self.stream is not None else SAVE_LAST_SECONDS
 
     def save_last(self, exam: Exam, seconds: float | None = None) -> Shot:
+        """The last seconds of video, but never a frame from before this exam
+        started: those may show the previous patient. Pressed right after
+        the start, the clip is as long as the exam is (its length is shown)."""
         self._require_open(exam)
         if self.stream is None:
             raise DeskError(503, "no video source in this process")
-        return self._capture_clip(exam, self.stream.clip(seconds or self.save_last_seconds))
+        frames = self.stream.clip(seconds or self.save_last_seconds, since=exam.started.timestamp())
+        if not frames:
+            raise DeskError(409, "no video since this exam started yet; try again in a moment")
+        return self._capture_clip(exam, frames)
 
     def delete(self, exam: Exam, object_id: int) -> None:
         self._require_open(exam)
@@ -381,8 +477,21 @@ class ExamDesk:
     def finish(self, exam: Exam) -> int:
         return self._end(exam, lambda: self.exams.finish(exam))
 
-    def discontinue(self, exam: Exam, reason: str) -> int:
-        return self._end(exam, lambda: self.exams.discontinue(exam, reason))
+    def discontinue(self, exam: Exam, reason: str, images: str | None = None) -> int:
+        """With the wrong patient picked, the held images are someone else's:
+        nothing is sent until the technician says "delete" or "send"."""
+        self._require_open(exam)
+        held = len(self.shots.get(exam.id, [])) or len(exam.images)
+        if is_wrong_patient(reason) and held and images is None:
+            raise DeskError(
+                409,
+                f"wrong patient: {held} image{'s are' if held != 1 else ' is'} held — "
+                "delete them or send them anyway",
+                code="confirm_images",
+                held=held,
+            )
+        discard = images == "delete"
+        return self._end(exam, lambda: self.exams.discontinue(exam, reason, discard=discard))
 
     # -- the pedal -----------------------------------------------------------
 

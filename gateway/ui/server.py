@@ -45,7 +45,9 @@ def default_worklist(config: GatewayConfig) -> WorklistSource | None:
         return None
     from gateway.ris.worklist import WorklistService
 
-    source: WorklistSource = WorklistService(config)
+    # Long-lived: it remembers a dead link, answers from the cache at once
+    # and retries on its own thread.
+    source: WorklistSource = WorklistService(config, background=True)
     return source
 
 
@@ -64,6 +66,7 @@ class UIServer:
     ) -> None:
         self.stream = stream
         self._stopping = stop
+        self.worklist = worklist if worklist is not None else default_worklist(config)
         # The same purge policy as every other process adding to the queue:
         # room is never made by dropping an object a PACS has yet to commit.
         self.outbox = outbox_for(config)
@@ -79,7 +82,7 @@ class UIServer:
                 status_outbox=self.status_outbox,
                 stream=stream,
                 forwarder_status=forwarder_status,
-                worklist=worklist if worklist is not None else default_worklist(config),
+                worklist=self.worklist,
                 config_path=config_path,
             )
         )
@@ -123,6 +126,8 @@ class UIServer:
         try:
             self.server.run()
         finally:
+            if self.worklist is not None:
+                self.worklist.close()
             self.station.close()
             self.outbox.close()
             self.status_outbox.close()

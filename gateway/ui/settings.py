@@ -12,16 +12,16 @@ from __future__ import annotations
 import copy
 import threading
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+from pydantic import ValidationError
 
 from gateway.config import (
-    ConfigError,
     GatewayConfig,
     _resolve_relative_paths,
-    parse_config,
 )
 from gateway.queue.files import write_atomic
 from gateway.ui.security import hash_pin
@@ -30,7 +30,81 @@ EDITABLE = ("destinations", "worklist", "capture")
 
 
 class SettingsError(Exception):
-    """A settings change refused, with the reason for the screen."""
+    """A settings change refused, with the reason for the screen; `fields`
+    maps each bad field ("destinations.0.port") to its message in words."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+LABELS = {
+    "name": "Name",
+    "ae_title": "AE title",
+    "host": "Host",
+    "port": "Port",
+    "ca": "CA file",
+    "cert": "Certificate file",
+    "key": "Key file",
+    "driver": "Driver",
+    "compression": "Compression",
+    "url": "URL",
+    "storage_commitment": "Storage commitment",
+}
+SECTIONS = {"destinations": "Destination", "worklist": "Worklist server", "capture": "Capture"}
+
+
+def _label(path: list[str]) -> str:
+    return LABELS.get(path[-1], path[-1].replace("_", " ").capitalize()) if path else "Settings"
+
+
+_NUMBER = ("int_parsing", "int_type", "int_from_float")
+_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("missing", "string_too_short"), "{label} is needed"),
+    (("extra_forbidden",), "{label}: not a setting this gateway knows"),
+    (("less_than_equal",), "{label} must be at most {le}"),
+    (("greater_than_equal",), "{label} must be at least {ge}"),
+    (_NUMBER, "{label} must be a whole number"),
+    (("float_parsing", "float_type"), "{label} must be a number"),
+    (("literal_error",), "{label} must be {expected}"),
+    (("string_too_long",), "{label} is too long (at most {max_length} characters)"),
+)
+
+
+def field_message(path: list[str], err: Mapping[str, Any]) -> str:
+    """One problem as the settings screen says it: "Port must be 1–65535"."""
+    kind, ctx = str(err["type"]), err.get("ctx") or {}
+    label = _label(path)
+    if path and path[-1] == "port" and kind in ("greater_than_equal", "less_than_equal", *_NUMBER):
+        return "Port must be 1–65535"
+    for kinds, words in _WORDS:
+        if kind in kinds:
+            return words.format(**{"expected": "one of the choices", **ctx, "label": label})
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{label}: {msg}" if path else msg
+
+
+def settings_problems(exc: ValidationError) -> tuple[str, dict[str, str]]:
+    """The top line and field → message for every problem."""
+    fields: dict[str, str] = {}
+    lines: list[str] = []
+    for err in exc.errors():
+        path = [
+            str(p)
+            for p in err["loc"]
+            if not (isinstance(p, str) and (p.startswith("function-") or p in ("dimse", "stow-rs")))
+        ]
+        message = field_message(path, err)
+        key = ".".join(path)
+        fields.setdefault(key, message)
+        where = ""
+        if path and path[0] in SECTIONS:
+            where = SECTIONS[path[0]]
+            if len(path) > 1 and path[1].isdigit():
+                where += f" {int(path[1]) + 1}"
+            where += " — "
+        lines.append(where + message)
+    return "; ".join(lines[:3]), fields
 
 
 class SettingsStore:
@@ -52,9 +126,10 @@ class SettingsStore:
         if self.path is not None:
             _resolve_relative_paths(resolved, self.path.parent)
         try:
-            return parse_config(resolved, "settings")
-        except ConfigError as exc:
-            raise SettingsError(str(exc).replace("\n", "; ")) from None
+            return GatewayConfig.model_validate(resolved)
+        except ValidationError as exc:
+            message, fields = settings_problems(exc)
+            raise SettingsError(message, fields) from None
 
     def _write(self, raw: dict[str, Any]) -> None:
         if self.path is None:

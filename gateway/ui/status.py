@@ -4,7 +4,9 @@ images waiting, next try 10:42") rather than counters to interpret.
 
 The link state comes from the forwarder when it runs in this process, else
 from the queue rows themselves (last error, next attempt), so a UI running in
-its own unit (`run --only ui`) still tells the truth.
+its own unit (`run --only ui`) still tells the truth. The RIS link is the
+worklist service's own knowledge (it remembers a failed query), the MPPS
+link what the MPPS message queue says (a message waiting with an error).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from drivers.stream import FrameStream
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, mpps_peer
 from gateway.queue.outbox import Outbox
+from gateway.ris.worklist import LinkState
 from gateway.send.forwarder import DestinationStatus
 
 # A box without a real-time clock boots into 1970 or into its last shutdown:
@@ -26,6 +29,7 @@ from gateway.send.forwarder import DestinationStatus
 CLOCK_FLOOR = datetime(2025, 1, 1).timestamp()
 
 ForwarderStatus = Callable[[], Mapping[str, DestinationStatus]]
+RisStatus = Callable[[], LinkState]
 
 
 def _images(n: int) -> str:
@@ -46,14 +50,18 @@ class StatusBoard:
         forwarder_status: ForwarderStatus | None = None,
         stream: FrameStream | None = None,
         ttl: float = 0.5,
+        ris_status: RisStatus | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
         self.forwarder_status = forwarder_status
         self.stream = stream
         self.ttl = ttl
+        self.ris_status = ris_status
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
+        # When each PACS was first seen unreachable (cleared when it answers).
+        self._down_since: dict[str, float] = {}
 
     def current(self) -> dict[str, Any]:
         with self._lock:
@@ -79,6 +87,66 @@ class StatusBoard:
             status.next_try = row["next_attempt_at"]
         return status
 
+    def _failures(self) -> list[dict[str, Any]]:
+        """Why objects were refused, most recent first: one tap away on screen."""
+        rows = self.outbox._db.execute(
+            "SELECT destination, last_error, COUNT(*) AS n, MAX(updated_at) AS at"
+            " FROM deliveries WHERE state = 'failed' GROUP BY destination, last_error"
+            " ORDER BY at DESC LIMIT 5"
+        ).fetchall()
+        return [
+            {
+                "destination": r["destination"],
+                "reason": r["last_error"] or "no reason recorded",
+                "count": r["n"],
+                "at": _clock(r["at"]),
+            }
+            for r in rows
+        ]
+
+    def _ris(self) -> dict[str, Any] | None:
+        if self.config.worklist is None or self.ris_status is None:
+            return None
+        link = self.ris_status()
+        out: dict[str, Any] = link.as_json()
+        if link.state == "down":
+            out["text"] = (
+                f"RIS unreachable since {_clock(link.since or time.time())} — "
+                "worklist from the cache"
+            )
+        elif link.state == "up":
+            out["text"] = "RIS connected"
+        else:
+            out["text"] = "RIS not asked yet"
+        return out
+
+    def _mpps(self) -> dict[str, Any] | None:
+        """The MPPS messages waiting and why the last try failed (the queue's rows)."""
+        if mpps_peer(self.config) is None:
+            return None
+        row = self.outbox._db.execute(
+            "SELECT COUNT(*) AS n, MIN(CASE WHEN attempts > 0 THEN updated_at END) AS since,"
+            " MAX(CASE WHEN attempts > 0 THEN last_error END) AS error"
+            " FROM mpps_messages WHERE state IN ('pending', 'in_flight')"
+        ).fetchone()
+        waiting, error = int(row["n"] or 0), row["error"]
+        failed = self.outbox._db.execute(
+            "SELECT COUNT(*) FROM mpps_messages WHERE state = 'failed'"
+        ).fetchone()[0]
+        if waiting and error:
+            state = "down"
+            text = f"MPPS not delivered — {waiting} message(s) waiting: {error}"
+        else:
+            state = "up" if not waiting else "sending"
+            text = "MPPS up to date" if not waiting else f"MPPS sending {waiting} message(s)"
+        return {
+            "state": state,
+            "waiting": waiting,
+            "failed": int(failed),
+            "last_error": error,
+            "text": text,
+        }
+
     def _compute(self) -> dict[str, Any]:
         stats = self.outbox.stats()
         totals = {"held": 0, "pending": 0, "sent": 0, "failed": 0}
@@ -96,8 +164,10 @@ class StatusBoard:
             waiting = stats.get(dest.name, {})
             n_wait = waiting.get("pending", 0) + waiting.get("in_flight", 0)
             label = f"PACS {dest.name}" if several else "PACS"
+            since = None
             if state.reachable is False:
-                text = f"{label} unreachable — {_images(n_wait)} waiting"
+                since = self._down_since.setdefault(dest.name, time.time())
+                text = f"{label} unreachable since {_clock(since)} — {_images(n_wait)} waiting"
                 if state.next_try:
                     text += f", next try {_clock(state.next_try)}"
                 link = "down"
@@ -108,6 +178,8 @@ class StatusBoard:
                     text += f" — sending {_images(n_wait)}"
             else:
                 link, text = "unknown", f"{label} not contacted yet"
+            if link != "down":
+                self._down_since.pop(dest.name, None)
             links.append(
                 {
                     "name": dest.name,
@@ -116,10 +188,12 @@ class StatusBoard:
                     "waiting": n_wait,
                     "last_error": state.last_error,
                     "next_try": state.next_try,
+                    "since": since,
                 }
             )
         if not self.config.destinations:
             messages.append({"level": "warning", "text": "No PACS configured — open Settings"})
+        failures = self._failures() if totals["failed"] else []
         if totals["failed"]:
             messages.append(
                 {
@@ -128,6 +202,12 @@ class StatusBoard:
                     "(dicom-gateway queue list)",
                 }
             )
+        ris = self._ris()
+        if ris is not None and ris["state"] == "down":
+            messages.append({"level": "warning", "text": ris["text"]})
+        mpps = self._mpps()
+        if mpps is not None and mpps["state"] == "down":
+            messages.append({"level": "warning", "text": mpps["text"]})
         try:
             free_mb = shutil.disk_usage(self.outbox.root).free // (1024 * 1024)
         except OSError:
@@ -158,7 +238,10 @@ class StatusBoard:
                 messages.append({"level": "error", "text": f"No video — {s.error}"})
         return {
             "queue": totals,
+            "failures": failures,
             "links": links,
+            "ris": ris,
+            "mpps": mpps,
             "disk": {"free_mb": free_mb, "low": disk_low},
             "clock": {"now": now, "ok": clock_ok, "text": _clock(now)},
             "video": video,

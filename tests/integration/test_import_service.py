@@ -41,6 +41,9 @@ class Service:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
+        # A killed service leaves its socket behind: waiting for "the socket"
+        # must wait for the new one (bound after staging is cleared).
+        self.socket.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*GATEWAY, "--config", str(self.config), "run", "--only", "ui"],

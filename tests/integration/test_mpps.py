@@ -465,3 +465,159 @@ def test_queue_stats_show_mpps_messages(tmp_path: Path) -> None:
     assert stats["mpps:RIS"] == {"pending": 2, "in_flight": 0, "sent": 0, "failed": 0}
     text = gateway("queue", "stats", check=True).stdout
     assert "mpps:RIS: pending=2" in text
+
+
+def test_an_import_failing_on_its_second_batch_leaves_no_open_exam(
+    tmp_path: Path, scp: MppsSCP
+) -> None:
+    """`import` of 64 files (two batches of 32) onto a queue whose disk the
+    first batch fills up to the reserve: the second batch is refused, and
+    the exam is discontinued with that reason, its MPPS DISCONTINUED naming
+    the 32 images queued before (they were acknowledged). Nothing is left
+    in progress for the touchscreen to adopt. As root (as `make test` runs)
+    the queue is a real 8 MiB tmpfs."""
+    import os
+    import shutil
+    import subprocess
+
+    import cv2
+    import numpy as np
+
+    from gateway.acquire.importer import BATCH_FILES
+    from gateway.dicom.procedure_step import DISCONTINUED
+    from tests.support.gateway import Gateway, assert_one_line_error, write_config
+
+    scp.start()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0
+    if mounted:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        rng = np.random.default_rng(7)
+        files = []
+        for i in range(2 * BATCH_FILES):  # each ~100 KB as an uncompressed object
+            path = tmp_path / "files" / f"scan{i:02d}.png"
+            path.parent.mkdir(exist_ok=True)
+            cv2.imwrite(str(path), rng.integers(0, 255, (170, 200, 3), dtype=np.uint8))
+            files.append(str(path))
+        # 8 MiB free at the start, 4 kept in reserve: the first batch (3 MB) fits.
+        reserve = 4 if mounted else shutil.disk_usage(tmp_path).free // 2**20 - 4
+        data: dict[str, Any] = {
+            "station": {"ae_title": "EDGE1", "station_name": "US-ROOM-1", "modality": "OT"},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "localhost", "port": 1}],
+            "mpps": {"ae_title": "RIS", "host": "127.0.0.1", "port": scp.port},
+            "queue": {"path": str(disk / "q"), "min_free_mb": reserve},
+        }
+        gateway = Gateway(write_config(tmp_path / "gateway.toml", data))
+        result = gateway("import", "--patient-id", "IMP1", "--patient-name", "Batch^Two", *files)
+        line = assert_one_line_error(result)
+        assert "disk nearly full" in line, line
+
+        config = parse_config(data)
+        outbox = new_outbox(config.queue.path, ["pacs"])
+        try:
+            assert len(outbox.objects()) == BATCH_FILES  # the first batch stays queued
+            exams = outbox._db.execute("SELECT state, discontinue_reason FROM exams").fetchall()
+            assert [tuple(r) for r in exams] == [("discontinued", exams[0]["discontinue_reason"])]
+            assert exams[0]["discontinue_reason"].startswith("import failed: disk nearly full")
+            # The touchscreen, starting now, finds nothing to adopt.
+            with Station(config, outbox, "synthetic", review=True, restore=True) as station:
+                assert station.restored == []
+            queue = MppsQueue(config.queue.path)
+            try:
+                peer = mpps_peer(config)
+                assert peer is not None
+                assert MppsSender(queue, peer, "EDGE1").flush(timeout=20).sent == 2
+            finally:
+                queue.close()
+        finally:
+            outbox.close()
+        (kind1, _, created), (kind2, _, modified) = scp.received
+        assert (kind1, kind2) == ("create", "set")
+        assert created.PerformedProcedureStepStatus == "IN PROGRESS"
+        assert modified.PerformedProcedureStepStatus == DISCONTINUED
+        reason = modified.PerformedProcedureStepDiscontinuationReasonCodeSequence[0]
+        assert reason.CodeValue == "110513"  # unspecified; the words in the comments
+        assert "disk nearly full" in modified.CommentsOnThePerformedProcedureStep
+        images = modified.PerformedSeriesSequence[0].ReferencedImageSequence
+        assert len(images) == BATCH_FILES
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_capture_killed_mid_exam_is_discontinued_at_the_next_start(
+    tmp_path: Path, scp: MppsSCP
+) -> None:
+    """`capture` killed (SIGKILL) while its exam runs: nobody will end that
+    exam, so the service's next start discontinues it (MPPS DISCONTINUED),
+    and the touchscreen does not take it for its own."""
+    import signal
+    import subprocess
+    import time
+
+    from gateway.dicom.procedure_step import DISCONTINUED
+    from tests.support.gateway import write_config
+    from tests.support.process import GATEWAY, REPO
+
+    scp.start()
+    data: dict[str, Any] = {
+        "station": {"ae_title": "EDGE1", "station_name": "US-ROOM-1", "modality": "OT"},
+        "capture": {
+            "driver": "testpattern",
+            "options": {"width": 64, "height": 48, "fps": 5, "realtime": True},
+        },
+        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "localhost", "port": 1}],
+        "mpps": {"ae_title": "RIS", "host": "127.0.0.1", "port": scp.port},
+        "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+    }
+    path = write_config(tmp_path / "gateway.toml", data)
+    proc = subprocess.Popen(
+        [
+            *GATEWAY,
+            "--config",
+            str(path),
+            "capture",
+            "--patient-id",
+            "K1",
+            "--patient-name",
+            "Killed^Midway",
+            "--frames",
+            "1000",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "captured" in proc.stdout.readline()  # the exam runs: one image is queued
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    config = parse_config(data)
+    outbox = new_outbox(config.queue.path, ["pacs"])
+    try:
+        with Station(config, outbox, "synthetic", review=True, restore=True) as station:
+            assert station.restored == []  # not the touchscreen's to adopt
+        (state,) = outbox._db.execute("SELECT state FROM exams").fetchall()
+        assert state[0] == "discontinued"
+        queue = MppsQueue(config.queue.path)
+        try:
+            peer = mpps_peer(config)
+            assert peer is not None
+            sender = MppsSender(queue, peer, "EDGE1")
+            deadline = time.monotonic() + 20
+            while len(scp.received) < 2 and time.monotonic() < deadline:
+                sender.flush(timeout=5)
+        finally:
+            queue.close()
+    finally:
+        outbox.close()
+    (_, _, created), (_, _, modified) = scp.received
+    assert created.PerformedProcedureStepStatus == "IN PROGRESS"
+    assert modified.PerformedProcedureStepStatus == DISCONTINUED
+    assert "interrupted" in modified.CommentsOnThePerformedProcedureStep
+    assert len(modified.PerformedSeriesSequence[0].ReferencedImageSequence) >= 1

@@ -4,11 +4,12 @@ settings) — always a clear 4xx with a one-line message, never a 500."""
 
 from __future__ import annotations
 
+import re
 import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from gateway.acquire.exam import ExamService
 from gateway.config import load_config
 from gateway.queue.model import DeliveryState
 from gateway.queue.outbox import Outbox
+from gateway.ris.worklist import WorklistService
 from gateway.ui.app import UIContext, app_state, create_app
 from gateway.ui.security import hash_pin, verify_pin
 from tests.support.dcmtk import StoreSCP
@@ -29,7 +31,7 @@ from tests.support.gateway import gateway_config, write_config
 from tests.support.pki import PKI
 from tests.support.process import free_port
 from tests.support.queue import new_outbox
-from tests.support.ui import ListWorklist, entry
+from tests.support.ui import RisPeer, wait_until
 
 PIN = "2468"
 
@@ -38,7 +40,7 @@ PIN = "2468"
 class Rig:
     client: TestClient
     csrf: str
-    worklist: ListWorklist
+    worklist: WorklistService | None
     config_path: Path
     outbox: Outbox
 
@@ -59,7 +61,7 @@ def _make_app(
     *,
     listen: str = "127.0.0.1:8080",
     pin: str | None = PIN,
-    worklist: ListWorklist | None = None,
+    ris: RisPeer | None = None,
     client_addr: tuple[str, int] = ("127.0.0.1", 50000),
     buffer_seconds: float = 10.0,
 ) -> Iterator[Rig]:
@@ -67,6 +69,8 @@ def _make_app(
     if pin:
         ui["pin_hash"] = hash_pin(pin)
     data = gateway_config(tmp_path, pki, port, ui=ui)
+    if ris is not None:
+        data["worklist"] = ris.config()
     path = write_config(tmp_path / "gateway.toml", data)
     config = load_config(path)
     outbox = new_outbox(config.queue.path, [d.name for d in config.destinations])
@@ -78,7 +82,7 @@ def _make_app(
     stream.start()
     assert stream.wait_frame(timeout=10) is not None
     exams = ExamService(config, outbox, Capturer(config, outbox, "synthetic"))
-    wl = worklist or ListWorklist([entry("Roe^Anna", "100", "ACC100"), entry("Poe^Bob", "200", "")])
+    wl = WorklistService(config, background=True) if ris is not None else None
     app = create_app(
         UIContext(
             config=config,
@@ -94,6 +98,8 @@ def _make_app(
             csrf = client.get("/api/session").json()["csrf"]
             yield Rig(client, csrf, wl, path, outbox)
     finally:
+        if wl is not None:
+            wl.close()
         stream.stop()
         outbox.close()
         status_outbox.close()
@@ -197,8 +203,9 @@ def test_bad_input_is_a_clear_4xx(rig: Rig) -> None:
     _error(rig.post("/api/exams", {}), 422)
     msg = _error(rig.post("/api/exams", {"patient": {"family_name": "Doe", "id": 123}}), 422)
     assert "patient.id" in msg
-    msg = _error(rig.post("/api/exams", {"patient": {"family_name": "D" * 65, "id": "1"}}), 422)
-    assert "family_name" in msg
+    long = rig.post("/api/exams", {"patient": {"family_name": "D" * 65, "id": "1"}})
+    assert "65 characters, at most 64" in _error(long, 422)
+    assert list(long.json()["fields"]) == ["family_name"]
     _error(rig.post("/api/exams", {"patient": {"family_name": "Doe", "id": "1", "sex": "X"}}), 422)
     _error(rig.post("/api/exams", {"patient": {"family_name": "Doe", "id": "1", "extra": 1}}), 422)
     _error(rig.post("/api/exams", {"patient": {"family_name": "Do\\e", "id": "1"}}), 422)
@@ -243,33 +250,179 @@ def test_bad_input_is_a_clear_4xx(rig: Rig) -> None:
     _error(rig.post("/api/pedal", {"action": "explode"}), 422)
 
 
-def test_worklist_search_offline_and_start_from_entry(tmp_path: Path, pki: PKI) -> None:
-    for rig in _make_app(tmp_path, pki, None):
+@pytest.fixture
+def ris(tmp_path: Path) -> Iterator[RisPeer]:
+    server = RisPeer(tmp_path / "ris-root").start()
+    yield server
+    server.stop()
+
+
+def _ids(view: dict[str, Any]) -> list[str]:
+    return [e["accession_number"] or e["patient_id"] for e in view["entries"]]
+
+
+def test_worklist_dates_station_and_search_against_the_ris(
+    tmp_path: Path, pki: PKI, ris: RisPeer
+) -> None:
+    for rig in _make_app(tmp_path, pki, None, ris=ris):
         listing = rig.client.get("/api/worklist").json()
-        assert [e["patient_id"] for e in listing["entries"]] == ["100", "200"]
-        assert listing["cached_at"] is None
-        assert rig.worklist.queries[-1].date_from == date.today()
-        found = rig.post("/api/worklist/search", {"text": "roe"}).json()["entries"]
-        assert [e["accession_number"] for e in found] == ["ACC100"]
-        assert rig.post("/api/worklist/search", {"text": "ACC100"}).json()["entries"][0]["key"]
-        rig.worklist.offline = True
-        offline = rig.post("/api/worklist/search", {"text": "", "refresh": True}).json()
-        assert offline["cached_at"] == "2026-01-02T07:30" and offline["error"] == "RIS unreachable"
+        assert _ids(listing) == ["ACC100", "200", "ACC500", "ACC-HF1", "ACC-HF2"]
+        assert listing["cached_at"] is None and listing["dates"] == "today"
+        assert listing["range_label"] == f"{date.today():%a} {date.today().day} {date.today():%b}"
+        assert listing["station_label"] == "this station (EDGE1)"
+        müller = listing["entries"][2]["patient"]
+        assert müller["display_name"] == "Müller, Jürgen Maria" and müller["sex_text"] == "Female"
+        # The two Haydn rows say what tells them apart.
+        haydn = [e["procedure"] for e in listing["entries"] if e["patient_id"] == "HF"]
+        assert haydn == ["Shoulder left", "Shoulder right"]
+
+        def search(text: str, rig: Rig = rig, **more: Any) -> dict[str, Any]:
+            r = rig.post("/api/worklist/search", {"text": text, **more})
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        around = search("", dates="around")
+        assert {"ACC-YEST", "ACC-TMRW"} <= set(_ids(around)) and "ACC-OTHER" not in _ids(around)
+        assert "–" in around["range_label"]
+        assert "ACC-OTHER" in _ids(search("", station="all"))
+        # Search asks the RIS with the keys, in one association per search.
+        before = ris.associations()
+        assert _ids(search("yester")) == []  # today only
+        assert _ids(search("yester", dates="any")) == ["ACC-YEST"]  # lower case, a prefix
+        assert _ids(search("haydn fr", dates="any")) == ["ACC-HF1", "ACC-HF2"]
+        assert _ids(search("ACC-OTHER", dates="any")) == []  # another station
+        assert _ids(search("ACC-OTHER", dates="any", station="all")) == ["ACC-OTHER"]
+        assert _ids(search("T1", dates="week")) in (["ACC-TMRW"], [])  # tomorrow may be next week
+        assert _ids(search("OS1", dates="any", station="all")) == ["ACC-OTHER"]  # by patient ID
+        assert ris.associations() - before == 7
+        found = search("ACC-YEST", dates="any")["entries"]
         r = rig.post("/api/exams", {"worklist_key": found[0]["key"]})
-        assert r.status_code == 201
+        assert r.status_code == 201, r.text
         exam = r.json()
-        assert exam["scheduled"] and exam["accession_number"] == "ACC100"
-        assert exam["patient"]["name"] == "Roe^Anna"
+        assert exam["scheduled"] and exam["accession_number"] == "ACC-YEST"
+        assert exam["patient"]["display_name"] == "Yester, Day"
+
+
+def test_worklist_offline_answers_from_the_cache_without_asking_again(
+    tmp_path: Path, pki: PKI, ris: RisPeer
+) -> None:
+    for rig in _make_app(tmp_path, pki, None, ris=ris):
+        assert rig.worklist is not None
+        live = rig.post("/api/worklist/search", {"text": ""}).json()
+        assert live["error"] is None and len(live["entries"]) == 5
+        ris.stop()
+        first = rig.post("/api/worklist/search", {"text": ""}).json()
+        assert first["cached_at"] is not None and "unreachable" in first["error"]
+        assert [e["key"] for e in first["entries"]] == [e["key"] for e in live["entries"]]
+        assert rig.worklist.link_status().state == "down"
+        status = rig.client.get("/api/status").json()
+        assert status["ris"]["state"] == "down" and "RIS unreachable since" in status["ris"]["text"]
+        # Known down: every further look is the cache at once, never a new
+        # connection (the RIS is back, but nobody asked it yet: the retry waits).
+        ris.resume()
+        seen = ris.associations()
+        for text in ("r", "ro", "roe"):
+            cached = rig.post("/api/worklist/search", {"text": text}).json()
+            assert cached["cached_at"] is not None
+        assert [e["accession_number"] for e in cached["entries"]] == ["ACC100"]
+        assert ris.associations() == seen
+        # Refresh has the retry go now; the answer is still the cache at once.
+        refreshed = rig.post("/api/worklist/search", {"text": "", "refresh": True}).json()
+        assert refreshed["cached_at"] is not None
+        wait_until(lambda w=rig.worklist: w.link_status().state == "up", 20)
+        fresh = rig.post("/api/worklist/search", {"text": ""}).json()
+        assert fresh["cached_at"] is None and fresh["error"] is None
+
+
+def test_confirm_check_names_every_problem_and_the_open_exam(rig: Rig) -> None:
+    def check(**patient: Any) -> Any:
+        return rig.post("/api/exams/check", {"patient": {"id": "P9", **patient}})
+
+    ok = check(family_name="Doe", given_name="Jane Ann", sex="O", birth_date="1980-02-03")
+    assert ok.status_code == 200, ok.text
+    view = ok.json()
+    assert view["patient"]["display_name"] == "Doe, Jane Ann"
+    assert view["patient"]["sex_text"] == "Other" and view["open_exam"] is None
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    r = check(family_name="Doe", birth_date=tomorrow)
+    _error(r, 422)
+    assert "future" in r.json()["fields"]["birth_date"]
+    r = check(family_name="D" * 40, given_name="J" * 30)  # 71 together
+    _error(r, 422)
+    assert "together" in r.json()["fields"]["family_name"]
+    r = check(family_name="Doe", birth_date="1980-13-01")
+    assert r.json()["fields"] == {"birth_date": "Not a date; use YYYY-MM-DD"}
+    # The API refuses a future birth date on Start as well.
+    r = rig.post("/api/exams", {"patient": {"family_name": "X", "id": "1", "birth_date": tomorrow}})
+    assert "future" in _error(r, 422)
+    exam_id = rig.start()
+    other = check(family_name="Roe").json()["open_exam"]
+    assert other["id"] == exam_id and other["patient"]["display_name"] == "Doe, Jane"
+
+
+def test_wrong_patient_holds_the_images_until_told(rig: Rig) -> None:
+    exam_id = rig.start()
+    for _ in range(2):
+        rig.post(f"/api/exams/{exam_id}/capture")
+    r = rig.post(f"/api/exams/{exam_id}/discontinue", {"reason": "110514"})
+    assert "delete them or send them anyway" in _error(r, 409)
+    assert r.json()["code"] == "confirm_images" and r.json()["held"] == 2
+    assert [d.state for d in rig.outbox.deliveries()] == [DeliveryState.HELD] * 2
+    r = rig.post(
+        f"/api/exams/{exam_id}/discontinue", {"reason": "Wrong patient", "images": "delete"}
+    )
+    assert r.status_code == 200 and r.json()["queued"] == 0
+    assert rig.outbox.deliveries() == [] and rig.outbox.objects() == []
+    # Send anyway: they go out as usual.
+    second = rig.start()
+    rig.post(f"/api/exams/{second}/capture")
+    r = rig.post(f"/api/exams/{second}/discontinue", {"reason": "110514", "images": "send"})
+    assert r.status_code == 200 and r.json()["queued"] == 1
+    _error(rig.post(f"/api/exams/{second}/discontinue", {"reason": "x", "images": "maybe"}), 422)
+
+
+def test_csrf_refusal_says_what_to_do(rig: Rig) -> None:
+    r = rig.client.post("/api/exams", json={"patient": {}}, headers={"X-CSRF-Token": "stale"})
+    assert _error(r, 403) and r.json()["code"] == "csrf"
+    fresh = rig.client.get("/api/session").json()["csrf"]
+    assert fresh == rig.csrf  # the same session: the page simply retries with it
 
 
 def test_clips_record_and_save_last(rig: Rig) -> None:
     exam_id = rig.start()
     assert rig.post(f"/api/exams/{exam_id}/record/start").status_code == 200
     _error(rig.post(f"/api/exams/{exam_id}/record/start"), 409)
+    time.sleep(0.5)
+    recording = rig.client.get(f"/api/exams/{exam_id}").json()
+    assert recording["recording"] and recording["recording_seconds"] > 0
+    assert recording["record_limit"] == 2.0
     stopped = rig.post(f"/api/exams/{exam_id}/record/stop")
     assert stopped.status_code == 201 and stopped.json()["kind"] == "clip"
+    clip = stopped.json()
+    assert clip["seconds"] > 0 and 1 <= len(clip["preview_urls"]) <= 30
+    frame = rig.client.get(clip["preview_urls"][-1])
+    assert frame.status_code == 200 and frame.content[:2] == b"\xff\xd8"
+    _error(rig.client.get(clip["preview_urls"][0].replace("/0.jpg", "/99.jpg")), 404)
     saved = rig.post(f"/api/exams/{exam_id}/save-last")
-    assert saved.status_code == 201 and saved.json()["frames"] > 1
+    assert saved.status_code == 201 and saved.json()["frames"] >= 1
+    exam = rig.client.get(f"/api/exams/{exam_id}").json()
+    assert exam["counts"] == {"images": 0, "clips": 2}
+
+
+def test_save_last_never_reaches_before_the_exam(rig: Rig) -> None:
+    """Pressed right after the start, "Save last 10 s" holds only what was
+    filmed since: the frames before may show the previous patient."""
+    time.sleep(1.5)  # the buffer holds 1.5 s of frames from before the exam
+    started = time.time()
+    exam_id = rig.start()
+    saved = rig.post(f"/api/exams/{exam_id}/save-last")
+    elapsed = time.time() - started
+    if saved.status_code == 409:  # no frame since the start yet: said so
+        assert "since this exam started" in saved.json()["error"]
+        return
+    clip = saved.json()
+    assert clip["frames"] <= 30 * elapsed + 2  # a 30 fps test pattern
+    assert clip["seconds"] <= elapsed + 0.1
 
 
 def test_save_last_saves_what_the_buffer_holds(tmp_path: Path, pki: PKI) -> None:
@@ -308,13 +461,18 @@ def test_pin_unlock_rate_limit_and_settings(tmp_path: Path, pki: PKI, storescp: 
         assert echo["ok"] and echo["detail"].startswith("TLSv1.")
         _error(rig.post("/api/settings/echo", {"name": "nope"}), 404)
         bad = dict(view["destinations"][0], port="eleven")
-        msg = _error(
-            rig.client.put(
-                "/api/settings", json={"destinations": [bad]}, headers={"X-CSRF-Token": rig.csrf}
-            ),
-            422,
+        refused = rig.client.put(
+            "/api/settings",
+            json={"destinations": [bad], "worklist": {"ae_title": "RIS", "host": "", "port": 0}},
+            headers={"X-CSRF-Token": rig.csrf},
         )
-        assert "destinations[0].port" in msg
+        msg = _error(refused, 422)
+        assert msg.startswith("Destination 1 — Port must be 1–65535; ")
+        assert refused.json()["fields"] == {
+            "destinations.0.port": "Port must be 1–65535",
+            "worklist.host": "Host is needed",
+            "worklist.port": "Port must be 1–65535",
+        }
         _error(
             rig.client.put(
                 "/api/settings", json={"station": {}}, headers={"X-CSRF-Token": rig.csrf}
@@ -344,10 +502,12 @@ def test_pin_unlock_rate_limit_and_settings(tmp_path: Path, pki: PKI, storescp: 
         assert stored and verify_pin("13579", stored) and "13579" not in rig.config_path.read_text()
         assert rig.post("/api/pin/lock").status_code == 200
         _error(rig.client.get("/api/settings"), 403)
-        for _ in range(4):
-            _error(rig.post("/api/pin/unlock", {"pin": "1111"}), 403)
-        assert "locked for" in _error(rig.post("/api/pin/unlock", {"pin": "1111"}), 403)
-        assert "try again" in _error(rig.post("/api/pin/unlock", {"pin": "13579"}), 429)
+        tries = [rig.post("/api/pin/unlock", {"pin": "1111"}) for _ in range(4)]
+        assert [_error(t, 403) and t.json()["tries_left"] for t in tries] == [4, 3, 2, 1]
+        locked = rig.post("/api/pin/unlock", {"pin": "1111"})
+        assert "locked for" in _error(locked, 403) and locked.json()["tries_left"] == 0
+        waiting = rig.post("/api/pin/unlock", {"pin": "13579"})
+        assert "try again" in _error(waiting, 429) and 0 < waiting.json()["wait_seconds"] <= 30
 
 
 def test_first_pin_is_chosen_at_the_box(tmp_path: Path, pki: PKI) -> None:
@@ -396,7 +556,13 @@ def test_status_reports_queue_and_link(tmp_path: Path, pki: PKI) -> None:
         status = rig.client.get("/api/status").json()
         assert status["links"][0]["state"] == "down"
         text = status["messages"][0]["text"]
-        assert text.startswith("PACS unreachable — 1 image waiting, next try "), text
+        assert re.match(r"PACS unreachable since \d\d:\d\d — 1 image waiting, next try ", text)
+        assert status["links"][0]["since"] is not None
+        # A refused object: counted, and why is one tap away.
+        rig.outbox.mark_failed(obj.id, "pacs", "PACS refused: 0xA700 out of resources")
+        status = rig.client.get("/api/status").json()
+        assert status["queue"]["failed"] == 1
+        assert status["failures"][0]["reason"] == "PACS refused: 0xA700 out of resources"
 
 
 def test_recorder_stops_at_its_memory_cap() -> None:

@@ -92,7 +92,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 @dataclass
 class UIGateway:
-    """`dicom-gateway run` (capture + forwarder + UI) as a real subprocess."""
+    """`dicom-gateway run` (capture + forwarder + UI) as a real subprocess.
+    Its log goes to a file next to the configuration (a pipe nobody reads
+    would fill and stall the service), read back by `stop` and `log`."""
 
     config: Path
     port: int
@@ -102,21 +104,28 @@ class UIGateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.config.with_suffix(".log")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def start(self) -> UIGateway:
-        self.proc = subprocess.Popen(
-            [*GATEWAY, "--config", str(self.config), "run"],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [*GATEWAY, "--config", str(self.config), "run"],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                text=True,
+            )
         wait_for_port(self.port, self.proc, timeout=30)
         return self
 
     def stop(self) -> str:
-        err = ""
+        """Stops the service (SIGTERM, as systemd does); returns the whole log."""
         if self.proc is not None:
             stop_process(self.proc, timeout=20)
-            err = self.proc.stderr.read() if self.proc.stderr else ""
             self.proc = None
-        return err
+        return self.log()

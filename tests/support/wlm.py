@@ -5,6 +5,7 @@ write, optionally behind `stunnel4` requiring client certificates."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from datetime import date
@@ -92,11 +93,14 @@ def write_entry(
 
 @dataclass
 class WlmSCP:
-    """wlmscpfs on loopback, answering for AE title OFFIS from `root`/OFFIS."""
+    """wlmscpfs on loopback, answering for AE title OFFIS from `root`/OFFIS.
+    With `log`, it runs verbose into that file, so a test can count the
+    associations and C-FIND requests the RIS saw."""
 
     root: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
 
     @property
     def db(self) -> Path:
@@ -110,21 +114,40 @@ class WlmSCP:
         return self
 
     def start(self) -> WlmSCP:
-        self.proc = subprocess.Popen(
-            [
-                require_tool("wlmscpfs"),
-                "-q",
-                "-csk",  # answer in the character set each file declares
-                "-dfp",
-                str(self.root),
-                str(self.port),
-            ],
-            env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    require_tool("wlmscpfs"),
+                    "-v" if self.log else "-q",
+                    "-csk",  # answer in the character set each file declares
+                    "-dfp",
+                    str(self.root),
+                    str(self.port),
+                ],
+                env={**os.environ, "TCP_NODELAY": "1"},
+                stdout=out,
+                stderr=out,
+            )
+        finally:
+            if self.log:
+                out.close()  # type: ignore[union-attr]
         wait_for_port(self.port, self.proc)
         return self
+
+    def _count(self, pattern: str) -> int:
+        if self.log is None or not self.log.exists():
+            return 0
+        return len(re.findall(pattern, self.log.read_text(errors="replace")))
+
+    def associations(self) -> int:
+        """Associations the RIS was asked for so far (needs `log`); a bare
+        TCP connect (a port probe) names no AE titles and is not counted."""
+        return self._count(r"Association Received \([^)]*:\S+ -> \S+\)")
+
+    def finds(self) -> int:
+        """C-FIND requests the RIS answered so far (needs `log`)."""
+        return self._count(r"C-FIND RQ")
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -143,6 +166,7 @@ class Stunnel:
     ca: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    debug: int = 3  # 5 logs each accepted connection (see `connections`)
 
     def start(self) -> Stunnel:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -150,7 +174,7 @@ class Stunnel:
         conf.write_text(
             "foreground = yes\n"
             f"pid =\n"
-            "debug = 3\n"
+            f"debug = {self.debug}\n"
             f"output = {self.work / 'stunnel.log'}\n"
             "[worklist]\n"
             f"accept = 127.0.0.1:{self.port}\n"
@@ -173,3 +197,8 @@ class Stunnel:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+    def connections(self) -> int:
+        """Connections the tunnel accepted so far (needs `debug` 5)."""
+        log = self.work / "stunnel.log"
+        return log.read_text(errors="replace").count("accepted connection") if log.exists() else 0

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Request, Response
 
 from gateway.acquire.exam import Exam
 from gateway.acquire.subject import UnscheduledPatientError, unscheduled_patient
-from gateway.dicom.modules import Patient
+from gateway.dicom.modules import Order, Patient
 from gateway.ui import models as m
-from gateway.ui.deps import GUARDS, ApiError, ui_state
+from gateway.ui.deps import GUARDS, ApiError, UIState, ui_state
+from gateway.ui.people import patient_view
 
 router = APIRouter(prefix="/api", tags=["exams"], dependencies=GUARDS)
 
@@ -26,33 +27,84 @@ def _object_id(raw: str) -> int:
     return int(raw)
 
 
+# The one rule's fields ("name", ...) as the form calls them.
+_FORM_FIELD = {"name": "family_name", "id": "id", "birth_date": "birth_date", "sex": "sex"}
+
+
 def _patient_from(form: m.UnscheduledPatient) -> Patient:
     """The form's fields by the one unscheduled-patient check the command
     line uses too (future birth dates refused, every bad field named)."""
-    name = form.family_name.strip()
-    if form.given_name.strip():
-        name += "^" + form.given_name.strip()
+    family, given = form.family_name.strip(), form.given_name.strip()
+    if "^" in family or "^" in given:
+        field = "family_name" if "^" in family else "given_name"
+        message = "a name may not contain ^"
+        raise ApiError(422, message, fields={field: message})
+    name = family + ("^" + given if given else "")
     born = form.birth_date.isoformat() if form.birth_date else ""
     try:
         return unscheduled_patient(name, form.id, born, form.sex)
     except UnscheduledPatientError as exc:
-        raise ApiError(422, str(exc)) from None
+        fields = {_FORM_FIELD.get(p.field, p.field): _words(p.message) for p in exc.problems}
+        raise ApiError(422, str(exc), fields=fields) from None
 
 
-@router.post("/exams", status_code=201, response_model=m.ExamView)
-def api_start_exam(request: Request, body: m.StartExam) -> dict[str, Any]:
-    """Start an exam from a worklist entry (`worklist_key`) or an unscheduled patient."""
-    state = ui_state(request)
+def _words(message: str) -> str:
+    """The rule's message as the form says it ("patient name: 70
+    characters, at most 64 allowed" → about family and given together)."""
+    if message.startswith("patient name:") and "characters" in message:
+        return "family and given name together: " + message.split(":", 1)[1].strip()
+    return message[0].upper() + message[1:]
+
+
+def _subject(state: UIState, body: m.StartExam) -> tuple[Patient, Order | None]:
     if (body.worklist_key is None) == (body.patient is None):
         raise ApiError(422, "give either worklist_key or patient, not both or neither")
     if body.worklist_key is not None:
         entry = state.worklist_entries.get(body.worklist_key)
         if entry is None:
             raise ApiError(404, "that worklist entry is not in the current list; refresh")
-        exam = state.desk.start(entry.patient, entry.order)
-    else:
-        assert body.patient is not None
-        exam = state.desk.start(_patient_from(body.patient))
+        return entry.patient, entry.order
+    assert body.patient is not None
+    return _patient_from(body.patient), None
+
+
+@router.post("/exams/check", response_model=m.ConfirmView)
+def api_check_exam(request: Request, body: m.StartExam) -> dict[str, Any]:
+    """What Start would start, checked by the same rules, for the confirm
+    dialog: the patient as every screen shows it, and the exam already open
+    on this box (Start is refused while one is)."""
+    state = ui_state(request)
+    patient, order = _subject(state, body)
+    entry = state.worklist_entries.get(body.worklist_key or "")
+    open_exam = state.desk.open_exam()
+    return {
+        "patient": patient_view(patient),
+        "accession_number": order.accession_number if order else "",
+        "procedure": (
+            order.requested_procedure_description or order.scheduled_procedure_step_description
+        )
+        if order
+        else "",
+        "scheduled": entry.scheduled_start.isoformat(timespec="minutes")
+        if entry and entry.scheduled_start
+        else None,
+        "open_exam": {
+            "id": open_exam.id,
+            "patient": patient_view(open_exam.patient),
+            "accession_number": open_exam.study.accession_number,
+            "started": open_exam.started.isoformat(timespec="seconds"),
+        }
+        if open_exam
+        else None,
+    }
+
+
+@router.post("/exams", status_code=201, response_model=m.ExamView)
+def api_start_exam(request: Request, body: m.StartExam) -> dict[str, Any]:
+    """Start an exam from a worklist entry (`worklist_key`) or an unscheduled patient."""
+    state = ui_state(request)
+    patient, order = _subject(state, body)
+    exam = state.desk.start(patient, order)
     return state.desk.describe(exam)
 
 
@@ -127,6 +179,20 @@ def api_object_image(request: Request, exam_id: str, object_id: str) -> Response
     return _object_jpeg(request, exam_id, object_id, "full")
 
 
+@router.get("/exams/{exam_id}/objects/{object_id}/frames/{number}.jpg", response_class=Response)
+def api_object_frame(request: Request, exam_id: str, object_id: str, number: str) -> Response:
+    """One of a clip's review frames (`preview_urls`), spread over its length."""
+    exam = _exam(request, exam_id)
+    shot = ui_state(request).desk.shot(exam.id, _object_id(object_id))
+    if not number.isdigit() or int(number) >= len(shot.previews):
+        raise ApiError(404, f"the object has no review frame {number[:8]!r}")
+    return Response(
+        shot.previews[int(number)],
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
 @router.post("/exams/{exam_id}/finish", response_model=m.Ended)
 def api_finish(request: Request, exam_id: str) -> m.Ended:
     """Finish: the objects are released to the queue and sent."""
@@ -136,11 +202,13 @@ def api_finish(request: Request, exam_id: str) -> m.Ended:
 
 @router.post("/exams/{exam_id}/discontinue", response_model=m.Ended)
 def api_discontinue(request: Request, exam_id: str, body: m.Discontinue) -> m.Ended:
-    """Discontinue with a reason; objects already captured are still sent."""
+    """Discontinue with a reason; objects already captured are still sent —
+    except for the wrong patient ("Wrong patient", CID 9300 code 110514):
+    then `images` must say "delete" or "send" (409 `confirm_images` until it does)."""
     exam = _exam(request, exam_id)
     if not body.reason.strip():
-        raise ApiError(422, "reason: give a reason")
-    released = ui_state(request).desk.discontinue(exam, body.reason.strip())
+        raise ApiError(422, "reason: give a reason", fields={"reason": "Give a reason"})
+    released = ui_state(request).desk.discontinue(exam, body.reason.strip(), body.images)
     return m.Ended(state="discontinued", queued=released)
 
 

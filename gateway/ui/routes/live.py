@@ -31,14 +31,17 @@ def _sse(kind: str, data: dict[str, Any]) -> str:
 
 @router.get("/events", response_class=StreamingResponse)
 async def api_events(request: Request) -> StreamingResponse:
-    """Server-Sent Events: `status` every second, plus `object`, `deleted`,
-    `recording`, `record_limit`, `pedal` and `exam` as they happen."""
+    """Server-Sent Events: `hello` first (the service's start time: a new one
+    means the service restarted), `status` every second, plus `object`,
+    `deleted`, `recording`, `record_limit`, `pedal`, `exam` and `notice` as
+    they happen."""
     state = ui_state(request)
     queue = state.events.subscribe()
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 1000\n\n"
+            yield _sse("hello", {"boot": state.boot})
             yield _sse("status", await run_in_threadpool(state.board.current))
             last_status = time.monotonic()
             while not state.closing.is_set():
@@ -76,9 +79,13 @@ async def api_preview_mjpeg(request: Request) -> StreamingResponse:
                 continue
             last = frame.index
             jpeg = await run_in_threadpool(state.preview.jpeg_for, frame)
+            # The frame's index and time travel with it: the screen knows
+            # when the picture stops moving (a stalled preview is said, and
+            # Capture waits), and tests know which frame they were shown.
             head = (
                 f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                f"Content-Length: {len(jpeg)}\r\n\r\n"
+                f"Content-Length: {len(jpeg)}\r\nX-Frame-Index: {frame.index}\r\n"
+                f"X-Frame-Time: {frame.timestamp:.3f}\r\n\r\n"
             )
             yield head.encode() + jpeg + b"\r\n"
 
@@ -98,4 +105,9 @@ def api_preview_jpeg(request: Request) -> Response:
     if frame is None:
         raise ApiError(503, "no video yet")
     jpeg = state.preview.jpeg_for(frame)
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Frame-Index": str(frame.index),
+        "X-Frame-Time": f"{frame.timestamp:.3f}",
+    }
+    return Response(jpeg, media_type="image/jpeg", headers=headers)

@@ -41,7 +41,14 @@ def _page(request: Request, name: str, **context: Any) -> Response:
 
 @router.get("/")
 def page_worklist(request: Request) -> Response:
-    return _page(request, "worklist.html", current=ui_state(request).desk.current)
+    state = ui_state(request)
+    current = state.desk.open_exam()
+    return _page(
+        request,
+        "worklist.html",
+        current=state.desk.describe(current) if current else None,
+        station_ae=state.config.station.ae_title,
+    )
 
 
 @router.get("/exam/{exam_id}")

@@ -49,16 +49,24 @@ def api_session(request: Request, response: Response) -> m.SessionInfo:
 
 
 def check_pin(state: UIState, pin: str) -> None:
+    # The screen counts the wait down and says the tries left (wait_seconds, tries_left).
     wait = state.pins.wait_seconds()
     if wait:
-        raise ApiError(429, f"too many wrong PINs; try again in {wait} s")
+        raise ApiError(
+            429, f"too many wrong PINs; try again in {wait} s", extra={"wait_seconds": wait}
+        )
     stored = state.config.ui.pin_hash
     if not stored:
         raise ApiError(409, "no PIN is set; set one in Settings on the box itself")
     if not verify_pin(pin, stored):
         state.pins.failed()
         wait = state.pins.wait_seconds()
-        raise ApiError(403, "wrong PIN" + (f"; locked for {wait} s" if wait else ""))
+        left = max(0, state.pins.free - state.pins.failures)
+        raise ApiError(
+            403,
+            "wrong PIN" + (f"; locked for {wait} s" if wait else ""),
+            extra={"wait_seconds": wait, "tries_left": left},
+        )
     state.pins.succeeded()
 
 
