@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ class InboundService:
     config: GatewayConfig
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: Any = None
+    heartbeat: Callable[[], None] | None = None  # the service's health (accept loop)
 
     def on_store(self, event: Any) -> int:
         requestor = event.assoc.requestor
@@ -109,6 +111,7 @@ class InboundService:
             [(evt.EVT_C_STORE, self.on_store)],
             ssl_context=server_context(c.tls) if c.tls else None,
             handshake_timeout=c.handshake_timeout_s,
+            heartbeat=self.heartbeat,
         )
         log.info(
             "inbound C-STORE SCP listening on %s (%s)",

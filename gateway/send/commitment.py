@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -125,7 +125,7 @@ class CommitmentService:
         self.answered.set()
         return 0x0000
 
-    def start_listener(self) -> None:
+    def start_listener(self, heartbeat: Callable[[], None] | None = None) -> None:
         """Our SCP port for reports on new associations (mutual TLS when set)."""
         c = self.config.commitment
         if c.listen is None:
@@ -144,6 +144,7 @@ class CommitmentService:
             [(evt.EVT_N_EVENT_REPORT, self.on_event_report)],
             ctx,
             c.handshake_timeout_s,
+            heartbeat,
         )
 
     def stop(self) -> None:
@@ -153,9 +154,10 @@ class CommitmentService:
 
     # -- requests --
 
-    def request_due(self) -> int:
+    def request_due(self, progress: Callable[[], None] | None = None) -> int:
         """One N-ACTION per finished study and destination; returns how many
-        transactions were requested."""
+        transactions were requested. `progress` is called after each one (the
+        service's heartbeat: a long list of studies is not a stuck loop)."""
         requested = 0
         for dest in self.config.destinations:
             if not dest.storage_commitment:
@@ -168,6 +170,8 @@ class CommitmentService:
                 try:
                     self.request(dest, refs)
                     requested += 1
+                    if progress is not None:
+                        progress()
                 except (PeerError, TLSSetupError, OSError) as exc:
                     log.warning("Storage Commitment to %s not requested: %s", dest.name, exc)
                     break

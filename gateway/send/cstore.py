@@ -5,6 +5,7 @@ later / give up."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from io import FileIO
 from pathlib import Path
 
@@ -78,7 +79,12 @@ def read_part10_header(path: Path) -> Part10:
 
 
 def send_dataset(
-    conn: ULConnection, context_id: int, source: FileIO, length: int, sop: Part10
+    conn: ULConnection,
+    context_id: int,
+    source: FileIO,
+    length: int,
+    sop: Part10,
+    progress: Callable[[], None] = lambda: None,
 ) -> int | None:
     """One C-STORE: the command, then `length` bytes from `source` as data
     PDVs, then the response's status (None if the answer made no sense).
@@ -90,7 +96,7 @@ def send_dataset(
     per_write = max(1, WRITE_BYTES // (fragment + 12))
     conn.send_message(context_id, c_store_rq(message_id, sop.sop_class, sop.sop_instance))
     try:
-        _send_data(conn, context_id, source, length, sop, fragment, per_write)
+        _send_data(conn, context_id, source, length, sop, fragment, per_write, progress)
     except FileProblem:
         conn.abort()  # half a data set was sent: only an abort ends it cleanly
         raise
@@ -108,6 +114,7 @@ def _send_data(
     sop: Part10,
     fragment: int,
     per_write: int,
+    progress: Callable[[], None],
 ) -> None:
     size = (fragment + 12) * per_write
     if len(conn.buffer) != size:
@@ -136,17 +143,23 @@ def _send_data(
             used = start + n
             remaining -= n
         sock.sendall(view[:used])
+        progress()
 
 
 def store_file(
-    conn: ULConnection, sop: Part10, context_id: int, ts: str, workdir: Path
+    conn: ULConnection,
+    sop: Part10,
+    context_id: int,
+    ts: str,
+    workdir: Path,
+    progress: Callable[[], None] = lambda: None,
 ) -> int | None:
     """Send as it is when its own transfer syntax was accepted; else re-encode
     once to Explicit VR Little Endian (decompressing) in a temporary file."""
     if ts == sop.transfer_syntax:
         with open(sop.path, "rb", buffering=0) as f:
             f.seek(sop.dataset_offset)
-            return send_dataset(conn, context_id, f, sop.size - sop.dataset_offset, sop)
+            return send_dataset(conn, context_id, f, sop.size - sop.dataset_offset, sop, progress)
     try:
         converted = reencode(sop.path, ts, workdir)
     except TranscodeError as exc:
@@ -155,6 +168,6 @@ def store_file(
         conv = read_part10_header(converted)
         with open(converted, "rb", buffering=0) as f:
             f.seek(conv.dataset_offset)
-            return send_dataset(conn, context_id, f, conv.size - conv.dataset_offset, sop)
+            return send_dataset(conn, context_id, f, conv.size - conv.dataset_offset, sop, progress)
     finally:
         converted.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ re-encoded once when the PACS refuses it)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class DimseSender:
     calling_ae: str
     timeouts: Timeouts
     workdir: Path  # where a re-encoded copy is written for the time it is sent
+    progress: Callable[[], None] = lambda: None  # called while a data set is written
 
     @property
     def label(self) -> str:
@@ -81,7 +82,9 @@ class DimseSender:
                     f"{self.label}: accepts neither {sop.transfer_syntax} nor an "
                     f"uncompressed transfer syntax for SOP class {sop.sop_class}",
                 )
-            code = store_file(conn, sop, choice.id, choice.transfer_syntax, self.workdir)
+            code = store_file(
+                conn, sop, choice.id, choice.transfer_syntax, self.workdir, self.progress
+            )
         except FileProblem as exc:
             return Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}")
         except (ULError, OSError) as exc:

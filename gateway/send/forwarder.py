@@ -46,10 +46,16 @@ class DestinationStatus:
 
 
 def sender_for(
-    dest: DestinationConfig, calling_ae: str, timeouts: Timeouts, queue_root: Path
+    dest: DestinationConfig,
+    calling_ae: str,
+    timeouts: Timeouts,
+    queue_root: Path,
+    progress: Callable[[], None] = lambda: None,
 ) -> Sender:
-    """The sender for a destination's protocol."""
-    return DimseSender(dest, calling_ae, timeouts, queue_root / CONVERT_DIR)
+    """The sender for a destination's protocol; `progress` is called while it
+    works (the forwarder's heartbeat: a long object on a slow link is not a
+    stuck loop)."""
+    return DimseSender(dest, calling_ae, timeouts, queue_root / CONVERT_DIR, progress=progress)
 
 
 @dataclass
@@ -78,6 +84,9 @@ class Forwarder:
     on_sent: list[Callable[[DestinationConfig, list[int]], None]] = field(default_factory=list)
     on_batch: list[Callable[[DestinationConfig, SendReport], None]] = field(default_factory=list)
     senders: dict[str, Sender] = field(default_factory=dict)
+    # The service's heartbeat for this loop (set by `run`): beaten every round,
+    # after every object and while a large one is being written.
+    heartbeat: Callable[[], None] = lambda: None
 
     @classmethod
     def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
@@ -100,8 +109,12 @@ class Forwarder:
         for dest in self.destinations:
             self.status.setdefault(dest.name, DestinationStatus(dest.name))
             self.senders.setdefault(
-                dest.name, sender_for(dest, self.calling_ae, self.timeouts, self.outbox.root)
+                dest.name,
+                sender_for(dest, self.calling_ae, self.timeouts, self.outbox.root, self._beat),
             )
+
+    def _beat(self) -> None:
+        self.heartbeat()
 
     @staticmethod
     def _notify(listeners: Sequence[Callable[..., None]], *args: Any) -> None:
@@ -150,6 +163,7 @@ class Forwarder:
     def _record(self, current: _Round, result: Result) -> None:
         """One object's outcome, as its sender reported it."""
         dest, report = current.dest, current.report
+        self._beat()
         current.decided.add(result.object_id)
         if result.outcome is Outcome.STORED:
             current.sent.append(result.object_id)
@@ -207,8 +221,12 @@ class Forwarder:
     def run(
         self, stop: threading.Event, heartbeat: Callable[[], None] | None = None, idle: float = 1.0
     ) -> None:
-        """Until `stop`: send what is due, sleep until the next thing is due."""
+        """Until `stop`: send what is due, then wait `idle` seconds (beating:
+        waiting for work is healthy)."""
+        if heartbeat is not None:
+            self.heartbeat = heartbeat
         while not stop.is_set():
+            self._beat()
             busy = False
             for dest in self.destinations:
                 try:
@@ -217,7 +235,6 @@ class Forwarder:
                     log.exception("forwarder batch to %s failed unexpectedly", dest.name)
                     continue
                 busy = busy or report.sent > 0
-            if heartbeat:
-                heartbeat()
+            self._beat()
             if not busy:
                 stop.wait(idle)
