@@ -18,7 +18,7 @@ from drivers.stream import FrameStream
 if TYPE_CHECKING:
     from drivers.trigger import PedalTrigger
 from gateway.config import GatewayConfig
-from gateway.ops import appliance, notify
+from gateway.ops import appliance, audit, notify
 from gateway.ops.health import Health
 from gateway.queue.outbox import outbox_for
 from gateway.send.forwarder import Forwarder
@@ -52,7 +52,9 @@ def run(
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
 
-    outbox = outbox_for(config)
+    # quick_check first: a damaged database is rebuilt from the files, and
+    # capture goes on (gateway.queue.repair).
+    outbox = outbox_for(config, check=True)
     report = outbox.recover()
     log.info("queue %s recovered: %s", config.queue.path, report)
     stream: FrameStream | None = None
@@ -121,6 +123,9 @@ def run(
 
         running += network_loops(config)
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
+    if outbox.rebuilt is not None:
+        rebuilt = outbox.rebuilt
+        audit.emit(lambda t: t.alarm(f"queue database rebuilt: {rebuilt.reason}"))
     for thread in threads:
         thread.start()
     stoppers = []

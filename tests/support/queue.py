@@ -17,6 +17,7 @@ def new_outbox(
     min_free_mb: int = 0,
     retention_days: float = 7.0,
     commitment: Sequence[str] = (),
+    check: bool = False,
 ) -> Outbox:
     policy = RetentionPolicy(min_free_mb, retention_days, frozenset(commitment))
-    return Outbox(root, destinations, policy)
+    return Outbox(root, destinations, policy, check=check)
