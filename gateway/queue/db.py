@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
-from gateway.queue.files import fsync_dir
+from gateway.queue.files import fsync_dir, make_dirs
 from gateway.queue.schema import DB_NAME, SchemaError, migrate
 
 
@@ -76,7 +76,7 @@ def open_durable(path: Path) -> sqlite3.Connection:
 
 def _make_root(root: Path) -> None:
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        make_dirs(root)
     except OSError as exc:
         raise QueueError(f"cannot create {root}: {exc.strerror}") from None
 

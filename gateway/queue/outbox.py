@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.queue.alarms import alarms
 from gateway.queue.db import QueueError
 from gateway.queue.deliveries import DeliveriesMixin
+from gateway.queue.files import make_dirs
 from gateway.queue.ledger import LedgerMixin
 from gateway.queue.model import OBJECTS_DIR
 from gateway.queue.objects import ObjectsMixin
@@ -52,7 +53,7 @@ class Outbox(ObjectsMixin, DeliveriesMixin, LedgerMixin, RetentionMixin, Recover
         self.destinations = list(destinations)
         self.policy = policy
         try:
-            self.objects_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(self.objects_dir)
         except OSError as exc:
             raise QueueError(f"cannot create queue directory {self.root}: {exc.strerror}") from None
         self._db, self.rebuilt = open_or_rebuild(self.root, self.destinations, check)
