@@ -188,6 +188,8 @@ class CommitmentConfig(_Model):
     handshake_timeout_s: float = Field(default=10.0, gt=0)
     wait_on_association_s: float = Field(default=5.0, ge=0)
     ask_again_after_s: float = Field(default=3600.0, gt=0)
+    # How often finished studies are looked for and asked about.
+    interval_s: float = Field(default=30.0, gt=0)
 
 
 class InboundPeer(_Model):

@@ -17,8 +17,6 @@ from gateway.queue.outbox import outbox_for
 
 log = logging.getLogger(__name__)
 
-COMMITMENT_INTERVAL_S = 30.0
-
 
 def network_loops(config: GatewayConfig) -> list[str]:
     """The health names of what `start_network_services` will start."""
@@ -61,11 +59,12 @@ def start_network_services(
         def loop() -> None:
             # Beat while waiting between rounds; a round is bounded by the
             # association time-outs, well inside the watchdog's deadline.
+            every = min(health.every, config.commitment.interval_s)
             waited = 0.0
-            while not stop.wait(health.every):
+            while not stop.wait(every):
                 beat()
-                waited += health.every
-                if waited < COMMITMENT_INTERVAL_S:
+                waited += every
+                if waited < config.commitment.interval_s:
                     continue
                 waited = 0.0
                 try:

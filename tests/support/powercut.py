@@ -152,6 +152,7 @@ class PowerCutMount:
 class Child:
     pid: int
     out: Path
+    argv: tuple[str, ...] = ()
 
     def output(self) -> str:
         try:
@@ -229,7 +230,7 @@ class Zygote:
         self.proc.stdin.write(json.dumps({"argv": list(argv), "out": str(out), "env": env or {}}))
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        child = Child(int(self.proc.stdout.readline()), out)
+        child = Child(int(self.proc.stdout.readline()), out, tuple(argv))
         self.children.append(child)
         return child
 
