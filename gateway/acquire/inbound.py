@@ -17,6 +17,7 @@ from typing import Any
 from gateway.config import GatewayConfig, InboundConfig
 from gateway.net.listener import parse_listen, start_server
 from gateway.net.tls import server_context
+from gateway.net.ul import OUR_MAX_PDU
 from gateway.queue.db import QueueError
 from gateway.queue.model import AlreadyQueued, QueueFull
 from gateway.queue.outbox import Outbox
@@ -105,6 +106,7 @@ class InboundService:
         ae.network_timeout = self.config.forwarding.network_timeout_s
         ae.acse_timeout = self.config.forwarding.acse_timeout_s
         ae.dimse_timeout = self.config.forwarding.dimse_timeout_s
+        ae.maximum_pdu_size = OUR_MAX_PDU  # what a modality may send us in one PDU
         self.server = start_server(
             ae,
             parse_listen(c.listen),

@@ -29,6 +29,7 @@ from gateway.net.association import PeerError, connect, describe_link_failure, p
 from gateway.net.listener import parse_listen, start_server
 from gateway.net.tls import TLSSetupError, server_context
 from gateway.net.ul import (
+    OUR_MAX_PDU,
     Message,
     Proposed,
     Role,
@@ -137,6 +138,7 @@ class CommitmentService:
         ae.network_timeout = self.timeouts.network
         ae.acse_timeout = self.timeouts.acse
         ae.dimse_timeout = self.timeouts.dimse
+        ae.maximum_pdu_size = OUR_MAX_PDU
         ctx = server_context(c.tls) if c.tls else None
         self.server = start_server(
             ae,

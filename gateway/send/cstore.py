@@ -10,7 +10,7 @@ from io import FileIO
 from pathlib import Path
 
 from gateway.dicom.part10 import Part10, Part10Error, read_header
-from gateway.dicom.transcode import TranscodeError, reencode
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT, TranscodeError, reencode
 from gateway.net.ul import (
     P_DATA_TF,
     ULConnection,
@@ -153,17 +153,27 @@ def store_file(
     ts: str,
     workdir: Path,
     progress: Callable[[], None] = lambda: None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    converting: Callable[[bool], None] = lambda started: None,
 ) -> int | None:
     """Send as it is when its own transfer syntax was accepted; else re-encode
-    once to Explicit VR Little Endian (decompressing) in a temporary file."""
+    once (frame by frame, within `memory_limit`) to the accepted uncompressed
+    syntax in a temporary file, checked to carry the command's UIDs.
+    `converting(True/False)` brackets the conversion (the forwarder records
+    it durably, so an object that kills the process is known after)."""
     if ts == sop.transfer_syntax:
         with open(sop.path, "rb", buffering=0) as f:
             f.seek(sop.dataset_offset)
             return send_dataset(conn, context_id, f, sop.size - sop.dataset_offset, sop, progress)
+    converting(True)
     try:
-        converted = reencode(sop.path, ts, workdir)
+        converted = reencode(
+            sop.path, ts, workdir, memory_limit, expect=(sop.sop_class, sop.sop_instance)
+        )
     except TranscodeError as exc:
         raise FileProblem(str(exc)) from None
+    finally:
+        converting(False)
     try:
         conv = read_part10_header(converted)
         with open(converted, "rb", buffering=0) as f:

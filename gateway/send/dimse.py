@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import DestinationConfig
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.association import PeerError, connect, describe_link_failure, peer_label
 from gateway.net.tls import TLSSetupError
 from gateway.net.ul import Accepted, Proposed, Timeouts, ULConnection, ULError
@@ -37,6 +38,9 @@ class DimseSender:
     timeouts: Timeouts
     workdir: Path  # where a re-encoded copy is written for the time it is sent
     progress: Callable[[], None] = lambda: None  # called while a data set is written
+    memory_limit: int = DEFAULT_MEMORY_LIMIT  # for a conversion (gateway.dicom.transcode)
+    # Called with (object id, True) before a conversion and (id, False) after.
+    converting: Callable[[int, bool], None] = lambda object_id, started: None
 
     @property
     def label(self) -> str:
@@ -83,7 +87,14 @@ class DimseSender:
                     f"uncompressed transfer syntax for SOP class {sop.sop_class}",
                 )
             code = store_file(
-                conn, sop, choice.id, choice.transfer_syntax, self.workdir, self.progress
+                conn,
+                sop,
+                choice.id,
+                choice.transfer_syntax,
+                self.workdir,
+                self.progress,
+                self.memory_limit,
+                lambda started: self.converting(obj.id, started),
             )
         except FileProblem as exc:
             return Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}")
@@ -91,6 +102,11 @@ class DimseSender:
             conn.abort()
             reason = f"{self.label}: {describe_link_failure(exc)} during C-STORE"
             return Result(obj.id, Outcome.TRANSIENT, reason)
+        except Exception as exc:  # a bug or MemoryError on this object: not the link's fault
+            conn.abort()
+            log.exception("sending object %d failed unexpectedly", obj.id)
+            reason = f"internal error sending this object: {type(exc).__name__}: {exc}"
+            return Result(obj.id, Outcome.TRANSIENT, reason, about_object=True)
         outcome = classify_status(code)
         if outcome is Outcome.STORED:
             return Result(obj.id, outcome)

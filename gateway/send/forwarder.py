@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import DestinationConfig, GatewayConfig
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.ul import Timeouts
 from gateway.queue.outbox import Outbox
 from gateway.queue.report import SendReport
@@ -51,11 +52,21 @@ def sender_for(
     timeouts: Timeouts,
     queue_root: Path,
     progress: Callable[[], None] = lambda: None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    converting: Callable[[int, bool], None] = lambda object_id, started: None,
 ) -> Sender:
     """The sender for a destination's protocol; `progress` is called while it
     works (the forwarder's heartbeat: a long object on a slow link is not a
-    stuck loop)."""
-    return DimseSender(dest, calling_ae, timeouts, queue_root / CONVERT_DIR, progress=progress)
+    stuck loop); `converting` brackets a conversion (recorded durably)."""
+    return DimseSender(
+        dest,
+        calling_ae,
+        timeouts,
+        queue_root / CONVERT_DIR,
+        progress=progress,
+        memory_limit=memory_limit,
+        converting=converting,
+    )
 
 
 @dataclass
@@ -67,6 +78,7 @@ class _Round:
     report: SendReport = field(default_factory=SendReport)
     decided: set[int] = field(default_factory=set)
     sent: list[int] = field(default_factory=list)
+    last_errors: dict[int, str | None] = field(default_factory=dict)  # as claimed
     since: float = field(default_factory=time.monotonic)
 
 
@@ -87,6 +99,7 @@ class Forwarder:
     # The service's heartbeat for this loop (set by `run`): beaten every round,
     # after every object and while a large one is being written.
     heartbeat: Callable[[], None] = lambda: None
+    memory_limit: int = DEFAULT_MEMORY_LIMIT  # of one conversion (forwarding.convert_memory_mb)
 
     @classmethod
     def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
@@ -103,6 +116,7 @@ class Forwarder:
             ),
             retry_base=f.retry_base_s,
             retry_cap=f.retry_cap_s,
+            memory_limit=f.convert_memory_mb << 20,
         )
 
     def __post_init__(self) -> None:
@@ -110,11 +124,25 @@ class Forwarder:
             self.status.setdefault(dest.name, DestinationStatus(dest.name))
             self.senders.setdefault(
                 dest.name,
-                sender_for(dest, self.calling_ae, self.timeouts, self.outbox.root, self._beat),
+                sender_for(
+                    dest,
+                    self.calling_ae,
+                    self.timeouts,
+                    self.outbox.root,
+                    self._beat,
+                    self.memory_limit,
+                    self._converting(dest.name),
+                ),
             )
 
     def _beat(self) -> None:
         self.heartbeat()
+
+    def _converting(self, destination: str) -> Callable[[int, bool], None]:
+        def record(object_id: int, started: bool) -> None:
+            self.outbox.converting(object_id, destination, started)
+
+        return record
 
     @staticmethod
     def _notify(listeners: Sequence[Callable[..., None]], *args: Any) -> None:
@@ -133,7 +161,7 @@ class Forwarder:
 
     def _send_batch(self, dest: DestinationConfig, now: float | None) -> SendReport:
         batch = self.outbox.claim(dest.name, BATCH, now=now)
-        current = _Round(dest)
+        current = _Round(dest, last_errors={d.object.id: d.last_error for d in batch})
         if not batch:
             return current.report
         state = self.status[dest.name]
@@ -171,6 +199,14 @@ class Forwarder:
             self._commit_sent(current)
             return
         reason = result.reason or "refused"
+        if result.about_object and current.last_errors.get(result.object_id) == reason:
+            # The same failure of this object twice: a poison object. It goes
+            # to the failed list with its reason; the queue moves on.
+            reason = f"{reason} (failed the same way twice; set aside)"
+            self.outbox.mark_failed(result.object_id, dest.name, reason)
+            report.failed += 1
+            log.error("%s; object %d moved to the failed list", reason, result.object_id)
+            return
         if result.outcome is Outcome.PERMANENT:
             self.outbox.mark_failed(result.object_id, dest.name, reason)
             report.failed += 1
