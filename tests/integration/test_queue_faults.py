@@ -136,3 +136,34 @@ def test_the_service_starts_on_a_damaged_database_and_captures(tmp_path: Path, p
     listed = json.loads(gw("queue", "list", "--json", check=True).stdout)
     assert len(listed) == 2 and {r["state"] for r in listed} == {"pending"}, listed
     assert list((tmp_path / "queue").glob("damaged-*/outbox.sqlite"))
+
+
+def test_a_unit_that_gave_up_raises_an_alarm(tmp_path: Path, pki: PKI) -> None:
+    """What dicom-gateway-alarm@.service runs (the units' OnFailure=): the
+    alarm is logged, kept for `queue stats` and the metrics, and audited as
+    a schema-valid Security Alert."""
+    import socket
+
+    from tests.support.audit import event_code, parse_frame
+
+    data = gateway_config(tmp_path, pki, free_port())
+    gw = Gateway(write_config(tmp_path / "gateway.toml", data))
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.bind(str(tmp_path / "syslog"))
+    syslog.settimeout(10)
+    gw.env["DICOM_GATEWAY_AUDIT_SOCKET"] = str(tmp_path / "syslog")
+    try:
+        out = gw("alarm", "unit-failed", "dicom-gateway-forwarder.service", check=True)
+        frame = syslog.recv(65536)
+    finally:
+        syslog.close()
+    assert "dicom-gateway-forwarder.service failed" in out.stdout
+    assert "systemd gave up restarting it" in out.stderr  # the log line
+    _pri, xml = parse_frame(frame)
+    assert event_code(xml) == ("110113", "110131")
+    assert "gave up" in (xml.find("EventIdentification/EventOutcomeDescription").text or "")  # type: ignore[union-attr]
+    stats = json.loads(gw("queue", "stats", "--json", check=True).stdout)
+    assert stats["alarms"] == {"unit-failed": 1}
+    from gateway.queue.alarms import open_alarms
+
+    assert open_alarms(tmp_path / "queue") == {"unit-failed": 1}  # what /metrics reports
