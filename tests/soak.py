@@ -67,7 +67,11 @@ class Desk:
     """The technician, through the UI's JSON API."""
 
     def __init__(self, url: str) -> None:
-        self.client = httpx.Client(base_url=url, timeout=60)
+        # A new connection per request: uvicorn closes idle keep-alive
+        # connections after 5 s, and a request racing that close is reset.
+        self.client = httpx.Client(
+            base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         self.csrf = self.client.get("/api/session").json()["csrf"]
         self.exam: str | None = None
         self.shots = 0
@@ -75,7 +79,10 @@ class Desk:
         self.n = 0
 
     def post(self, path: str, body: Any = None) -> httpx.Response:
-        return self.client.post(path, json=body, headers={"X-CSRF-Token": self.csrf})
+        try:
+            return self.client.post(path, json=body, headers={"X-CSRF-Token": self.csrf})
+        except httpx.TransportError as exc:
+            return httpx.Response(599, text=f"transport error: {exc}")
 
     def act(self, clip: bool) -> None:
         if self.exam is None:

@@ -176,9 +176,21 @@ class ControlServer:
             deadline = time.monotonic() + READ_TIMEOUT + total / MIN_UPLOAD_RATE
             for index, (name, size, mtime) in enumerate(files):
                 path = work / f"{index:05d}-{_UNSAFE.sub('_', Path(name).name)[-80:]}"
-                with open(path, "wb") as out:
+                try:
+                    # Unbuffered: a full disk shows at the write, not at a close.
+                    out = open(path, "wb", buffering=0)  # noqa: SIM115 (closed below)
+                except OSError as exc:
+                    raise RequestError(f"cannot take the import: {exc.strerror}") from None
+                with out:
                     for chunk in reader.take(size):
-                        out.write(chunk)
+                        try:
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[out.write(view) or 0 :]
+                        except OSError as exc:  # our disk, not the client: say so
+                            raise RequestError(
+                                f"cannot take the import: {exc.strerror}; nothing was queued"
+                            ) from None
                         self.heartbeat()
                         if time.monotonic() > deadline:
                             raise ProtocolError("the client sent its files too slowly")

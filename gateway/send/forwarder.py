@@ -11,6 +11,7 @@ outliving the round, and a link status for the screen and `queue stats`.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.ul import Timeouts
+from gateway.queue.db import QueueError
 from gateway.queue.outbox import Outbox
 from gateway.queue.report import SendReport
 from gateway.send.destination import LinkDown, Outcome, Result, Sender
@@ -100,6 +102,7 @@ class Forwarder:
     # after every object and while a large one is being written.
     heartbeat: Callable[[], None] = lambda: None
     memory_limit: int = DEFAULT_MEMORY_LIMIT  # of one conversion (forwarding.convert_memory_mb)
+    _queue_problem: str | None = None
 
     @classmethod
     def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
@@ -267,9 +270,17 @@ class Forwarder:
             for dest in self.destinations:
                 try:
                     report = self.send_batch(dest)
+                except (sqlite3.Error, QueueError, OSError) as exc:
+                    # The queue's disk is full or failing: nothing is lost (a
+                    # failed write rolls back); say so once, try again later.
+                    if str(exc) != self._queue_problem:
+                        log.error("cannot update the queue (%s); will try again", exc)
+                        self._queue_problem = str(exc)
+                    continue
                 except Exception:  # the loop must outlive any one bad batch
                     log.exception("forwarder batch to %s failed unexpectedly", dest.name)
                     continue
+                self._queue_problem = None
                 busy = busy or report.sent > 0
             self._beat()
             if not busy:
