@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,6 +221,30 @@ def pynetdicom_cmd(pki: dict[str, Path], port: int, directory: Path) -> list[str
     ]
 
 
+def start_tls_pipe(pki: dict[str, Path], port: int) -> subprocess.Popen[str]:
+    """The raw TLS receiver (tls_pipe.py), started once like storescp."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tests.benchmarks.tls_pipe", "serve", str(port)),
+            *(str(pki["server_cert"]), str(pki["server_key"]), str(pki["ca"])),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("tls_pipe receiver did not start")
+    return proc
+
+
+def tls_pipe_cmd(pki: dict[str, Path], port: int, directory: Path) -> list[str]:
+    return [
+        *(sys.executable, "-m", "tests.benchmarks.tls_pipe", "send", str(port)),
+        *(str(pki["client_cert"]), str(pki["client_key"]), str(pki["ca"]), str(directory)),
+    ]
+
+
 def warm_ours(config: Path, env: dict[str, str]) -> Run:
     """The forwarder of the running service: start-up excluded from the clock."""
     proc = subprocess.Popen(
@@ -264,6 +289,8 @@ def compare(
     total = sum(p.stat().st_size for p in (queue / "objects").iterdir())
     port = free_port()
     scp = start_storescp(pki, port, ["--ignore"])
+    pipe_port = free_port()
+    pipe = start_tls_pipe(pki, pipe_port)
     config = write_gateway_config(workdir / f"{kind}.toml", pki, port, queue)
     env = {"TCP_NODELAY": "1"}
 
@@ -284,16 +311,20 @@ def compare(
     warm = Comparison(name=f"{name}_service", dataset=dataset, reference=reference)
     cli.extra["ours"] = "dicom-gateway queue flush (a new process: start-up included)"
     warm.extra["ours"] = "the service's forwarder, already running (start-up excluded)"
+    limit: list[Run] = []
     try:
-        for _ in range(pairs):  # storescu, ours (CLI), ours (service), storescu, …
+        for _ in range(pairs):  # storescu, ours (CLI), ours (service), the TLS pipe, …
             ref = theirs()
             cli.theirs.append(ref)
             warm.theirs.append(ref)
             cli.ours.append(ours_cli())
             warm.ours.append(ours_warm())
+            limit.append(measured(tls_pipe_cmd(pki, pipe_port, queue / "objects"), env))
     finally:
         scp.terminate()
         scp.wait(timeout=10)
+        pipe.terminate()
+        pipe.wait(timeout=10)
     mb = total / 1e6
     for comp in (warm, cli):
         summary = comp.summary()
@@ -301,6 +332,21 @@ def compare(
         summary["ours_median_MB_per_s"] = mb / summary["ours_median_wall_s"]
         summary["reference_median_MB_per_s"] = mb / summary["reference_median_wall_s"]
         summary["receiver"] = "TCP_NODELAY=1 storescp --ignore -pdu 131072 +tls"
+        pipe_wall = statistics.median(r.wall for r in limit)
+        summary["tls_pipe_median_wall_s"] = pipe_wall
+        summary["tls_pipe_min_max_wall_s"] = [
+            min(r.wall for r in limit),
+            max(r.wall for r in limit),
+        ]
+        summary["tls_pipe_median_MB_per_s"] = mb / pipe_wall
+        summary["throughput_ratio_ours_over_tls_pipe"] = pipe_wall / summary["ours_median_wall_s"]
+        summary["throughput_ratio_reference_over_tls_pipe"] = (
+            pipe_wall / summary["reference_median_wall_s"]
+        )
+        summary["tls_pipe"] = (
+            "the same bytes over one TLS 1.3 connection between two Python processes "
+            "(tests/benchmarks/tls_pipe.py), started like storescu"
+        )
         report(summary)
 
     if kind == "sc":  # one run to a receiver that writes to disk
