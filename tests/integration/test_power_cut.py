@@ -91,7 +91,6 @@ def _restart_and_check(queue: Path, ledger: Ledger, received: dict[str, set[str]
 
 def _run_cuts(
     tmp_path: Path,
-    config: Path,
     queue: Path,
     start: Callable[[Zygote, int, random.Random], list[Child]],
     acknowledged: Callable[[Child, Ledger], None],
@@ -133,7 +132,14 @@ def _run_cuts(
     return ledger
 
 
-def _assert_promises(ledger: Ledger, minimum_acknowledged: int) -> None:
+def _maybe_flush(zygote: Zygote, config: Path, rng: random.Random, chance: float) -> list[Child]:
+    """The forwarder (`queue flush`) running beside the writer, most cycles."""
+    if rng.random() >= chance:
+        return []
+    return [zygote.spawn("--config", str(config), "queue", "flush", "--timeout", "20")]
+
+
+def _assert_promises(ledger: Ledger, minimum_acknowledged: int = 10) -> None:
     summary = {"cuts": ledger.cuts, "acknowledged": len(ledger.acknowledged)}
     assert ledger.problems == [], (summary, ledger.problems[:10])
     assert ledger.cuts >= CUTS, summary
@@ -175,22 +181,18 @@ def test_power_cuts_during_capture_and_forwarding_lose_nothing(
                 str(rng.randint(1, 4)),
             )
         ]
-        if rng.random() < 0.7:
-            children.append(
-                zygote.spawn("--config", str(config), "queue", "flush", "--timeout", "20")
-            )
-        return children
+        return children + _maybe_flush(zygote, config, rng, 0.7)
 
-    ledger = _run_cuts(
-        tmp_path,
-        config,
-        queue,
-        start,
-        lambda child, ledger: _captured(queue, child, ledger),
-        pacs,
-        seed=14_001,
+    _assert_promises(
+        _run_cuts(
+            tmp_path,
+            queue,
+            start,
+            lambda child, ledger: _captured(queue, child, ledger),
+            pacs,
+            seed=14_001,
+        )
     )
-    _assert_promises(ledger, minimum_acknowledged=10)
 
 
 def _images(directory: Path, count: int, seed: int) -> list[Path]:
@@ -231,22 +233,18 @@ def test_power_cuts_during_in_process_imports_lose_nothing(
     def start(zygote: Zygote, n: int, rng: random.Random) -> list[Child]:
         files = _images(tmp_path / "scans", rng.randint(1, 3), seed=n)
         children = [zygote.spawn(*_import_args(config, n, files))]
-        if rng.random() < 0.5:
-            children.append(
-                zygote.spawn("--config", str(config), "queue", "flush", "--timeout", "20")
-            )
-        return children
+        return children + _maybe_flush(zygote, config, rng, 0.5)
 
-    ledger = _run_cuts(
-        tmp_path,
-        config,
-        queue,
-        start,
-        lambda child, ledger: _imported(queue, child, ledger),
-        pacs,
-        seed=14_002,
+    _assert_promises(
+        _run_cuts(
+            tmp_path,
+            queue,
+            start,
+            lambda child, ledger: _imported(queue, child, ledger),
+            pacs,
+            seed=14_002,
+        )
     )
-    _assert_promises(ledger, minimum_acknowledged=10)
 
 
 def test_power_cuts_during_imports_through_the_control_socket_lose_nothing(
@@ -271,16 +269,16 @@ def test_power_cuts_during_imports_through_the_control_socket_lose_nothing(
         client = zygote.spawn(*_import_args(config, n, files))
         return [service, client]
 
-    ledger = _run_cuts(
-        tmp_path,
-        config,
-        queue,
-        start,
-        lambda child, ledger: _imported(queue, child, ledger),
-        None,
-        seed=14_003,
+    _assert_promises(
+        _run_cuts(
+            tmp_path,
+            queue,
+            start,
+            lambda child, ledger: _imported(queue, child, ledger),
+            None,
+            seed=14_003,
+        )
     )
-    _assert_promises(ledger, minimum_acknowledged=10)
     assert handed[0] >= CUTS
 
 
@@ -366,7 +364,6 @@ def test_power_cuts_during_inbound_c_store_and_forwarding_with_commitment_lose_n
     try:
         ledger = _run_cuts(
             tmp_path,
-            config,
             queue,
             start,
             acknowledged,
@@ -377,7 +374,7 @@ def test_power_cuts_during_inbound_c_store_and_forwarding_with_commitment_lose_n
             thread.join(timeout=5)
     finally:
         commitment_pacs.stop()
-    _assert_promises(ledger, minimum_acknowledged=10)
+    _assert_promises(ledger)
     assert commitment_pacs.stored and commitment_pacs.transactions
 
 

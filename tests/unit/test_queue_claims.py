@@ -20,19 +20,7 @@ from gateway.queue import db as queue_db
 from gateway.queue.files import write_atomic
 from gateway.queue.model import LOCK_NAME, DeliveryState
 from gateway.queue.schema import DB_NAME
-from tests.support.queue import new_outbox
-
-
-def _add(outbox, uid: str) -> int:  # type: ignore[no-untyped-def]
-    return int(
-        outbox.add(
-            b"DICM" * 10,
-            sop_instance_uid=uid,
-            sop_class_uid="1.2.3",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            study_instance_uid="1.2.3.4",
-        ).id
-    )
+from tests.support.queue import add_object, new_outbox
 
 
 def _set_claims(root: Path, claimed_by: str, claim_until: float | None) -> None:
@@ -51,7 +39,7 @@ def test_a_claim_is_boot_pid_and_start_time_with_a_lease(tmp_path: Path) -> None
     assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert int(pid) == os.getpid() and start == queue_db.process_start(os.getpid())
     with new_outbox(tmp_path, ["a"]) as outbox:
-        _add(outbox, "1.2.3.1")
+        add_object(outbox, "1.2.3.1")
         outbox.claim("a")
         row = (
             sqlite3.connect(tmp_path / DB_NAME)
@@ -68,7 +56,7 @@ def test_claims_of_another_boot_are_reset_though_the_pid_is_alive(tmp_path: Path
     """The "reboot that keeps the PIDs": the claim names our own PID and
     start time (the new forwarder got the same PID), but another boot."""
     with new_outbox(tmp_path, ["a"]) as outbox:
-        oid = _add(outbox, "1.2.3.1")
+        oid = add_object(outbox, "1.2.3.1")
         outbox.claim("a")
         _, pid, start = queue_db.this_process().split(":")
         _set_claims(tmp_path, f"0d1e2f30-old-boot:{pid}:{start}", time.time() + 600)
@@ -87,7 +75,7 @@ def test_a_recycled_pid_or_an_expired_lease_or_an_old_claim_is_reset(tmp_path: P
     for n, (claimed_by, until) in enumerate(cases):
         root = tmp_path / str(n)
         with new_outbox(root, ["a"]) as outbox:
-            oid = _add(outbox, "1.2.3.1")
+            oid = add_object(outbox, "1.2.3.1")
             outbox.claim("a")
             _set_claims(root, claimed_by, until)
             assert outbox.recover().claims_reset == 1, claimed_by
@@ -98,7 +86,7 @@ def test_a_recycled_pid_or_an_expired_lease_or_an_old_claim_is_reset(tmp_path: P
 
 def test_sending_renews_the_lease_of_the_rest_of_the_batch(tmp_path: Path) -> None:
     with new_outbox(tmp_path, ["a"]) as outbox:
-        first, second = _add(outbox, "1.2.3.1"), _add(outbox, "1.2.3.2")
+        first, second = add_object(outbox, "1.2.3.1"), add_object(outbox, "1.2.3.2")
         outbox.claim("a")
         _set_claims(tmp_path, queue_db.this_process(), time.time() + 5)
         outbox.mark_sent(first, "a")
