@@ -35,6 +35,7 @@ BATCH = 200
 COMMIT_EVERY = 64
 COMMIT_AFTER_S = 0.5
 CONVERT_DIR = "convert"
+CLAIMS_CHECK_S = 60.0
 
 
 @dataclass
@@ -264,8 +265,17 @@ class Forwarder:
         waiting for work is healthy)."""
         if heartbeat is not None:
             self.heartbeat = heartbeat
+        next_reset = time.monotonic() + CLAIMS_CHECK_S
         while not stop.is_set():
             self._beat()
+            if time.monotonic() >= next_reset:
+                # A claim whose holder died or whose lease ran out since our
+                # start (another forwarder, a `queue flush`) goes back to pending.
+                next_reset = time.monotonic() + CLAIMS_CHECK_S
+                try:
+                    self.outbox.reset_stale_claims()
+                except (sqlite3.Error, QueueError) as exc:
+                    log.error("cannot check the queue's claims (%s); will try again", exc)
             busy = False
             for dest in self.destinations:
                 try:
