@@ -292,7 +292,7 @@ def test_power_cuts_during_inbound_c_store_and_forwarding_with_commitment_lose_n
 
     from tests.support.commitment_pacs import CommitmentPACS
     from tests.support.peers import SC, small_object
-    from tests.support.process import free_port
+    from tests.support.process import free_port, wait_for_port
 
     commitment_pacs = CommitmentPACS(pki, "same", set())
     inbound_port = free_port()
@@ -345,6 +345,8 @@ def test_power_cuts_during_inbound_c_store_and_forwarding_with_commitment_lose_n
 
     def start(zygote: Zygote, n: int, rng: random.Random) -> list[Child]:
         service = zygote.spawn("--config", str(config), "run", "--only", "forwarder")
+        # The cut's random point is counted from when the SCP listens.
+        wait_for_port(inbound_port, timeout=60)
         thread = threading.Thread(
             target=modality, args=(time.monotonic() + rng.uniform(0.3, 2.0),), daemon=True
         )
