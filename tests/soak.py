@@ -124,6 +124,8 @@ def main() -> int:
             "-q",
             "-p",
             "no:cacheprovider",
+            "--timeout=0",  # a scenario of 500 cuts runs for minutes
+            f"--basetemp={work / 'power-cuts'}",  # never cleaned by another pytest
             "tests/integration/test_power_cut.py",
         ],
         cwd=REPO,
