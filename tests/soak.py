@@ -142,9 +142,7 @@ def main() -> int:
     figures: dict[str, Any] = {"minutes": MINUTES}
     problems: list[str] = []
     with NotifySocket(work / "notify.sock") as notify:
-        env = {**os.environ, **notify.env(WATCHDOG_USEC), "PYTHONPATH": str(REPO)}
-        env.pop("WATCHDOG_PID", None)
-        env["DICOM_GATEWAY_AUDIT_SOCKET"] = str(work / "no-syslog")
+        env = {**notify.service_env(WATCHDOG_USEC, work / "no-syslog"), "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--config", str(config), "run"],
             env=env,

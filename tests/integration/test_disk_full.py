@@ -111,8 +111,7 @@ def test_disk_filled_from_outside_while_the_service_captures_and_imports(
         scans.mkdir()
         rng = np.random.default_rng(3)
         with NotifySocket(tmp_path / "notify.sock") as notify:
-            env = {**os.environ, **notify.env(1_000_000)}
-            env.pop("WATCHDOG_PID", None)
+            env = notify.service_env(1_000_000)
             proc = subprocess.Popen(
                 [*GATEWAY, "--config", str(config), "run"],
                 env=env,

@@ -10,7 +10,6 @@ in seconds (`make soak` does it for 30 minutes at the real deadline)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -35,9 +34,7 @@ def test_whole_service_keeps_feeding_the_watchdog_while_idle(
     data = whole_service_config(tmp_path, pki, storescp.port, STALE_AFTER)
     config = write_config(tmp_path / "gateway.toml", data)
     with NotifySocket(tmp_path / "notify.sock") as notify:
-        env = {**os.environ, **notify.env(2_000_000)}
-        env.pop("WATCHDOG_PID", None)
-        env["DICOM_GATEWAY_AUDIT_SOCKET"] = str(tmp_path / "no-syslog")
+        env = notify.service_env(2_000_000, tmp_path / "no-syslog")
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--config", str(config), "run"],
             env=env,

@@ -5,6 +5,7 @@ thread; and a configuration that turns every loop of `run` on."""
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
@@ -51,6 +52,16 @@ class NotifySocket:
 
     def env(self, watchdog_usec: int) -> dict[str, str]:
         return {"NOTIFY_SOCKET": str(self.path), "WATCHDOG_USEC": str(watchdog_usec)}
+
+    def service_env(self, watchdog_usec: int, audit_socket: Path | None = None) -> dict[str, str]:
+        """The environment systemd gives `run`: this process's, with the
+        notify socket and WATCHDOG_USEC (no WATCHDOG_PID: any PID may ping),
+        and the audit trail's syslog socket pointed somewhere harmless."""
+        env = {**os.environ, **self.env(watchdog_usec)}
+        env.pop("WATCHDOG_PID", None)
+        if audit_socket is not None:
+            env["DICOM_GATEWAY_AUDIT_SOCKET"] = str(audit_socket)
+        return env
 
     def since(self, t0: float) -> list[tuple[float, str]]:
         with self._lock:
