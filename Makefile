@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := dcmtk dicom3tools libsystemd-dev pkg-config lrzsz stunnel4 chromium \
-                systemd shellcheck cage xwayland fuse3
+                systemd shellcheck cage xwayland orthanc orthanc-dicomweb nginx curl fuse3
 PYTEST_ARGS ?=
 BENCH ?=
 

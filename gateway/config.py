@@ -12,13 +12,17 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -54,6 +58,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
+def _readable_file(value: Path, what: str) -> Path:
+    if not value.is_file():
+        raise ValueError(f"{what} {str(value)!r} does not exist")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"{what} {str(value)!r} is not readable")
+    return value
+
+
 class TLSConfig(_Model):
     """Mutual TLS: the peer is checked against `ca`; we present `cert`/`key`."""
 
@@ -64,11 +76,7 @@ class TLSConfig(_Model):
     @field_validator("ca", "cert", "key")
     @classmethod
     def _exists(cls, value: Path) -> Path:
-        if not value.is_file():
-            raise ValueError(f"certificate file {str(value)!r} does not exist")
-        if not os.access(value, os.R_OK):
-            raise ValueError(f"certificate file {str(value)!r} is not readable")
-        return value
+        return _readable_file(value, "certificate file")
 
 
 class StationConfig(_Model):
@@ -120,13 +128,207 @@ class CaptureConfig(_Model):
     buffer_mb: int | None = Field(default=None, ge=16, le=16384)
 
 
+DestinationName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 class DestinationConfig(_Model):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """A DICOM peer reached over DIMSE (C-STORE for a destination)."""
+
+    name: DestinationName
+    protocol: Literal["dimse"] = "dimse"
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
     storage_commitment: bool = False
     tls: TLSConfig | None = None
+
+    @property
+    def peer(self) -> tuple[str, str]:
+        """(who, where) for audit messages: the AE title and its host."""
+        return self.ae_title, self.host
+
+
+class HttpsTLSConfig(_Model):
+    """HTTPS to a DICOMweb archive: `ca` is the only trust for the server
+    (omitted: the system's store, never the environment's); `cert`/`key` our
+    client certificate when the archive asks for one (mutual TLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        return None if value is None else _readable_file(value, "certificate file")
+
+    @model_validator(mode="after")
+    def _pair(self) -> HttpsTLSConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: give both or neither")
+        return self
+
+
+class HttpAuthConfig(_Model):
+    """At most one way to authenticate: HTTP basic (`username` and
+    `password_file`), a bearer token read from `bearer_token_file` (read again
+    when the file changes), or OAuth2 client credentials (`token_url`,
+    `client_id`, `client_secret_file`, optional `scope`; `token_ca` when the
+    token server is trusted through another CA than the archive). Secrets live
+    in files, never in this file, and are never logged."""
+
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password_file: Path | None = None
+    bearer_token_file: Path | None = None
+    token_url: str | None = None
+    client_id: str | None = Field(default=None, min_length=1, max_length=512)
+    client_secret_file: Path | None = None
+    scope: str | None = Field(default=None, max_length=1024)
+    token_ca: Path | None = None
+
+    @field_validator("password_file", "bearer_token_file", "client_secret_file")
+    @classmethod
+    def _secret(cls, value: Path | None) -> Path | None:
+        return None if value is None else _readable_file(value, "credential file")
+
+    @field_validator("token_ca")
+    @classmethod
+    def _ca(cls, value: Path | None) -> Path | None:
+        return None if value is None else _readable_file(value, "certificate file")
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value, allow_plain=False)
+
+    @field_validator("username")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and (":" in value or not value.isprintable()):
+            raise ValueError("username may not contain ':' or control characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> HttpAuthConfig:
+        basic = self.username is not None or self.password_file is not None
+        bearer = self.bearer_token_file is not None
+        oauth = any(
+            v is not None for v in (self.token_url, self.client_id, self.client_secret_file)
+        )
+        if basic + bearer + oauth != 1:
+            raise ValueError(
+                "give exactly one way: username + password_file, bearer_token_file, "
+                "or token_url + client_id + client_secret_file"
+            )
+        if basic and (self.username is None or self.password_file is None):
+            raise ValueError("HTTP basic needs both username and password_file")
+        if oauth and None in (self.token_url, self.client_id, self.client_secret_file):
+            raise ValueError(
+                "OAuth2 client credentials need token_url, client_id and client_secret_file"
+            )
+        if (self.scope is not None or self.token_ca is not None) and not oauth:
+            raise ValueError("scope and token_ca belong to OAuth2 client credentials (token_url)")
+        return self
+
+    @property
+    def kind(self) -> Literal["basic", "bearer", "oauth2"]:
+        if self.bearer_token_file is not None:
+            return "bearer"
+        return "basic" if self.username is not None else "oauth2"
+
+
+def _check_http_url(value: str, *, allow_plain: bool) -> str:
+    """An absolute https URL (http only when allowed), with a host, and no
+    user name, password, query or fragment: credentials belong in
+    `[destinations.http_auth]`, where they are never logged."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an https:// URL with a host")
+    if parts.scheme == "http" and not allow_plain:
+        raise ValueError(
+            f"{value!r} is plain http: images would cross the network unencrypted; "
+            "use https (plain http only with allow_plain_http = true, for a lab)"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the URL carries credentials; put them in [destinations.http_auth]")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: the service URL takes no query or fragment")
+    if port == 0 or not value.isprintable() or " " in value:
+        raise ValueError(f"{value!r} is not a valid URL")
+    return value
+
+
+class StowDestinationConfig(_Model):
+    """A DICOMweb archive reached with STOW-RS (PS3.18 10.5): `url` is the
+    service root, objects go to `{url}/studies` in batches bounded by
+    `batch_max_objects` and `batch_max_mb`. A request may last
+    `exchange_timeout_s` plus the time its body takes at `min_rate_kb_s`; no
+    byte either way for `idle_timeout_s` ends it too. With
+    `storage_commitment`, the archive is asked (QIDO-RS) that each sent
+    instance is there before the queue may forget it."""
+
+    name: DestinationName
+    protocol: Literal["stow-rs"]
+    allow_plain_http: bool = False  # checked before `url`, which it governs
+    url: str
+    storage_commitment: bool = False
+    tls: HttpsTLSConfig | None = None
+    http_auth: HttpAuthConfig | None = None
+    batch_max_objects: int = Field(default=100, ge=1, le=10000)
+    batch_max_mb: int = Field(default=64, ge=1, le=65536)
+    # Content-Length by default (every server takes it); chunked for servers
+    # or proxies that want it.
+    chunked: bool = False
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    idle_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    exchange_timeout_s: float = Field(default=60.0, gt=0, le=86400)
+    min_rate_kb_s: float = Field(default=50.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        return _check_http_url(value, allow_plain=bool(info.data.get("allow_plain_http")))
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> StowDestinationConfig:
+        if urlsplit(self.url).scheme == "http" and self.tls is not None:
+            raise ValueError("[destinations.tls] needs an https:// url")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def peer(self) -> tuple[str, str]:
+        """(who, where) for audit messages: the service URL and its host."""
+        return self.url, self.host
+
+
+def _protocol(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("protocol", "dimse"))
+    return str(getattr(value, "protocol", "dimse"))
+
+
+# A `[[destinations]]` entry: `protocol` says which (C-STORE when omitted).
+Destination = Annotated[
+    Annotated[DestinationConfig, Tag("dimse")] | Annotated[StowDestinationConfig, Tag("stow-rs")],
+    Discriminator(
+        _protocol,
+        custom_error_type="protocol",
+        custom_error_message='protocol must be "dimse" or "stow-rs"',
+    ),
+]
 
 
 class WorklistConfig(_Model):
@@ -276,7 +478,7 @@ class CertificatesConfig(_Model):
 class GatewayConfig(_Model):
     station: StationConfig = Field(default_factory=StationConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
-    destinations: list[DestinationConfig] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     worklist: WorklistConfig | None = None
     mpps: MppsConfig | None = None
     queue: QueueConfig = Field(default_factory=QueueConfig)
@@ -298,12 +500,15 @@ class GatewayConfig(_Model):
             seen.add(dest.name)
         return self
 
-    def destination(self, name: str) -> DestinationConfig:
+    def destination(self, name: str) -> Destination:
         for dest in self.destinations:
             if dest.name == name:
                 return dest
         known = ", ".join(d.name for d in self.destinations) or "none configured"
         raise ConfigError(f"no destination named {name!r} ({known})")
+
+
+_PROTOCOL_TAGS = ("dimse", "stow-rs")  # a destination's union tag, not a key
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -330,7 +535,11 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     """One line per problem: `FILE: KEY: PROBLEM`."""
     lines = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(
+            p
+            for p in err["loc"]
+            if not (isinstance(p, str) and (p.startswith("function-") or p in _PROTOCOL_TAGS))
+        )
         lines.append(f"{source}: {_location(loc)}: {_describe(err)}")
     return "\n".join(lines)
 
@@ -381,6 +590,10 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
         for dest in dests:
             if isinstance(dest, dict):
                 fix(dest.get("tls"), ("ca", "cert", "key"))
+                fix(
+                    dest.get("http_auth"),
+                    ("password_file", "bearer_token_file", "client_secret_file", "token_ca"),
+                )
     worklist = data.get("worklist")
     if isinstance(worklist, dict):
         fix(worklist.get("tls"), ("ca", "cert", "key"))

@@ -112,7 +112,7 @@ def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.net.echo import echo
+    from gateway.send.protocols import echo_destination
 
     dests = list(config.destinations) if not args.name else []
     if args.name and args.name not in ("worklist", "mpps"):
@@ -133,7 +133,7 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
             dests = [d for d in dests if d.name != "mpps"] + [mpps_dest]
     if not dests:
         raise CommandError("no peers configured: add a [[destinations]] table")
-    results = [echo(config.station.ae_title, d) for d in dests]
+    results = [echo_destination(config.station.ae_title, d) for d in dests]
     _emit(
         args,
         [r.as_json() for r in results],

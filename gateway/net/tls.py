@@ -8,10 +8,11 @@ both ways, host names checked.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 
-from gateway.config import TLSConfig
+from gateway.config import HttpsTLSConfig, TLSConfig
 
 # TLS 1.2 suites of BCP 195 (RFC 9325 4.2) that are AEAD with ECDHE; TLS 1.3
 # suites are all AEAD and are left to OpenSSL's defaults.
@@ -46,6 +47,39 @@ def client_context(tls: TLSConfig) -> ssl.SSLContext:
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     _load(ctx, tls)
+    return ctx
+
+
+def https_context(tls: HttpsTLSConfig | None) -> ssl.SSLContext:
+    """For HTTPS (DICOMweb) with the same policy: the server is checked
+    against the configured CA only; with none configured, against the
+    system's store at OpenSSL's compiled-in locations, never at
+    SSL_CERT_FILE / SSL_CERT_DIR (nor requests' or curl's variables), so the
+    environment can neither widen nor swap the trust. Our client certificate
+    is presented when configured (mutual TLS)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(ctx)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["http/1.1"])
+    ca = tls.ca if tls else None
+    try:
+        if ca is not None:
+            ctx.load_verify_locations(cafile=str(ca))
+        else:
+            paths = ssl.get_default_verify_paths()
+            cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+            capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+            if cafile is None and capath is None:
+                raise TLSSetupError("no CA configured and the system has no certificate store")
+            ctx.load_verify_locations(cafile=cafile, capath=capath)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSetupError(f"CA file {ca or 'of the system'}: {_reason(exc)}") from None
+    if tls is not None and tls.cert is not None and tls.key is not None:
+        try:
+            ctx.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSSetupError(f"certificate {tls.cert} / key {tls.key}: {_reason(exc)}") from None
     return ctx
 
 

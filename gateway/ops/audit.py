@@ -278,12 +278,14 @@ def watch_forwarder(forwarder: Forwarder) -> None:
             classes = studies[obj.study_instance_uid][0]
             classes[obj.sop_class_uid] = classes.get(obj.sop_class_uid, 0) + 1
         for study, (classes, patient) in studies.items():
-            _emit_transfer(dest.ae_title, dest.host, study, classes, patient)
+            who, host = dest.peer  # AE title, or the URL of a DICOMweb service
+            _emit_transfer(who, host, study, classes, patient)
 
     def _batch(dest: Any, report: SendReport) -> None:
         error = report.error or ""
         if report.retried and any(w in error for w in TLS_WORDS):
-            emit(lambda t: t.security_alert(dest.ae_title, dest.host, error))
+            who, host = dest.peer
+            emit(lambda t: t.security_alert(who, host, error))
 
     forwarder.on_sent.append(_sent)
     forwarder.on_batch.append(_batch)

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
-from gateway.config import GatewayConfig, TLSConfig
+from gateway.config import GatewayConfig, HttpsTLSConfig, TLSConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ def _load_pem(path: Path) -> x509.Certificate | None:
         return None
 
 
-def peer_certificate(host: str, port: int, tls: TLSConfig, timeout: float = 5.0) -> bytes | None:
+def peer_certificate(
+    host: str, port: int, tls: TLSConfig | HttpsTLSConfig, timeout: float = 5.0
+) -> bytes | None:
     """The DER certificate the peer presents, fetched without verifying it
     (an expired one must still be reported), or None when unreachable."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -55,7 +57,8 @@ def peer_certificate(host: str, port: int, tls: TLSConfig, timeout: float = 5.0)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+        if tls.cert is not None and tls.key is not None:  # HTTPS may have no client cert
+            ctx.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError):
         return None
     try:
@@ -68,8 +71,12 @@ def peer_certificate(host: str, port: int, tls: TLSConfig, timeout: float = 5.0)
         return None
 
 
-def _endpoints(config: GatewayConfig) -> list[tuple[str, str, int, TLSConfig]]:
-    out = [(d.name, d.host, d.port, d.tls) for d in config.destinations if d.tls]
+def _endpoints(
+    config: GatewayConfig,
+) -> list[tuple[str, str, int, TLSConfig | HttpsTLSConfig]]:
+    out: list[tuple[str, str, int, TLSConfig | HttpsTLSConfig]] = [
+        (d.name, d.host, d.port, d.tls) for d in config.destinations if d.tls
+    ]
     if config.worklist and config.worklist.tls:
         wl = config.worklist
         out.append(("worklist", wl.host, wl.port, wl.tls))  # type: ignore[arg-type]
@@ -88,6 +95,8 @@ def check_certificates(
     out: list[CertStatus] = []
     for name, host, port, tls in _endpoints(config):
         for role, path in (("own", tls.cert), ("ca", tls.ca)):
+            if path is None:
+                continue
             key = (role, path)
             cert = _load_pem(path)
             if cert is None or key in seen:

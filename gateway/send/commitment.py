@@ -7,6 +7,11 @@ the same association (we wait a little for it) or later on a new association
 to our own SCP port (`[commitment] listen`, TLS with mutual authentication).
 Committed objects become purgeable; failed ones go back to the queue; a
 request never answered is asked again after `ask_again_after_s`.
+
+A destination whose protocol has no Storage Commitment (DICOMweb) has a
+Confirmer instead (gateway.send.protocols): the archive is asked whether
+each instance is there, under a transaction of the same ledger, answered at
+once.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from gateway.net.ul import (
     n_event_report_rsp,
 )
 from gateway.queue.outbox import Outbox
+from gateway.send.destination import Confirmer, LinkDown, Ref
+from gateway.send.protocols import confirmer_for
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +164,10 @@ class CommitmentService:
     # -- requests --
 
     def request_due(self, progress: Callable[[], None] | None = None) -> int:
-        """One N-ACTION per finished study and destination; returns how many
-        transactions were requested. `progress` is called after each one (the
-        service's heartbeat: a long list of studies is not a stuck loop)."""
+        """One N-ACTION (or archive check) per finished study and destination;
+        returns how many transactions were requested. `progress` is called
+        after each (the service's heartbeat: a long list of studies is not a
+        stuck loop)."""
         requested = 0
         for dest in self.config.destinations:
             if not dest.storage_commitment:
@@ -168,6 +176,16 @@ class CommitmentService:
                 due = self.outbox.commitment_due(
                     dest.name, self.config.commitment.ask_again_after_s
                 )
+            if not due:
+                continue
+            confirmer = confirmer_for(dest)
+            if confirmer is not None:
+                requested += self.confirm(dest.name, confirmer, due)
+                if progress is not None:
+                    progress()
+                continue
+            if not isinstance(dest, DestinationConfig):
+                continue
             for refs in due.values():
                 try:
                     self.request(dest, refs)
@@ -178,6 +196,38 @@ class CommitmentService:
                     log.warning("Storage Commitment to %s not requested: %s", dest.name, exc)
                     break
         return requested
+
+    def confirm(self, name: str, confirmer: Confirmer, due: dict[str, list[Ref]]) -> int:
+        """The archive asked, study by study, whether each instance is there;
+        its answer applied like an N-EVENT-REPORT. Returns the studies asked."""
+        asked = 0
+        try:
+            for study, refs in due.items():
+                tx = new_uid()
+                with self.lock:
+                    self.outbox.mark_commit_requested(name, tx, [r[0] for r in refs])
+                try:
+                    answer = confirmer.confirm(study, refs)
+                except LinkDown as exc:
+                    with self.lock:
+                        self.outbox.forget_commit_request(tx)
+                    log.warning("archive check for %s not done: %s", name, exc)
+                    break
+                with self.lock:
+                    committed, requeued = self.outbox.apply_commitment(
+                        tx, answer.committed, answer.failed
+                    )
+                asked += 1
+                log.info(
+                    "%s confirmed %d object(s) of study %s; %d not there, queued again",
+                    name,
+                    committed,
+                    study,
+                    requeued,
+                )
+        finally:
+            confirmer.close()
+        return asked
 
     def request(self, dest: DestinationConfig, refs: Sequence[tuple[int, str, str]]) -> str:
         """One N-ACTION on the lean upper layer; the report is taken on the

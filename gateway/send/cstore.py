@@ -18,6 +18,7 @@ from gateway.net.ul import (
     c_store_rq,
     command_us,
 )
+from gateway.queue.model import QueuedObject
 from gateway.send.destination import Outcome
 
 
@@ -76,6 +77,22 @@ def read_part10_header(path: Path) -> Part10:
         return read_header(path)
     except Part10Error as exc:
         raise FileProblem(str(exc)) from None
+
+
+def check_queued_file(obj: QueuedObject) -> Part10:
+    """Identity before data: the file is still the object that was queued."""
+    sop = read_part10_header(obj.path)
+    if sop.size != obj.size:
+        raise FileProblem(
+            f"{obj.path.name} is {sop.size} bytes, but {obj.size} were queued "
+            "(changed behind the gateway's back)"
+        )
+    if sop.sop_instance != obj.sop_instance_uid:
+        raise FileProblem(
+            f"{obj.path.name} holds SOP Instance UID {sop.sop_instance}, "
+            f"not the queued {obj.sop_instance_uid}"
+        )
+    return sop
 
 
 def send_dataset(

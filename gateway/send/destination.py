@@ -6,6 +6,12 @@ the failed list, the link status, metrics and audit.
 
 A sender knows its protocol (DIMSE C-STORE, DICOMweb STOW-RS); it never
 touches the outbox.
+
+What commitment means differs by protocol, and the queue's ledger holds it
+the same way for both (gateway.queue.ledger): for DIMSE, Storage Commitment
+(an N-ACTION answered by an N-EVENT-REPORT, now or later); for a protocol
+without it, a `Confirmer` asks the archive, after storing, whether each
+instance is there, and answers at once. Only then may the object be purged.
 """
 
 from __future__ import annotations
@@ -57,3 +63,25 @@ class Sender(Protocol):
         ...
 
     def send(self, batch: Sequence[Delivery], report: Report) -> None: ...
+
+
+# A sent object as the ledger names it: (object id, SOP Class UID, SOP Instance UID).
+Ref = tuple[int, str, str]
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The archive's word: instances it holds, and those it does not (with why)."""
+
+    committed: list[str]
+    failed: list[tuple[str, str]]
+
+
+class Confirmer(Protocol):
+    """Storage Commitment's equivalent for a protocol that has none: asks the
+    archive whether each sent instance of one study is there. Raises
+    LinkDown when the archive could not be asked (ask again later)."""
+
+    def confirm(self, study: str, refs: Sequence[Ref]) -> Confirmation: ...
+
+    def close(self) -> None: ...

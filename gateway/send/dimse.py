@@ -19,9 +19,9 @@ from gateway.send.cstore import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     FileProblem,
+    check_queued_file,
     classify_status,
     describe_status,
-    read_part10_header,
     store_file,
 )
 from gateway.send.destination import LinkDown, Outcome, Report, Result
@@ -67,17 +67,7 @@ class DimseSender:
     def _send_one(self, conn: ULConnection, delivery: Delivery) -> Result:
         obj = delivery.object
         try:
-            sop = read_part10_header(obj.path)
-            if sop.size != obj.size:
-                raise FileProblem(
-                    f"{obj.path.name} is {sop.size} bytes, but {obj.size} were queued "
-                    "(changed behind the gateway's back)"
-                )
-            if sop.sop_instance != obj.sop_instance_uid:
-                raise FileProblem(
-                    f"{obj.path.name} holds SOP Instance UID {sop.sop_instance}, "
-                    f"not the queued {obj.sop_instance_uid}"
-                )
+            sop = check_queued_file(obj)
             choice = _choose_context(conn, sop.sop_class, sop.transfer_syntax)
             if choice is None:
                 return Result(

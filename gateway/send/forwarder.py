@@ -16,17 +16,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from gateway.config import DestinationConfig, GatewayConfig
+from gateway.config import Destination, GatewayConfig
 from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.ul import Timeouts
 from gateway.queue.db import QueueError
 from gateway.queue.outbox import Outbox
 from gateway.queue.report import SendReport
 from gateway.send.destination import LinkDown, Outcome, Result, Sender
-from gateway.send.dimse import DimseSender
+from gateway.send.protocols import sender_for
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,6 @@ BATCH = 200
 # Successes are committed in groups: one fsync per this many objects or seconds.
 COMMIT_EVERY = 64
 COMMIT_AFTER_S = 0.5
-CONVERT_DIR = "convert"
 CLAIMS_CHECK_S = 60.0
 
 
@@ -49,35 +47,12 @@ class DestinationStatus:
     next_try: float | None = None
 
 
-def sender_for(
-    dest: DestinationConfig,
-    calling_ae: str,
-    timeouts: Timeouts,
-    queue_root: Path,
-    progress: Callable[[], None] = lambda: None,
-    memory_limit: int = DEFAULT_MEMORY_LIMIT,
-    converting: Callable[[int, bool], None] = lambda object_id, started: None,
-) -> Sender:
-    """The sender for a destination's protocol; `progress` is called while it
-    works (the forwarder's heartbeat: a long object on a slow link is not a
-    stuck loop); `converting` brackets a conversion (recorded durably)."""
-    return DimseSender(
-        dest,
-        calling_ae,
-        timeouts,
-        queue_root / CONVERT_DIR,
-        progress=progress,
-        memory_limit=memory_limit,
-        converting=converting,
-    )
-
-
 @dataclass
 class _Round:
     """One batch to one destination: what was reported, and the successes
     not yet committed."""
 
-    dest: DestinationConfig
+    dest: Destination
     report: SendReport = field(default_factory=SendReport)
     decided: set[int] = field(default_factory=set)
     sent: list[int] = field(default_factory=list)
@@ -88,7 +63,7 @@ class _Round:
 @dataclass
 class Forwarder:
     outbox: Outbox
-    destinations: list[DestinationConfig]
+    destinations: list[Destination]
     calling_ae: str
     timeouts: Timeouts = field(default_factory=Timeouts)
     status: dict[str, DestinationStatus] = field(default_factory=dict)
@@ -96,8 +71,8 @@ class Forwarder:
     retry_cap: float = 300.0  # never wait longer than this between tries
     # Listeners (audit, metrics): called with the object IDs just recorded as
     # sent, and with each batch's report. Their failures never stop sending.
-    on_sent: list[Callable[[DestinationConfig, list[int]], None]] = field(default_factory=list)
-    on_batch: list[Callable[[DestinationConfig, SendReport], None]] = field(default_factory=list)
+    on_sent: list[Callable[[Destination, list[int]], None]] = field(default_factory=list)
+    on_batch: list[Callable[[Destination, SendReport], None]] = field(default_factory=list)
     senders: dict[str, Sender] = field(default_factory=dict)
     # The service's heartbeat for this loop (set by `run`): beaten every round,
     # after every object and while a large one is being written.
@@ -133,9 +108,9 @@ class Forwarder:
                     self.calling_ae,
                     self.timeouts,
                     self.outbox.root,
-                    self._beat,
-                    self.memory_limit,
-                    self._converting(dest.name),
+                    progress=self._beat,
+                    memory_limit=self.memory_limit,
+                    converting=self._converting(dest.name),
                 ),
             )
 
@@ -156,14 +131,14 @@ class Forwarder:
             except Exception:
                 log.exception("forwarder listener failed")
 
-    def send_batch(self, dest: DestinationConfig, now: float | None = None) -> SendReport:
+    def send_batch(self, dest: Destination, now: float | None = None) -> SendReport:
         """Claim what is due for `dest` and hand it to its sender."""
         report = self._send_batch(dest, now)
         if report.sent or report.retried or report.failed:
             self._notify(self.on_batch, dest, report)
         return report
 
-    def _send_batch(self, dest: DestinationConfig, now: float | None) -> SendReport:
+    def _send_batch(self, dest: Destination, now: float | None) -> SendReport:
         batch = self.outbox.claim(dest.name, BATCH, now=now)
         current = _Round(dest, last_errors={d.object.id: d.last_error for d in batch})
         if not batch:

@@ -51,7 +51,7 @@ def make_object(sop_class: str, rows: int, cols: int, frames: int, rng: Any) -> 
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = uid
-    ds.StudyInstanceUID = generate_uid()
+    ds.StudyInstanceUID = "1.2.3"  # the study the queue rows name (fill_queue)
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName = "Bench^Mark"
     ds.PatientID = "BENCH"

@@ -10,13 +10,14 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.process import launched
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench-results"
 
@@ -28,27 +29,11 @@ class Run:
     max_rss_mib: float
 
 
-# Peak RSS from wait4 carries over the forking parent's high-water mark on
-# Linux (a benchmark process holding data sets would be counted as the tool's
-# size), so each measured command is started by a tiny launcher that forks and
-# execs it and writes the tool's own peak RSS to a file. Its ~10 MiB is the
-# floor of the figure, for our tool and the reference alike.
-_LAUNCHER = (
-    "import os,sys\n"
-    "pid=os.fork()\n"
-    "if pid==0:\n"
-    "    os.execvp(sys.argv[2],sys.argv[2:])\n"
-    "_,st,ru=os.wait4(pid,0)\n"
-    "open(sys.argv[1],'w').write(f'{ru.ru_maxrss} {ru.ru_utime+ru.ru_stime}')\n"
-    "sys.exit(os.waitstatus_to_exitcode(st))\n"
-)
-
-
 def run_command(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 600) -> Run:
     """Run a child to completion: wall clock (launcher included, ~20 ms for
     both sides alike), and the command's own CPU (user + sys) and peak RSS."""
     with tempfile.NamedTemporaryFile("r", suffix=".rusage") as rss_file:
-        launcher = [sys.executable, "-S", "-c", _LAUNCHER, rss_file.name, *cmd]
+        launcher = launched(Path(rss_file.name), list(cmd))
         start = time.perf_counter()
         proc = subprocess.Popen(
             launcher,

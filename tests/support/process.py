@@ -19,6 +19,27 @@ GATEWAY = [sys.executable, "-m", "gateway"]
 ARTIFACTS = REPO / "test-artifacts"
 
 
+# Peak RSS from wait4 carries over the forking parent's high-water mark on
+# Linux (a test or benchmark process holding data would be counted as the
+# child's size), so a measured command is started by this tiny launcher that
+# forks and execs it and writes the child's own peak RSS (KiB) and CPU seconds
+# to the file named by its first argument. Its ~10 MiB is the figure's floor.
+RSS_LAUNCHER = (
+    "import os,sys\n"
+    "pid=os.fork()\n"
+    "if pid==0:\n"
+    "    os.execvp(sys.argv[2],sys.argv[2:])\n"
+    "_,st,ru=os.wait4(pid,0)\n"
+    "open(sys.argv[1],'w').write(f'{ru.ru_maxrss} {ru.ru_utime+ru.ru_stime}')\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n"
+)
+
+
+def launched(rusage_file: Path, cmd: list[str]) -> list[str]:
+    """`cmd` behind RSS_LAUNCHER, reporting to `rusage_file`."""
+    return [sys.executable, "-S", "-c", RSS_LAUNCHER, str(rusage_file), *cmd]
+
+
 def require_tool(name: str) -> str:
     """Tests use real tools; `make test` installs them. A missing one is a
     broken set-up, so fail loudly instead of skipping."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.net.echo import echo
+from gateway.send.protocols import echo_destination
 from gateway.ui import models as m
 from gateway.ui.deps import GUARDS, ApiError, require_unlocked, ui_state
 
@@ -36,10 +36,10 @@ def api_settings_update(request: Request, body: m.SettingsUpdate) -> dict[str, A
 
 @router.post("/echo", response_model=m.EchoView)
 def api_echo(request: Request, body: m.EchoRequest) -> dict[str, Any]:
-    """Test connection: C-ECHO a destination, with TLS version and cipher."""
+    """Test connection (C-ECHO, or QIDO-RS for DICOMweb), with TLS version and cipher."""
     config = ui_state(request).settings.config
     try:
         dest = next(d for d in config.destinations if d.name == body.name)
     except StopIteration:
         raise ApiError(404, f"no destination named {body.name!r}") from None
-    return echo(config.station.ae_title, dest).as_json()
+    return echo_destination(config.station.ae_title, dest).as_json()
