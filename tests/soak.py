@@ -217,6 +217,8 @@ def main() -> int:
                     fds_at_end=fds_last,
                     fds_max=max(s[2] for s in samples),
                     samples=len(samples),
+                    # Every sample, for the shape of the curve (plateau or leak).
+                    series=[(round(t), round(kib / 1024, 1), n) for t, kib, n in samples],
                 )
                 if last - first > RSS_BOUND_MB:
                     problems.append(f"RSS grew {last - first:.0f} MiB (bound {RSS_BOUND_MB})")
