@@ -83,7 +83,8 @@ class CommitmentPACS:
 
             def later() -> None:
                 time.sleep(0.2)
-                assoc.send_n_event_report(report, event_type, PUSH_MODEL, PUSH_MODEL_INSTANCE)
+                if assoc.is_established:  # the gateway may be gone (a power cut)
+                    assoc.send_n_event_report(report, event_type, PUSH_MODEL, PUSH_MODEL_INSTANCE)
 
         else:
 
