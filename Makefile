@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := dcmtk dicom3tools libsystemd-dev pkg-config lrzsz stunnel4 chromium \
-                systemd shellcheck cage xwayland orthanc orthanc-dicomweb nginx curl
+                systemd shellcheck cage xwayland orthanc orthanc-dicomweb nginx curl fuse3
 PYTEST_ARGS ?=
 BENCH ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv test lint typecheck demo bench clean install-system image
+.PHONY: help deps venv test lint typecheck demo bench soak clean install-system image
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ demo: venv ## end-to-end demo on loopback: test pattern → queue → TLS C-STOR
 
 bench: venv ## benchmarks against DCMTK (never part of make test)
 	$(BIN)/python -m tests.benchmarks $(BENCH)
+
+soak: venv ## the whole service for 30 min (SOAK_MINUTES) + 2,000 power cuts (never part of make test)
+	$(BIN)/python -m tests.soak
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info test-artifacts

@@ -105,6 +105,17 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def is_open(self) -> bool: ...
 
+    # Set by whoever runs the driver (drivers.stream) to learn that a read
+    # blocked on an idle device is waiting, not wedged.
+    on_alive: Callable[[], None] | None = None
+
+    def alive(self) -> None:
+        """Drivers whose `read` waits on a person or a peer (a serial transfer
+        that may not come for hours) call this while they wait, so the
+        service sees a healthy idle loop rather than a stuck one."""
+        if self.on_alive is not None:
+            self.on_alive()
+
     def interrupt(self) -> None:
         """Ask a `read` blocked on another thread to give up soon (raising
         DriverError). Drivers whose reads always end quickly need not bother;

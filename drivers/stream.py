@@ -117,6 +117,12 @@ class FrameStream:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_beat = time.monotonic()
+        # A driver blocked on an idle device (XMODEM waiting for a transfer)
+        # reports that it waits; the reader's heartbeat is that, or a frame.
+        driver.on_alive = self._beat
+
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
 
     # -- consumer side ------------------------------------------------------
 
@@ -240,13 +246,18 @@ class FrameStream:
                 )
             self._error = message
         self.driver.close()
-        self._stop.wait(delay)
+        # Waiting to retry a lost device is the loop working, not stuck.
+        end = time.monotonic() + delay
+        while not self._stop.wait(max(0.0, min(0.5, end - time.monotonic()))):
+            self._beat()
+            if time.monotonic() >= end:
+                break
         return min(delay * 2, self.max_backoff)
 
     def _run(self) -> None:
         delay = self.min_backoff
         while not self._stop.is_set():
-            self.last_beat = time.monotonic()
+            self._beat()
             try:
                 if not self.driver.is_open:
                     self.driver.open()

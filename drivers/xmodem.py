@@ -92,7 +92,9 @@ class XmodemDriver(Driver):
         )
         self._interrupt.clear()
         self._port = port
-        self._receiver = Receiver(port, timing, crc=o.crc, interrupted=self._interrupt.is_set)
+        self._receiver = Receiver(
+            port, timing, crc=o.crc, interrupted=self._interrupt.is_set, alive=self.alive
+        )
 
     def close(self) -> None:
         port, self._port, self._receiver = self._port, None, None

@@ -88,11 +88,13 @@ class Receiver:
         timing: Timing | None = None,
         crc: bool = True,
         interrupted: Callable[[], bool] = lambda: False,
+        alive: Callable[[], None] = lambda: None,
     ) -> None:
         self.port = port
         self.timing = timing or Timing()
         self.crc = crc
         self.interrupted = interrupted
+        self.alive = alive  # called every tick while waiting: idle is not stuck
         self.port.timeout = TICK
 
     # -- line primitives --------------------------------------------------
@@ -103,6 +105,7 @@ class Receiver:
         while len(buf) < size:
             if self.interrupted():
                 raise Interrupted
+            self.alive()
             buf += self.port.read(size - len(buf))
             if len(buf) < size and time.monotonic() >= deadline:
                 raise _Timeout

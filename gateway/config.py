@@ -369,6 +369,10 @@ class ForwardingConfig(_Model):
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
+    # The most a conversion for a PACS that refuses an object's transfer
+    # syntax may take (one frame at a time); an object needing more is set
+    # aside with the reason, so the forwarder stays within its MemoryMax=.
+    convert_memory_mb: int = Field(default=128, ge=16)
 
 
 def _check_listen(value: str) -> str:
@@ -390,6 +394,8 @@ class CommitmentConfig(_Model):
     handshake_timeout_s: float = Field(default=10.0, gt=0)
     wait_on_association_s: float = Field(default=5.0, ge=0)
     ask_again_after_s: float = Field(default=3600.0, gt=0)
+    # How often finished studies are looked for and asked about.
+    interval_s: float = Field(default=30.0, gt=0)
 
 
 class InboundPeer(_Model):

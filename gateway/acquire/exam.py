@@ -10,6 +10,7 @@ Listeners (MPPS, audit, the UI's live status) subscribe to the exam events.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from gateway.acquire.capture import Capturer
 from gateway.config import GatewayConfig
 from gateway.dicom.modules import Order, Patient, Series, Study
 from gateway.dicom.uids import new_uid
+from gateway.queue.db import QueueError
 from gateway.queue.model import QueuedObject
 from gateway.queue.outbox import Outbox
 
@@ -117,6 +119,8 @@ class ExamService:
         for listener in self.listeners:
             try:
                 listener(event)
+            except (sqlite3.Error, QueueError, OSError) as exc:  # a full or failing disk
+                log.error("exam %s not recorded (%s): %s", event.kind, type(listener).__name__, exc)
             except Exception:  # a listener's bug must not lose the capture
                 log.exception("exam listener failed on %s", event.kind)
 

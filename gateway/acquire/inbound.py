@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewayConfig, InboundConfig
 from gateway.net.listener import parse_listen, start_server
 from gateway.net.tls import server_context
+from gateway.net.ul import OUR_MAX_PDU
 from gateway.queue.db import QueueError
 from gateway.queue.model import AlreadyQueued, QueueFull
 from gateway.queue.outbox import Outbox
@@ -48,6 +50,7 @@ class InboundService:
     config: GatewayConfig
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: Any = None
+    heartbeat: Callable[[], None] | None = None  # the service's health (accept loop)
 
     def on_store(self, event: Any) -> int:
         requestor = event.assoc.requestor
@@ -103,12 +106,14 @@ class InboundService:
         ae.network_timeout = self.config.forwarding.network_timeout_s
         ae.acse_timeout = self.config.forwarding.acse_timeout_s
         ae.dimse_timeout = self.config.forwarding.dimse_timeout_s
+        ae.maximum_pdu_size = OUR_MAX_PDU  # what a modality may send us in one PDU
         self.server = start_server(
             ae,
             parse_listen(c.listen),
             [(evt.EVT_C_STORE, self.on_store)],
             ssl_context=server_context(c.tls) if c.tls else None,
             handshake_timeout=c.handshake_timeout_s,
+            heartbeat=self.heartbeat,
         )
         log.info(
             "inbound C-STORE SCP listening on %s (%s)",

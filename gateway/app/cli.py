@@ -68,6 +68,28 @@ def _outbox(config: GatewayConfig) -> Outbox:
 # -- subcommands ---------------------------------------------------------------
 
 
+def cmd_alarm(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """`alarm unit-failed UNIT`: run by systemd (dicom-gateway-alarm@.service,
+    the services' OnFailure=) when a unit gave up restarting. The alarm is
+    logged, kept in the queue database (the `dicom_gateway_alarms` metric,
+    `queue stats`) and audited."""
+    import logging
+
+    from gateway.ops import audit
+    from gateway.queue.alarms import ALARM_UNIT_FAILED, raise_alarm
+
+    message = f"{args.unit} failed and systemd gave up restarting it"
+    logging.getLogger("gateway.alarm").error("%s", message)
+    raise_alarm(config.queue.path, ALARM_UNIT_FAILED, message)
+    trail = audit.AuditTrail(config, config.queue.path)
+    try:
+        trail.alarm(message)
+    finally:
+        trail.close()
+    print(f"alarm raised: {message}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
     from drivers import DriverError, create_driver
     from gateway.config import ConfigError
@@ -318,6 +340,11 @@ def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
             mpps = _mpps_counts(config)
             if mpps is not None:
                 stats[mpps[0]] = mpps[1]
+            alarms: dict[str, int] = {}
+            for kind, _message, _at in outbox.alarms():
+                alarms[kind] = alarms.get(kind, 0) + 1
+            if alarms:
+                stats["alarms"] = alarms
             _emit(
                 args,
                 stats,
@@ -512,6 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true")
     p.add_argument("--timeout", type=float, default=300.0)
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("alarm", parents=[common], help="raise an alarm (systemd's OnFailure=)")
+    p.add_argument("kind", choices=["unit-failed"])
+    p.add_argument("unit", help="the unit that gave up")
+    p.set_defaults(func=cmd_alarm)
 
     p = sub.add_parser("config", parents=[common], help="check or show the configuration")
     p.add_argument("action", choices=["check", "show"])

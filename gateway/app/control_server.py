@@ -19,6 +19,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +53,19 @@ class RequestError(Exception):
 
 
 class ControlServer:
-    def __init__(self, config: GatewayConfig, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        stop: threading.Event,
+        heartbeat: Callable[[], None] = lambda: None,
+        every: float = 1.0,
+    ) -> None:
         self.config = config
+        self.every = every
         self.stop = stop
+        # The service's health: beaten by the accept loop (every second) and
+        # while an import makes progress (each chunk read, each file queued).
+        self.heartbeat = heartbeat
         self.path = socket_path(config.queue.path)
         self.staging = config.queue.path / STAGING_DIR
         self.sock: socket.socket | None = None
@@ -78,7 +89,7 @@ class ControlServer:
             sock.close()
             log.warning("control socket not started: %s: %s", self.path, exc.strerror)
             return None
-        sock.settimeout(1.0)
+        sock.settimeout(min(1.0, self.every))
         self.sock = sock
         self.thread.start()
         log.info("control socket listening at %s", self.path)
@@ -100,6 +111,7 @@ class ControlServer:
         outbox = outbox_for(self.config)
         try:
             while not self.stop.is_set() and self.sock is not None:
+                self.heartbeat()
                 try:
                     conn, _ = self.sock.accept()
                 except TimeoutError:
@@ -164,9 +176,22 @@ class ControlServer:
             deadline = time.monotonic() + READ_TIMEOUT + total / MIN_UPLOAD_RATE
             for index, (name, size, mtime) in enumerate(files):
                 path = work / f"{index:05d}-{_UNSAFE.sub('_', Path(name).name)[-80:]}"
-                with open(path, "wb") as out:
+                try:
+                    # Unbuffered: a full disk shows at the write, not at a close.
+                    out = open(path, "wb", buffering=0)  # noqa: SIM115 (closed below)
+                except OSError as exc:
+                    raise RequestError(f"cannot take the import: {exc.strerror}") from None
+                with out:
                     for chunk in reader.take(size):
-                        out.write(chunk)
+                        try:
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[out.write(view) or 0 :]
+                        except OSError as exc:  # our disk, not the client: say so
+                            raise RequestError(
+                                f"cannot take the import: {exc.strerror}; nothing was queued"
+                            ) from None
+                        self.heartbeat()
                         if time.monotonic() > deadline:
                             raise ProtocolError("the client sent its files too slowly")
                 os.utime(path, (mtime, mtime))  # the content time is the file's
@@ -180,13 +205,17 @@ class ControlServer:
                     outbox,
                     subject,
                     paths,
-                    lambda done, n, name: reply.send({"progress": [done, n, name]}),
+                    lambda done, n, name: self._progress(reply, done, n, name),
                     labels,
                 )
             except (ImportFileError, QueueError) as exc:
                 raise RequestError(str(exc)) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _progress(self, reply: _Replier, done: int, n: int, name: str) -> None:
+        self.heartbeat()
+        reply.send({"progress": [done, n, name]})
 
 
 class _Replier:

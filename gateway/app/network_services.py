@@ -1,6 +1,8 @@
 """The network services that run beside the forwarder in `dicom-gateway run`:
 the inbound C-STORE SCP (when enabled) and Storage Commitment (its listener
-and a loop asking for commitment of finished studies)."""
+and a loop asking for commitment of finished studies). Each reports to the
+service's health: the listeners from their accept loops, the commitment loop
+while it waits between rounds."""
 
 from __future__ import annotations
 
@@ -10,24 +12,34 @@ from collections.abc import Callable
 
 from gateway.config import GatewayConfig
 from gateway.net.ul import Timeouts
+from gateway.ops.health import Health
 from gateway.queue.outbox import outbox_for
 
 log = logging.getLogger(__name__)
 
-COMMITMENT_INTERVAL_S = 30.0
+
+def network_loops(config: GatewayConfig) -> list[str]:
+    """The health names of what `start_network_services` will start."""
+    loops = ["inbound"] if config.inbound.enabled else []
+    if any(d.storage_commitment for d in config.destinations):
+        loops.append("commitment")
+        if config.commitment.listen is not None:
+            loops.append("commitment-listener")
+    return loops
 
 
 def start_network_services(
-    config: GatewayConfig, stop: threading.Event
+    config: GatewayConfig, stop: threading.Event, health: Health | None = None
 ) -> list[Callable[[], None]]:
     """Start what the configuration asks for; returns the functions that stop it."""
+    health = health or Health(limit=config.watchdog.stale_after)
     stoppers: list[Callable[[], None]] = []
     commit = [d.name for d in config.destinations if d.storage_commitment]
 
     if config.inbound.enabled:
         from gateway.acquire.inbound import InboundService
 
-        inbound = InboundService(outbox_for(config), config)
+        inbound = InboundService(outbox_for(config), config, heartbeat=health.beater("inbound"))
         inbound.start()
         stoppers.append(inbound.stop)
     if commit:
@@ -39,15 +51,29 @@ def start_network_services(
             config,
             Timeouts(f.connect_timeout_s, f.acse_timeout_s, f.dimse_timeout_s, f.network_timeout_s),
         )
-        service.start_listener()
+        if config.commitment.listen is not None:
+            service.start_listener(health.beater("commitment-listener"))
         stoppers.append(service.stop)
+        beat = health.beater("commitment")
 
         def loop() -> None:
-            while not stop.wait(COMMITMENT_INTERVAL_S):
+            # Beat while waiting between rounds; a round is bounded by the
+            # association time-outs, well inside the watchdog's deadline.
+            every = min(health.every, config.commitment.interval_s)
+            waited = 0.0
+            while not stop.wait(every):
+                beat()
+                waited += every
+                if waited < config.commitment.interval_s:
+                    continue
+                waited = 0.0
                 try:
-                    service.request_due()
+                    service.request_due(beat)
                 except Exception:  # the loop must outlive any one bad round
                     log.exception("Storage Commitment round failed unexpectedly")
+                beat()
 
-        threading.Thread(target=loop, name="commitment", daemon=True).start()
+        thread = threading.Thread(target=loop, name="commitment", daemon=True)
+        thread.start()
+        stoppers.append(lambda: thread.join(timeout=10))
     return stoppers

@@ -18,7 +18,7 @@ from drivers.stream import FrameStream
 if TYPE_CHECKING:
     from drivers.trigger import PedalTrigger
 from gateway.config import GatewayConfig
-from gateway.ops import appliance, notify
+from gateway.ops import appliance, audit, notify
 from gateway.ops.health import Health
 from gateway.queue.outbox import outbox_for
 from gateway.send.forwarder import Forwarder
@@ -52,7 +52,9 @@ def run(
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
 
-    outbox = outbox_for(config)
+    # quick_check first: a damaged database is rebuilt from the files, and
+    # capture goes on (gateway.queue.repair).
+    outbox = outbox_for(config, check=True)
     report = outbox.recover()
     log.info("queue %s recovered: %s", config.queue.path, report)
     stream: FrameStream | None = None
@@ -78,7 +80,7 @@ def run(
         threads.append(
             threading.Thread(
                 target=forwarder.run,
-                args=(stop, lambda: health.beat("forwarder")),
+                args=(stop, health.beater("forwarder"), min(1.0, health.every)),
                 name="forwarder",
                 daemon=True,
             )
@@ -95,6 +97,7 @@ def run(
             stream=stream,
             forwarder_status=(lambda: status) if status is not None else None,
             config_path=config_path,
+            heartbeat=health.beater("ui"),
         )
         threads.append(ui.thread)
         if config.capture.trigger is not None:
@@ -111,16 +114,25 @@ def run(
         # `dicom-gateway import` hands its files to us (gateway/control.py).
         from gateway.app.control_server import ControlServer
 
-        control = ControlServer(config, stop).start()
+        control = ControlServer(config, stop, health.beater("control"), health.every).start()
     running = [t.name for t in threads] + (["capture"] if stream else [])
+    if control is not None:
+        running.append("control")
+    if "forwarder" in parts:
+        from gateway.app.network_services import network_loops
+
+        running += network_loops(config)
     extras = appliance.start(config, outbox, stream, forwarder, health, running)
+    if outbox.rebuilt is not None:
+        rebuilt = outbox.rebuilt
+        audit.emit(lambda t: t.alarm(f"queue database rebuilt: {rebuilt.reason}"))
     for thread in threads:
         thread.start()
     stoppers = []
     if "forwarder" in parts:
         from gateway.app.network_services import start_network_services
 
-        stoppers = start_network_services(config, stop)
+        stoppers = start_network_services(config, stop, health)
     if ui_listening is not None and not ui_listening(UI_LISTEN_TIMEOUT):
         # Not fatal here: the health loop below sees the dead UI thread and
         # withholds the watchdog, so systemd restarts us.
@@ -128,8 +140,8 @@ def run(
     notify.ready(f"running: {', '.join(running) or 'idle'}")
     if on_ready:
         on_ready()
-    interval = notify.watchdog_interval() or 5.0
-    while not stop.wait(min(interval, 5.0)):
+    interval = min(notify.watchdog_interval() or 5.0, 5.0, health.every)
+    while not stop.wait(interval):
         if stream is not None:
             health.beats["capture"] = stream.last_beat
         unhealthy = [n for n in health.stale() if n in running]
@@ -176,7 +188,7 @@ def _mpps_threads(
     return [
         threading.Thread(
             target=sender.run,
-            args=(stop, lambda: health.beat("mpps")),
+            args=(stop, health.beater("mpps"), min(1.0, health.every)),
             name="mpps",
             daemon=True,
         )

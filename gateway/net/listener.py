@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.net.tls import describe_tls_failure
@@ -32,10 +32,21 @@ def start_server(
     evt_handlers: Sequence[tuple[Any, Any]],
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float = 10.0,
+    heartbeat: Callable[[], None] | None = None,
 ) -> Any:
     """Start `ae` serving on `address` in the background; returns the server
-    (call `.shutdown()` to stop)."""
+    (call `.shutdown()` to stop). `heartbeat` is called from the accept loop
+    at least every half second while it runs (socketserver's
+    service_actions), so a wedged accept loop shows as a stale loop."""
     server = ae.start_server(address, block=False, evt_handlers=list(evt_handlers))
+    if heartbeat is not None:
+        original_actions = server.service_actions
+
+        def service_actions() -> None:
+            heartbeat()
+            original_actions()
+
+        server.service_actions = service_actions
     if ssl_context is None:
         return server
     original_finish = server.finish_request

@@ -33,7 +33,10 @@ IMPLEMENTATION_VERSION = f"EDGEGW_{__version__}"[:16]
 # What we tell the peer we accept: responses are small, but a peer may send
 # large PDUs anyway; anything above this is treated as garbage.
 OUR_MAX_PDU = 1 << 20
-LARGEST_PDU_ACCEPTED = 16 << 20
+LARGEST_PDU_ACCEPTED = 4 << 20
+# What we send in one PDU at most, whatever the peer advertises: a peer that
+# says 4 GB (or 0, "unlimited") must not make us build a 4 GB PDU.
+LARGEST_PDU_SENT = 4 << 20
 
 P_DATA_TF = 0x04
 
@@ -473,7 +476,7 @@ class ULConnection:
     @property
     def max_fragment(self) -> int:
         """The largest PDV value the peer accepts in one PDU."""
-        max_pdu = self.peer_max_pdu or OUR_MAX_PDU
+        max_pdu = min(self.peer_max_pdu or OUR_MAX_PDU, LARGEST_PDU_SENT)
         if max_pdu < 70:
             raise ULError(f"peer's maximum PDU length ({max_pdu}) is too small to be real")
         return max_pdu - 6

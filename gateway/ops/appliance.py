@@ -117,7 +117,9 @@ def start(
 ) -> Extras:
     extras = Extras(config, outbox, health, running)
     for name in running:
-        health.beat(name)  # a loop stuck before its first beat is still caught
+        # Registered now (each loop beats on its own from here on): a loop
+        # stuck before its first beat is still caught.
+        health.beats.setdefault(name, time.monotonic())
     extras.trail = audit.AuditTrail(config, outbox.root)
     audit.install(extras.trail)
     audit.emit(lambda t: t.application(started=True))

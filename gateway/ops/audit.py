@@ -36,6 +36,7 @@ from gateway.ops.audit_messages import (
     ROLE_DESTINATION,
     ROLE_SOURCE,
     SECURITY_ALERT,
+    SERIOUS_FAILURE,
     SOFTWARE_CONFIGURATION,
     SOP_CLASS_UID,
     STUDY_INSTANCE_UID,
@@ -210,6 +211,21 @@ class AuditTrail:
                 MINOR_FAILURE,
                 [self._me(True), Participant(peer, False, network_access_point=peer_host)],
                 event_type=NODE_AUTHENTICATION,
+                outcome_description=reason,
+            )
+        )
+
+    def alarm(self, reason: str) -> bytes:
+        """Something an operator must look at happened to the box itself (a
+        unit gave up, the queue database was rebuilt): a Security Alert of
+        type Software Configuration, serious failure, with the reason."""
+        return self.record(
+            AuditEvent(
+                SECURITY_ALERT,
+                "E",
+                SERIOUS_FAILURE,
+                [self._me(True, ROLE_APPLICATION)],
+                event_type=SOFTWARE_CONFIGURATION,
                 outcome_description=reason,
             )
         )

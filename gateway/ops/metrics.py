@@ -28,6 +28,7 @@ from drivers.stream import StreamStats
 from gateway import __version__
 from gateway.ops.certalarm import CertStatus
 from gateway.ops.clock import ClockStatus, clock_status, flagged_objects
+from gateway.queue.alarms import open_alarms
 from gateway.queue.stats import read_queue_stats
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,14 @@ class GatewayCollector(Collector):
         )
         unverified.add_metric([], len(flagged_objects(src.queue_root)))
         yield unverified
+        alarms = GaugeMetricFamily(
+            "dicom_gateway_alarms",
+            "Alarms not cleared (queue-rebuilt, unit-failed), by kind",
+            labels=["kind"],
+        )
+        for kind, count in sorted(open_alarms(src.queue_root).items()):
+            alarms.add_metric([kind], count)
+        yield alarms
         stats = src.stream()
         if stats is not None:
             captured = CounterMetricFamily(

@@ -73,6 +73,10 @@ class OutboxBase(SQLiteStore):
         row = self._db.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
         return self._object(row) if row else None
 
+    def reset_stale_claims(self) -> int:
+        """Claims not held by a live holder back to pending (deliveries)."""
+        raise NotImplementedError
+
     def check_space(self, needed_bytes: int = 0) -> None:
         """Raises QueueFull when a capture of `needed_bytes` would go below
         the reserve (gateway.queue.retention)."""

@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.queue.base import OutboxBase
-from gateway.queue.db import this_process
+from gateway.queue.db import claim_lease, claimer_alive, this_process
 from gateway.queue.model import Delivery
+
+# The forwarder dying this many times while converting one object sets it aside.
+POISON_CRASHES = 2
 
 
 def backoff_delay(attempts: int, base: float = 5.0, cap: float = 300.0) -> float:
@@ -32,9 +35,9 @@ class DeliveriesMixin(OutboxBase):
             ).fetchall()
             ids = [r[0] for r in rows]
             db.executemany(
-                "UPDATE deliveries SET state = 'in_flight', claimed_by = ?, updated_at = ?"
-                " WHERE object_id = ? AND destination = ?",
-                [(this_process(), now, i, destination) for i in ids],
+                "UPDATE deliveries SET state = 'in_flight', claimed_by = ?, updated_at = ?,"
+                " claim_until = ? WHERE object_id = ? AND destination = ?",
+                [(this_process(), now, claim_lease(now), i, destination) for i in ids],
             )
         return [d for i in ids if (d := self.delivery(i, destination)) is not None]
 
@@ -49,9 +52,16 @@ class DeliveriesMixin(OutboxBase):
         with self._tx() as db:
             db.executemany(
                 "UPDATE deliveries SET state = 'sent', sent_at = ?, updated_at = ?,"
-                " attempts = attempts + 1, last_error = NULL, claimed_by = NULL"
+                " attempts = attempts + 1, last_error = NULL, claimed_by = NULL,"
+                " converting_since = NULL, crashes = 0"
                 " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
                 [(now, now, i, destination) for i in object_ids],
+            )
+            # The rest of the batch is still being worked on: renew its lease.
+            db.execute(
+                "UPDATE deliveries SET claim_until = ? WHERE destination = ?"
+                " AND state = 'in_flight' AND claimed_by = ?",
+                (claim_lease(now), destination, this_process()),
             )
 
     def mark_retry(
@@ -74,11 +84,66 @@ class DeliveriesMixin(OutboxBase):
             due = time.time() + (backoff_delay(attempts, base, cap) if delay is None else delay)
             db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = ?, next_attempt_at = ?,"
-                " last_error = ?, claimed_by = NULL, updated_at = ?"
+                " last_error = ?, claimed_by = NULL, claim_until = NULL,"
+                " converting_since = NULL, updated_at = ?"
                 " WHERE object_id = ? AND destination = ?",
                 (attempts, due, error, time.time(), object_id, destination),
             )
         return due
+
+    def reset_stale_claims(self) -> int:
+        """Every claim not held by a live instance of its holder (another
+        boot, a dead or recycled PID, a lease run out) goes back to pending.
+        A claim the holder died on while converting counts as a crash of that
+        object; the second one sets it aside (a poison object: converting it
+        killed the forwarder twice, so the rest of the queue must move on)."""
+        now = time.time()
+        reset = 0
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT object_id, destination, claimed_by, claim_until, converting_since,"
+                " crashes FROM deliveries WHERE state = 'in_flight'"
+            ).fetchall()
+            for r in rows:
+                if claimer_alive(r["claimed_by"], r["claim_until"], now):
+                    continue
+                key = (r["object_id"], r["destination"])
+                reset += 1
+                if r["converting_since"] is None:
+                    db.execute(
+                        "UPDATE deliveries SET state = 'pending', claimed_by = NULL,"
+                        " claim_until = NULL WHERE object_id = ? AND destination = ?",
+                        key,
+                    )
+                    continue
+                crashes = r["crashes"] + 1
+                poisoned = crashes >= POISON_CRASHES
+                db.execute(
+                    "UPDATE deliveries SET state = ?, claimed_by = NULL, claim_until = NULL,"
+                    " converting_since = NULL, crashes = ?, last_error = ?, updated_at = ?"
+                    " WHERE object_id = ? AND destination = ?",
+                    (
+                        "failed" if poisoned else "pending",
+                        crashes,
+                        f"the forwarder stopped {crashes} time(s) while converting this object"
+                        " (out of memory?)"
+                        + ("; set aside so the queue moves on" if poisoned else ""),
+                        now,
+                        *key,
+                    ),
+                )
+        return reset
+
+    def converting(self, object_id: int, destination: str, started: bool) -> None:
+        """Durably note that a conversion of this object starts (or ended):
+        if the forwarder dies meanwhile, its next start knows which object
+        it died on (`reset_stale_claims`)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET converting_since = ?"
+                " WHERE object_id = ? AND destination = ?",
+                (time.time() if started else None, object_id, destination),
+            )
 
     def release(self, object_id: int, destination: str) -> None:
         """Return an unattempted claim (the forwarder stopped before sending it)."""
@@ -87,7 +152,7 @@ class DeliveriesMixin(OutboxBase):
     def release_many(self, object_ids: Sequence[int], destination: str) -> None:
         with self._tx() as db:
             db.executemany(
-                "UPDATE deliveries SET state = 'pending', claimed_by = NULL"
+                "UPDATE deliveries SET state = 'pending', claimed_by = NULL, claim_until = NULL"
                 " WHERE object_id = ? AND destination = ? AND state = 'in_flight'",
                 [(i, destination) for i in object_ids],
             )
@@ -96,7 +161,8 @@ class DeliveriesMixin(OutboxBase):
         with self._tx() as db:
             db.execute(
                 "UPDATE deliveries SET state = 'failed', attempts = attempts + 1,"
-                " last_error = ?, claimed_by = NULL, updated_at = ?"
+                " last_error = ?, claimed_by = NULL, claim_until = NULL,"
+                " converting_since = NULL, updated_at = ?"
                 " WHERE object_id = ? AND destination = ?",
                 (error, time.time(), object_id, destination),
             )

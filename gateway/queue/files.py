@@ -23,6 +23,23 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, mode: int = 0o750) -> None:
+    """`mkdir -p` that survives a power cut: each directory made here has
+    its name fsynced into its parent (a queue directory created on the
+    first start and lost with the power would take every object with it)."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        fsync_dir(directory.parent)
+
+
 def write_atomic(path: Path, data: bytes | Sequence[bytes], *, sync_dir: bool = True) -> None:
     """`data` may come in pieces (written one after the other, never joined
     in memory). `sync_dir=False` leaves the directory's fsync to a caller

@@ -20,7 +20,13 @@ if TYPE_CHECKING:  # `queue stats` counts messages without loading pydicom
     from pydicom.dataset import Dataset
 
 
-from gateway.queue.db import SQLiteStore, claimer_alive, open_queue_db, this_process
+from gateway.queue.db import (
+    SQLiteStore,
+    claim_lease,
+    claimer_alive,
+    open_queue_db,
+    this_process,
+)
 from gateway.queue.deliveries import backoff_delay
 
 
@@ -104,9 +110,9 @@ class MppsQueue(SQLiteStore):
                 (now, limit),
             ).fetchall()
             db.executemany(
-                "UPDATE mpps_messages SET state = 'in_flight', claimed_by = ?, updated_at = ?"
-                " WHERE id = ?",
-                [(this_process(), now, r["id"]) for r in rows],
+                "UPDATE mpps_messages SET state = 'in_flight', claimed_by = ?, updated_at = ?,"
+                " claim_until = ? WHERE id = ?",
+                [(this_process(), now, claim_lease(now), r["id"]) for r in rows],
             )
         return [self._message(r) for r in rows]
 
@@ -160,14 +166,16 @@ class MppsQueue(SQLiteStore):
         return cur.rowcount
 
     def recover(self) -> int:
-        """Claims of processes that died go back to pending."""
+        """Claims not held by a live instance of their holder (another boot,
+        a dead or recycled PID, an expired lease) go back to pending."""
         with self._tx() as db:
             stale = [
                 r["id"]
                 for r in db.execute(
-                    "SELECT id, claimed_by FROM mpps_messages WHERE state = 'in_flight'"
+                    "SELECT id, claimed_by, claim_until FROM mpps_messages"
+                    " WHERE state = 'in_flight'"
                 )
-                if not claimer_alive(r["claimed_by"])
+                if not claimer_alive(r["claimed_by"], r["claim_until"])
             ]
             db.executemany(
                 "UPDATE mpps_messages SET state = 'pending', claimed_by = NULL WHERE id = ?",

@@ -100,3 +100,4 @@ class RecoveryReport:
     orphan_files_removed: int
     missing_files: int
     claims_reset: int
+    files_skipped: bool = False  # another process was adding: clean-up left for later

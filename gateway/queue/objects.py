@@ -92,6 +92,7 @@ class ObjectsMixin(OutboxBase):
             raise QueueError(f"cannot write to {self.objects_dir}: {exc.strerror}") from None
         now = time.time()
         queued: list[QueuedObject] = []
+        committing = False
         try:
             with self._tx() as db:
                 for item in items:
@@ -134,13 +135,19 @@ class ObjectsMixin(OutboxBase):
                             item.exam_id,
                         )
                     )
+                committing = True  # leaving the block commits
         except sqlite3.IntegrityError:
             # Another process queued one of these meanwhile: its file (same
             # name) belongs to that row now and stays; the others go.
             self._discard([p for p in written if not self._has_row(p.stem)])
             raise AlreadyQueued("a SOP Instance UID of this batch is already queued") from None
         except sqlite3.Error as exc:
-            self._discard(written)
+            # A COMMIT that failed (EIO on the WAL's fsync) may still be on
+            # disk after a restart: its files stay, so no row can ever point
+            # at a removed file (start-up removes them if the rows are not
+            # there). Nothing is acknowledged either way.
+            if not committing:
+                self._discard(written)
             raise QueueError(f"cannot record objects in the queue: {exc}") from None
         return queued
 

@@ -17,12 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.queue.db import QueueError, open_queue_db
+from gateway.queue.alarms import alarms
+from gateway.queue.db import QueueError
 from gateway.queue.deliveries import DeliveriesMixin
+from gateway.queue.files import make_dirs
 from gateway.queue.ledger import LedgerMixin
 from gateway.queue.model import OBJECTS_DIR
 from gateway.queue.objects import ObjectsMixin
 from gateway.queue.recovery import RecoveryMixin
+from gateway.queue.repair import RebuildReport, open_or_rebuild
 from gateway.queue.retention import RetentionMixin, RetentionPolicy
 from gateway.queue.stats import DestinationStats, queue_stats, stats_json
 
@@ -33,16 +36,33 @@ if TYPE_CHECKING:
 class Outbox(ObjectsMixin, DeliveriesMixin, LedgerMixin, RetentionMixin, RecoveryMixin):
     """The queue's one interface: add, claim, mark, list, recover."""
 
-    def __init__(self, root: Path, destinations: Sequence[str], policy: RetentionPolicy) -> None:
+    def __init__(
+        self,
+        root: Path,
+        destinations: Sequence[str],
+        policy: RetentionPolicy,
+        *,
+        check: bool = False,
+    ) -> None:
+        """With `check` (the service's start), `PRAGMA quick_check` runs
+        first; a damaged database, found then or by any opener, is moved
+        aside and rebuilt from the files (gateway.queue.repair), and
+        `rebuilt` says so."""
         self.root = Path(root)
         self.objects_dir = self.root / OBJECTS_DIR
         self.destinations = list(destinations)
         self.policy = policy
         try:
-            self.objects_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(self.objects_dir)
         except OSError as exc:
             raise QueueError(f"cannot create queue directory {self.root}: {exc.strerror}") from None
-        self._db = open_queue_db(self.root)
+        self._db, self.rebuilt = open_or_rebuild(self.root, self.destinations, check)
+
+    rebuilt: RebuildReport | None
+
+    def alarms(self) -> list[tuple[str, str, float]]:
+        """Alarms not cleared (a rebuilt database, a unit that gave up)."""
+        return alarms(self._db)
 
     def destination_stats(self) -> dict[str, DestinationStats]:
         return queue_stats(self._db, self.destinations)
@@ -56,7 +76,7 @@ class Outbox(ObjectsMixin, DeliveriesMixin, LedgerMixin, RetentionMixin, Recover
         return sum(s.pending for s in self.destination_stats().values())
 
 
-def outbox_for(config: GatewayConfig) -> Outbox:
+def outbox_for(config: GatewayConfig, *, check: bool = False) -> Outbox:
     """The outbox with the configuration's purge policy: which destinations
     must commit before anything may be forgotten, and the retention period.
     Every process that adds to the queue uses this one policy."""
@@ -64,4 +84,5 @@ def outbox_for(config: GatewayConfig) -> Outbox:
         config.queue.path,
         [d.name for d in config.destinations],
         RetentionPolicy.from_config(config),
+        check=check,
     )

@@ -1,7 +1,7 @@
 """The one schema of `outbox.sqlite`, with one version for every table in it.
 
-Five owners write this file (the objects and their deliveries, the Storage
-Commitment ledger, the MPPS messages, the exams, the clock flags); each used
+Six owners write this file (the objects and their deliveries, the Storage
+Commitment ledger, the MPPS messages, the exams, the clock flags, the alarms); each used
 to create its own tables on open, and only the outbox versioned them. Now
 every table is created and migrated here, under one `PRAGMA user_version`,
 in one transaction, whoever opens the file first.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import sqlite3
 
 DB_NAME = "outbox.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-# Version 3: every table of the file, as a new database gets them.
+# Version 4: every table of the file, as a new database gets them.
 _TABLES = """
 CREATE TABLE IF NOT EXISTS objects (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sent_at REAL,
     commit_tx TEXT,
     commit_requested_at REAL,
+    claim_until REAL,
+    converting_since REAL,
+    crashes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (object_id, destination)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at);
@@ -61,7 +64,8 @@ CREATE TABLE IF NOT EXISTS mpps_messages (
     claimed_by TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    sent_at REAL
+    sent_at REAL,
+    claim_until REAL
 );
 CREATE INDEX IF NOT EXISTS mpps_by_exam ON mpps_messages (exam_id, id);
 CREATE INDEX IF NOT EXISTS mpps_due ON mpps_messages (state, next_attempt_at);
@@ -77,11 +81,30 @@ CREATE TABLE IF NOT EXISTS clock_unverified (
     object_id INTEGER PRIMARY KEY,
     reason TEXT NOT NULL,
     flagged_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    raised_at REAL NOT NULL,
+    cleared_at REAL
 )
 """
 
-# Version 2 (Storage Commitment) added two columns to version-1 deliveries.
-_V2_COLUMNS = {"commit_tx": "TEXT", "commit_requested_at": "REAL"}
+# Columns later versions added to tables an older version made: version 2
+# (Storage Commitment) to deliveries; version 4 the claim's lease (a claim is
+# its holder's boot, PID and start time, gateway.queue.db) and the record of
+# a conversion in progress (an object the forwarder died on twice is poison).
+_ADDED_COLUMNS = {
+    "deliveries": {
+        "commit_tx": "TEXT",
+        "commit_requested_at": "REAL",
+        "claim_until": "REAL",
+        "converting_since": "REAL",
+        "crashes": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "mpps_messages": {"claim_until": "REAL"},
+}
 
 
 class SchemaError(sqlite3.DatabaseError):
@@ -102,10 +125,11 @@ def migrate(db: sqlite3.Connection) -> int:
     for statement in _TABLES.split(";"):
         if statement.strip():
             db.execute(statement)
-    # Versions 0–2 may hold a deliveries table made before its commit columns.
-    have = {r[1] for r in db.execute("PRAGMA table_info(deliveries)")}
-    for column, kind in _V2_COLUMNS.items():
-        if column not in have:
-            db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
+    # Older versions may hold tables made before some of their columns.
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        for column, kind in columns.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return found

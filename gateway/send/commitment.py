@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -34,6 +34,7 @@ from gateway.net.association import PeerError, connect, describe_link_failure, p
 from gateway.net.listener import parse_listen, start_server
 from gateway.net.tls import TLSSetupError, server_context
 from gateway.net.ul import (
+    OUR_MAX_PDU,
     Message,
     Proposed,
     Role,
@@ -132,7 +133,7 @@ class CommitmentService:
         self.answered.set()
         return 0x0000
 
-    def start_listener(self) -> None:
+    def start_listener(self, heartbeat: Callable[[], None] | None = None) -> None:
         """Our SCP port for reports on new associations (mutual TLS when set)."""
         c = self.config.commitment
         if c.listen is None:
@@ -144,6 +145,7 @@ class CommitmentService:
         ae.network_timeout = self.timeouts.network
         ae.acse_timeout = self.timeouts.acse
         ae.dimse_timeout = self.timeouts.dimse
+        ae.maximum_pdu_size = OUR_MAX_PDU
         ctx = server_context(c.tls) if c.tls else None
         self.server = start_server(
             ae,
@@ -151,6 +153,7 @@ class CommitmentService:
             [(evt.EVT_N_EVENT_REPORT, self.on_event_report)],
             ctx,
             c.handshake_timeout_s,
+            heartbeat,
         )
 
     def stop(self) -> None:
@@ -160,9 +163,11 @@ class CommitmentService:
 
     # -- requests --
 
-    def request_due(self) -> int:
+    def request_due(self, progress: Callable[[], None] | None = None) -> int:
         """One N-ACTION (or archive check) per finished study and destination;
-        returns how many transactions were requested."""
+        returns how many transactions were requested. `progress` is called
+        after each (the service's heartbeat: a long list of studies is not a
+        stuck loop)."""
         requested = 0
         for dest in self.config.destinations:
             if not dest.storage_commitment:
@@ -176,6 +181,8 @@ class CommitmentService:
             confirmer = confirmer_for(dest)
             if confirmer is not None:
                 requested += self.confirm(dest.name, confirmer, due)
+                if progress is not None:
+                    progress()
                 continue
             if not isinstance(dest, DestinationConfig):
                 continue
@@ -183,6 +190,8 @@ class CommitmentService:
                 try:
                     self.request(dest, refs)
                     requested += 1
+                    if progress is not None:
+                        progress()
                 except (PeerError, TLSSetupError, OSError) as exc:
                     log.warning("Storage Commitment to %s not requested: %s", dest.name, exc)
                     break

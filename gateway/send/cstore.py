@@ -5,11 +5,12 @@ later / give up."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from io import FileIO
 from pathlib import Path
 
 from gateway.dicom.part10 import Part10, Part10Error, read_header
-from gateway.dicom.transcode import TranscodeError, reencode
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT, TranscodeError, reencode
 from gateway.net.ul import (
     P_DATA_TF,
     ULConnection,
@@ -95,7 +96,12 @@ def check_queued_file(obj: QueuedObject) -> Part10:
 
 
 def send_dataset(
-    conn: ULConnection, context_id: int, source: FileIO, length: int, sop: Part10
+    conn: ULConnection,
+    context_id: int,
+    source: FileIO,
+    length: int,
+    sop: Part10,
+    progress: Callable[[], None] = lambda: None,
 ) -> int | None:
     """One C-STORE: the command, then `length` bytes from `source` as data
     PDVs, then the response's status (None if the answer made no sense).
@@ -107,7 +113,7 @@ def send_dataset(
     per_write = max(1, WRITE_BYTES // (fragment + 12))
     conn.send_message(context_id, c_store_rq(message_id, sop.sop_class, sop.sop_instance))
     try:
-        _send_data(conn, context_id, source, length, sop, fragment, per_write)
+        _send_data(conn, context_id, source, length, sop, fragment, per_write, progress)
     except FileProblem:
         conn.abort()  # half a data set was sent: only an abort ends it cleanly
         raise
@@ -125,6 +131,7 @@ def _send_data(
     sop: Part10,
     fragment: int,
     per_write: int,
+    progress: Callable[[], None],
 ) -> None:
     size = (fragment + 12) * per_write
     if len(conn.buffer) != size:
@@ -153,25 +160,41 @@ def _send_data(
             used = start + n
             remaining -= n
         sock.sendall(view[:used])
+        progress()
 
 
 def store_file(
-    conn: ULConnection, sop: Part10, context_id: int, ts: str, workdir: Path
+    conn: ULConnection,
+    sop: Part10,
+    context_id: int,
+    ts: str,
+    workdir: Path,
+    progress: Callable[[], None] = lambda: None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    converting: Callable[[bool], None] = lambda started: None,
 ) -> int | None:
     """Send as it is when its own transfer syntax was accepted; else re-encode
-    once to Explicit VR Little Endian (decompressing) in a temporary file."""
+    once (frame by frame, within `memory_limit`) to the accepted uncompressed
+    syntax in a temporary file, checked to carry the command's UIDs.
+    `converting(True/False)` brackets the conversion (the forwarder records
+    it durably, so an object that kills the process is known after)."""
     if ts == sop.transfer_syntax:
         with open(sop.path, "rb", buffering=0) as f:
             f.seek(sop.dataset_offset)
-            return send_dataset(conn, context_id, f, sop.size - sop.dataset_offset, sop)
+            return send_dataset(conn, context_id, f, sop.size - sop.dataset_offset, sop, progress)
+    converting(True)
     try:
-        converted = reencode(sop.path, ts, workdir)
+        converted = reencode(
+            sop.path, ts, workdir, memory_limit, expect=(sop.sop_class, sop.sop_instance)
+        )
     except TranscodeError as exc:
         raise FileProblem(str(exc)) from None
+    finally:
+        converting(False)
     try:
         conv = read_part10_header(converted)
         with open(converted, "rb", buffering=0) as f:
             f.seek(conv.dataset_offset)
-            return send_dataset(conn, context_id, f, conv.size - conv.dataset_offset, sop)
+            return send_dataset(conn, context_id, f, conv.size - conv.dataset_offset, sop, progress)
     finally:
         converted.unlink(missing_ok=True)

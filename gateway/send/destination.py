@@ -37,6 +37,10 @@ class Result:
     object_id: int
     outcome: Outcome
     reason: str | None = None
+    # A transient failure caused by this object itself (not the link, not the
+    # PACS's load): the same one twice sets the object aside (a poison
+    # object must not hold up the queue behind it).
+    about_object: bool = False
 
 
 class LinkDown(Exception):

@@ -5,11 +5,12 @@ re-encoded once when the PACS refuses it)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import DestinationConfig
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.association import PeerError, connect, describe_link_failure, peer_label
 from gateway.net.tls import TLSSetupError
 from gateway.net.ul import Accepted, Proposed, Timeouts, ULConnection, ULError
@@ -36,6 +37,10 @@ class DimseSender:
     calling_ae: str
     timeouts: Timeouts
     workdir: Path  # where a re-encoded copy is written for the time it is sent
+    progress: Callable[[], None] = lambda: None  # called while a data set is written
+    memory_limit: int = DEFAULT_MEMORY_LIMIT  # for a conversion (gateway.dicom.transcode)
+    # Called with (object id, True) before a conversion and (id, False) after.
+    converting: Callable[[int, bool], None] = lambda object_id, started: None
 
     @property
     def label(self) -> str:
@@ -71,13 +76,27 @@ class DimseSender:
                     f"{self.label}: accepts neither {sop.transfer_syntax} nor an "
                     f"uncompressed transfer syntax for SOP class {sop.sop_class}",
                 )
-            code = store_file(conn, sop, choice.id, choice.transfer_syntax, self.workdir)
+            code = store_file(
+                conn,
+                sop,
+                choice.id,
+                choice.transfer_syntax,
+                self.workdir,
+                self.progress,
+                self.memory_limit,
+                lambda started: self.converting(obj.id, started),
+            )
         except FileProblem as exc:
             return Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}")
         except (ULError, OSError) as exc:
             conn.abort()
             reason = f"{self.label}: {describe_link_failure(exc)} during C-STORE"
             return Result(obj.id, Outcome.TRANSIENT, reason)
+        except Exception as exc:  # a bug or MemoryError on this object: not the link's fault
+            conn.abort()
+            log.exception("sending object %d failed unexpectedly", obj.id)
+            reason = f"internal error sending this object: {type(exc).__name__}: {exc}"
+            return Result(obj.id, Outcome.TRANSIENT, reason, about_object=True)
         outcome = classify_status(code)
         if outcome is Outcome.STORED:
             return Result(obj.id, outcome)

@@ -11,6 +11,7 @@ outliving the round, and a link status for the screen and `queue stats`.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Destination, GatewayConfig
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.ul import Timeouts
+from gateway.queue.db import QueueError
 from gateway.queue.outbox import Outbox
 from gateway.queue.report import SendReport
 from gateway.send.destination import LinkDown, Outcome, Result, Sender
@@ -30,6 +33,7 @@ BATCH = 200
 # Successes are committed in groups: one fsync per this many objects or seconds.
 COMMIT_EVERY = 64
 COMMIT_AFTER_S = 0.5
+CLAIMS_CHECK_S = 60.0
 
 
 @dataclass
@@ -52,6 +56,7 @@ class _Round:
     report: SendReport = field(default_factory=SendReport)
     decided: set[int] = field(default_factory=set)
     sent: list[int] = field(default_factory=list)
+    last_errors: dict[int, str | None] = field(default_factory=dict)  # as claimed
     since: float = field(default_factory=time.monotonic)
 
 
@@ -69,6 +74,11 @@ class Forwarder:
     on_sent: list[Callable[[Destination, list[int]], None]] = field(default_factory=list)
     on_batch: list[Callable[[Destination, SendReport], None]] = field(default_factory=list)
     senders: dict[str, Sender] = field(default_factory=dict)
+    # The service's heartbeat for this loop (set by `run`): beaten every round,
+    # after every object and while a large one is being written.
+    heartbeat: Callable[[], None] = lambda: None
+    memory_limit: int = DEFAULT_MEMORY_LIMIT  # of one conversion (forwarding.convert_memory_mb)
+    _queue_problem: str | None = None
 
     @classmethod
     def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
@@ -85,14 +95,33 @@ class Forwarder:
             ),
             retry_base=f.retry_base_s,
             retry_cap=f.retry_cap_s,
+            memory_limit=f.convert_memory_mb << 20,
         )
 
     def __post_init__(self) -> None:
         for dest in self.destinations:
             self.status.setdefault(dest.name, DestinationStatus(dest.name))
             self.senders.setdefault(
-                dest.name, sender_for(dest, self.calling_ae, self.timeouts, self.outbox.root)
+                dest.name,
+                sender_for(
+                    dest,
+                    self.calling_ae,
+                    self.timeouts,
+                    self.outbox.root,
+                    progress=self._beat,
+                    memory_limit=self.memory_limit,
+                    converting=self._converting(dest.name),
+                ),
             )
+
+    def _beat(self) -> None:
+        self.heartbeat()
+
+    def _converting(self, destination: str) -> Callable[[int, bool], None]:
+        def record(object_id: int, started: bool) -> None:
+            self.outbox.converting(object_id, destination, started)
+
+        return record
 
     @staticmethod
     def _notify(listeners: Sequence[Callable[..., None]], *args: Any) -> None:
@@ -111,7 +140,7 @@ class Forwarder:
 
     def _send_batch(self, dest: Destination, now: float | None) -> SendReport:
         batch = self.outbox.claim(dest.name, BATCH, now=now)
-        current = _Round(dest)
+        current = _Round(dest, last_errors={d.object.id: d.last_error for d in batch})
         if not batch:
             return current.report
         state = self.status[dest.name]
@@ -141,6 +170,7 @@ class Forwarder:
     def _record(self, current: _Round, result: Result) -> None:
         """One object's outcome, as its sender reported it."""
         dest, report = current.dest, current.report
+        self._beat()
         current.decided.add(result.object_id)
         if result.outcome is Outcome.STORED:
             current.sent.append(result.object_id)
@@ -148,6 +178,14 @@ class Forwarder:
             self._commit_sent(current)
             return
         reason = result.reason or "refused"
+        if result.about_object and current.last_errors.get(result.object_id) == reason:
+            # The same failure of this object twice: a poison object. It goes
+            # to the failed list with its reason; the queue moves on.
+            reason = f"{reason} (failed the same way twice; set aside)"
+            self.outbox.mark_failed(result.object_id, dest.name, reason)
+            report.failed += 1
+            log.error("%s; object %d moved to the failed list", reason, result.object_id)
+            return
         if result.outcome is Outcome.PERMANENT:
             self.outbox.mark_failed(result.object_id, dest.name, reason)
             report.failed += 1
@@ -198,17 +236,37 @@ class Forwarder:
     def run(
         self, stop: threading.Event, heartbeat: Callable[[], None] | None = None, idle: float = 1.0
     ) -> None:
-        """Until `stop`: send what is due, sleep until the next thing is due."""
+        """Until `stop`: send what is due, then wait `idle` seconds (beating:
+        waiting for work is healthy)."""
+        if heartbeat is not None:
+            self.heartbeat = heartbeat
+        next_reset = time.monotonic() + CLAIMS_CHECK_S
         while not stop.is_set():
+            self._beat()
+            if time.monotonic() >= next_reset:
+                # A claim whose holder died or whose lease ran out since our
+                # start (another forwarder, a `queue flush`) goes back to pending.
+                next_reset = time.monotonic() + CLAIMS_CHECK_S
+                try:
+                    self.outbox.reset_stale_claims()
+                except (sqlite3.Error, QueueError) as exc:
+                    log.error("cannot check the queue's claims (%s); will try again", exc)
             busy = False
             for dest in self.destinations:
                 try:
                     report = self.send_batch(dest)
+                except (sqlite3.Error, QueueError, OSError) as exc:
+                    # The queue's disk is full or failing: nothing is lost (a
+                    # failed write rolls back); say so once, try again later.
+                    if str(exc) != self._queue_problem:
+                        log.error("cannot update the queue (%s); will try again", exc)
+                        self._queue_problem = str(exc)
+                    continue
                 except Exception:  # the loop must outlive any one bad batch
                     log.exception("forwarder batch to %s failed unexpectedly", dest.name)
                     continue
+                self._queue_problem = None
                 busy = busy or report.sent > 0
-            if heartbeat:
-                heartbeat()
+            self._beat()
             if not busy:
                 stop.wait(idle)

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import Destination, StowDestinationConfig
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.echo import EchoResult, echo
 from gateway.net.ul import Timeouts
 from gateway.send.destination import Confirmer, Sender
@@ -15,13 +17,34 @@ from gateway.send.dimse import DimseSender
 CONVERT_DIR = "convert"
 
 
-def sender_for(dest: Destination, calling_ae: str, timeouts: Timeouts, queue_root: Path) -> Sender:
-    """The sender for a destination's protocol."""
+def sender_for(
+    dest: Destination,
+    calling_ae: str,
+    timeouts: Timeouts,
+    queue_root: Path,
+    *,
+    progress: Callable[[], None] = lambda: None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    converting: Callable[[int, bool], None] = lambda object_id, started: None,
+) -> Sender:
+    """The sender for a destination's protocol. For C-STORE: `progress` is
+    called while it writes (the forwarder's heartbeat: a long object on a slow
+    link is not a stuck loop), a conversion stays within `memory_limit` and is
+    bracketed by `converting` (recorded durably: an object the forwarder dies
+    on twice is set aside)."""
     if isinstance(dest, StowDestinationConfig):
         from gateway.send.stow import StowSender
 
         return StowSender(dest)
-    return DimseSender(dest, calling_ae, timeouts, queue_root / CONVERT_DIR)
+    return DimseSender(
+        dest,
+        calling_ae,
+        timeouts,
+        queue_root / CONVERT_DIR,
+        progress=progress,
+        memory_limit=memory_limit,
+        converting=converting,
+    )
 
 
 def confirmer_for(dest: Destination) -> Confirmer | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,21 @@ class _Server(uvicorn.Server):
     """Exits when the service's stop event is set (uvicorn polls on_tick)."""
 
     def __init__(
-        self, config: uvicorn.Config, stop: threading.Event, closing: threading.Event
+        self,
+        config: uvicorn.Config,
+        stop: threading.Event,
+        closing: threading.Event,
+        heartbeat: Callable[[], None],
     ) -> None:
         super().__init__(config)
         self.stop = stop
         self.closing = closing
+        self.heartbeat = heartbeat
 
     async def on_tick(self, counter: int) -> bool:
+        # uvicorn ticks ten times a second on the event loop: a handler that
+        # blocks the loop stops the ticks, so this beat is the UI's health.
+        self.heartbeat()
         if self.stop.is_set():
             self.closing.set()  # SSE and MJPEG streams end within a second
             return True
@@ -63,6 +72,7 @@ class UIServer:
         forwarder_status: ForwarderStatus | None = None,
         config_path: Path | None = None,
         worklist: WorklistSource | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream = stream
         self._stopping = stop
@@ -99,7 +109,7 @@ class UIServer:
         )
         for exam in self.station.restored:
             app_state(self.app).desk.adopt(exam)
-        self.server = _Server(uv_config, stop, app_state(self.app).closing)
+        self.server = _Server(uv_config, stop, app_state(self.app).closing, heartbeat)
         self.thread = threading.Thread(target=self._serve, name="ui", daemon=True)
 
     def _receive_device_images(self) -> None:

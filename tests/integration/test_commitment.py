@@ -13,111 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
 
 from gateway.config import parse_config
 from gateway.net.ul import Timeouts
 from gateway.queue.model import QueueFull
-from gateway.send.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, CommitmentService
+from gateway.send.commitment import PUSH_MODEL, CommitmentService
 from gateway.send.forwarder import Forwarder
-from tests.support.peers import mutual_tls, queue_objects
+from tests.support.commitment_pacs import CommitmentPACS
+from tests.support.peers import queue_objects
 from tests.support.pki import PKI
 from tests.support.process import free_port, wait_for_port
 from tests.support.queue import new_outbox
 
 FAST = Timeouts(connect=3, acse=5, dimse=5, network=5)
-
-
-class CommitmentPACS:
-    """A PACS that stores and commits; `fail` UIDs are reported as failed."""
-
-    def __init__(self, pki: PKI, answer: str, fail: set[str]) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-
-        self.pki, self.answer, self.fail = pki, answer, fail
-        self.port = free_port()
-        self.stored: set[str] = set()
-        self.transactions: list[str] = []
-        self.gateway_port = 0
-        ae = AE(ae_title="PACS")
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
-        ae.add_supported_context(PUSH_MODEL, scu_role=True, scp_role=True)
-        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_N_ACTION, self._action)]
-        self.server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=mutual_tls(pki),
-        )
-
-    def _store(self, event: Any) -> int:
-        self.stored.add(str(event.request.AffectedSOPInstanceUID))
-        return 0
-
-    def _report(self, request: Dataset) -> Dataset:
-        ds = Dataset()
-        ds.TransactionUID = request.TransactionUID
-        ok, failed = [], []
-        for item in request.ReferencedSOPSequence:
-            ref = Dataset()
-            ref.ReferencedSOPClassUID = item.ReferencedSOPClassUID
-            ref.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
-            if item.ReferencedSOPInstanceUID in self.fail:
-                ref.FailureReason = 0x0112
-                failed.append(ref)
-            else:
-                ok.append(ref)
-        ds.ReferencedSOPSequence = ok
-        if failed:
-            ds.FailedSOPSequence = failed
-        return ds
-
-    def _action(self, event: Any) -> tuple[int, None]:
-        request = event.action_information
-        self.transactions.append(str(request.TransactionUID))
-        if self.answer == "never":
-            return 0x0000, None
-        report = self._report(request)
-        event_type = 2 if "FailedSOPSequence" in report else 1
-        if self.answer == "same":
-            assoc = event.assoc
-
-            def later() -> None:
-                time.sleep(0.2)
-                assoc.send_n_event_report(report, event_type, PUSH_MODEL, PUSH_MODEL_INSTANCE)
-
-        else:
-
-            def later() -> None:
-                time.sleep(0.2)
-                self._report_on_new_association(report, event_type)
-
-        threading.Thread(target=later, daemon=True).start()
-        return 0x0000, None
-
-    def _report_on_new_association(self, report: Dataset, event_type: int) -> None:
-        from pynetdicom import AE
-        from pynetdicom.presentation import build_role
-
-        ae = AE(ae_title="PACS")
-        ae.add_requested_context(PUSH_MODEL)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(self.pki.ca.cert)
-        ctx.load_cert_chain(self.pki.server.cert, self.pki.server.key)
-        assoc = ae.associate(
-            "127.0.0.1",
-            self.gateway_port,
-            ae_title="EDGE1",
-            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
-            tls_args=(ctx, "localhost"),
-        )
-        if assoc.is_established:
-            assoc.send_n_event_report(report, event_type, PUSH_MODEL, PUSH_MODEL_INSTANCE)
-            assoc.release()
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 def gateway(tmp_path: Path, pki: PKI, pacs_port: int, listen_port: int, **commitment: Any) -> Any:
@@ -242,7 +150,6 @@ def test_purge_only_committed_or_retained_oldest_first(tmp_path: Path) -> None:
 def test_the_capture_process_purges_by_the_same_policy(tmp_path: Path) -> None:
     """The touchscreen's process makes room on a full disk too: it must not
     drop an object the PACS has been sent but has not committed, however old."""
-    import threading
 
     from gateway.ui.server import UIServer
 

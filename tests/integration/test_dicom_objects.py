@@ -14,32 +14,16 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from drivers import create_driver
 from gateway.config import CaptureConfig
-from gateway.dicom import iods, jpeg, part10
-from gateway.dicom.iods import Coding, Header
-from gateway.dicom.modules import Cine, Equipment, ImageInfo, Patient, Series, Study
+from gateway.dicom import jpeg, part10
 from gateway.dicom.pixels import EncodedJpeg, PixelError, encode_jpeg
+from tests.support.dicom_objects import ENCODINGS, KINDS, build, pattern
 from tests.support.process import require_tool
 
 # The only warning left, and why it cannot go: Laterality (0020,0060) is type
 # 2C, required for paired body parts. The gateway cannot know the body part;
 # dciodvfy reports an *error* when it is absent and a warning when it is empty.
 ALLOWED_WARNINGS = ("Laterality",)
-
-KINDS: dict[str, tuple[Callable[..., Dataset], bool, str]] = {
-    "sc": (iods.secondary_capture, False, "OT"),
-    "mf-true-colour-sc": (iods.multiframe_true_color_sc, True, "OT"),
-    "us": (iods.ultrasound_image, False, "US"),
-    "us-multiframe": (iods.ultrasound_multiframe, True, "US"),
-}
-ENCODINGS = ("none", "rle", "jpeg-baseline", "jpeg-passthrough")
-
-
-def pattern(n: int, width: int = 96, height: int = 64) -> list[np.ndarray]:  # type: ignore[type-arg]
-    driver = create_driver("testpattern", {"width": width, "height": height, "realtime": False})
-    with driver:
-        return [f.pixels for f in driver.frames(n)]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:  # type: ignore[type-arg]
@@ -50,26 +34,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:  # type: ignore[type-arg]
 def luma(x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
     """Y of ITU-R BT.601, as JPEG's colour transform computes it."""
     return x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # type: ignore[no-any-return]
-
-
-def build(kind: str, encoding: str, frames: list[Any], **extra: Any) -> Dataset:
-    builder, multi, modality = KINDS[kind]
-    source: list[Any] = (
-        [EncodedJpeg.from_bytes(encode_jpeg(f)) for f in frames]
-        if encoding == "jpeg-passthrough"
-        else frames
-    )
-    header = Header(
-        patient=Patient(name="Doe^Jane", id="P1", sex="F"),
-        study=Study(study_id="S1", accession_number="A1"),
-        series=Series(modality=modality),
-        equipment=Equipment("Maker", "Model", "0.1.0", "ROOM1", "Clinic", "SN1"),
-        image=ImageInfo(instance_number=1, conversion_type="DV"),
-    )
-    coding = Coding("none" if encoding == "jpeg-passthrough" else encoding, **extra)
-    if multi:
-        return builder(source, Cine.from_fps(25), header, coding)
-    return builder(source[0], header, coding)
 
 
 @pytest.fixture(scope="module")

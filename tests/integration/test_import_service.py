@@ -32,6 +32,14 @@ def _jpeg(path: Path, seed: int) -> Path:
     return path
 
 
+def _made(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_ctime_ns
+
+
 class Service:
     def __init__(self, config: Path, queue: Path) -> None:
         self.config = config
@@ -41,9 +49,10 @@ class Service:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
-        # A killed service leaves its socket behind: waiting for "the socket"
-        # must wait for the new one (bound after staging is cleared).
-        self.socket.unlink(missing_ok=True)
+        # A SIGKILLed service leaves its socket file behind: wait for the new
+        # one (made later: inode numbers are reused), not for a name that is
+        # already there.
+        stale = _made(self.socket)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*GATEWAY, "--config", str(self.config), "run", "--only", "ui"],
@@ -52,7 +61,7 @@ class Service:
                 cwd=REPO,
             )
         deadline = time.monotonic() + 60
-        while not self.socket.exists():
+        while not self.socket.exists() or _made(self.socket) == stale:
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, "the control socket never appeared"
             time.sleep(0.1)

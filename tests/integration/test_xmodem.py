@@ -224,3 +224,29 @@ def test_noise_and_a_stray_block_while_idle_are_ignored(line: SerialLine, tmp_pa
 def test_bad_serial_options_are_named() -> None:
     with pytest.raises(DriverError, match=r"capture\.options\.parity"):
         create_driver("xmodem", {"device": "/dev/ttyS0", "parity": "mark"})
+
+
+def test_idle_serial_driver_keeps_the_capture_loop_beating(
+    line: SerialLine, tmp_path: Path
+) -> None:
+    """A device that sends nothing for a long while is idle, not stuck: the
+    stream's heartbeat goes on while `read` waits for a transfer (it went
+    stale after 120 s, and the watchdog restarted the service), and a
+    transfer after the long silence still arrives."""
+    from drivers.stream import FrameStream
+
+    driver = create_driver("xmodem", {"device": line.receiver_tty, **FAST, "poke_interval": 5.0})
+    stream = FrameStream(driver, buffer_seconds=1.0).start()
+    try:
+        worst = 0.0
+        deadline = time.monotonic() + 6.0  # more than one poke interval of silence
+        while time.monotonic() < deadline:
+            worst = max(worst, time.monotonic() - stream.last_beat)
+            time.sleep(0.05)
+        assert worst < 2.0, f"the idle capture loop went {worst:.1f} s without a beat"
+        assert stream.stats().frames == 0
+        sender = line.send(["sx", "-q"], _image(tmp_path, "late.png"))
+        assert stream.wait_frame(timeout=30) is not None
+        assert finish(sender)[0] == 0
+    finally:
+        stream.stop()

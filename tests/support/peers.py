@@ -77,12 +77,16 @@ class StoreSCPy:
     port: int = field(default_factory=free_port)
     received: list[str] = field(default_factory=list)
     datasets: dict[str, Any] = field(default_factory=dict)
+    max_pdu: int | None = None  # what it advertises (0: unlimited); None: pynetdicom's
+    pdu_sizes: list[int] = field(default_factory=list)  # of every P-DATA-TF received
     server: Any = None
 
     def start(self) -> StoreSCPy:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         ae = AE(ae_title=self.ae_title)
+        if self.max_pdu is not None:
+            ae.maximum_pdu_size = self.max_pdu
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian])
         pdus = {"n": 0}
@@ -99,6 +103,8 @@ class StoreSCPy:
 
         def on_pdu(event: Any) -> None:
             pdus["n"] += 1
+            if type(event.pdu).__name__ == "P_DATA_TF":
+                self.pdu_sizes.append(len(event.pdu))
             if self.abort_after_pdus is not None and pdus["n"] >= self.abort_after_pdus:
                 event.assoc.abort()
 

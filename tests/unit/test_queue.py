@@ -15,19 +15,8 @@ import pytest
 from gateway.queue.db import QueueError
 from gateway.queue.files import write_atomic
 from gateway.queue.model import DeliveryState, QueueFull
-from gateway.queue.outbox import Outbox
 from gateway.queue.schema import DB_NAME
-from tests.support.queue import new_outbox
-
-
-def _add(outbox: Outbox, uid: str) -> int:
-    return outbox.add(
-        b"DICM" * 10,
-        sop_instance_uid=uid,
-        sop_class_uid="1.2.3",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        study_instance_uid="1.2.3.4",
-    ).id
+from tests.support.queue import add_object, new_outbox
 
 
 def test_durable_mode_is_in_force(tmp_path: Path) -> None:
@@ -39,7 +28,7 @@ def test_durable_mode_is_in_force(tmp_path: Path) -> None:
 
 def test_add_writes_file_and_one_delivery_per_destination(tmp_path: Path) -> None:
     with new_outbox(tmp_path, ["a", "b"]) as outbox:
-        oid = _add(outbox, "1.2.3.4.5")
+        oid = add_object(outbox, "1.2.3.4.5")
         deliveries = outbox.deliveries(object_id=oid)
         assert [(d.destination, d.state) for d in deliveries] == [
             ("a", DeliveryState.PENDING),
@@ -51,9 +40,9 @@ def test_add_writes_file_and_one_delivery_per_destination(tmp_path: Path) -> Non
 
 def test_duplicate_uid_is_refused(tmp_path: Path) -> None:
     with new_outbox(tmp_path, ["a"]) as outbox:
-        _add(outbox, "1.2.3")
+        add_object(outbox, "1.2.3")
         with pytest.raises(QueueError, match="already queued"):
-            _add(outbox, "1.2.3")
+            add_object(outbox, "1.2.3")
 
 
 def test_read_only_database_refuses_to_start(tmp_path: Path) -> None:
@@ -76,14 +65,14 @@ def test_read_only_database_refuses_to_start(tmp_path: Path) -> None:
 def test_full_disk_refuses_new_captures(tmp_path: Path) -> None:
     with new_outbox(tmp_path, ["a"], min_free_mb=10**9) as outbox:
         with pytest.raises(QueueFull, match="capture refused, nothing queued was removed"):
-            _add(outbox, "1.2.3")
+            add_object(outbox, "1.2.3")
         assert outbox.objects() == []
 
 
 def test_recover_cleans_leftovers_of_a_crash(tmp_path: Path) -> None:
     with new_outbox(tmp_path, ["a"]) as outbox:
-        keep = _add(outbox, "1.2.3.1")
-        gone = _add(outbox, "1.2.3.2")
+        keep = add_object(outbox, "1.2.3.1")
+        gone = add_object(outbox, "1.2.3.2")
         (outbox.objects_dir / "1.2.9.dcm.tmp").write_bytes(b"half")
         orphan = outbox.objects_dir / "1.2.8.dcm"
         write_atomic(orphan, b"never acknowledged")
@@ -92,7 +81,7 @@ def test_recover_cleans_leftovers_of_a_crash(tmp_path: Path) -> None:
         outbox.get(gone).path.unlink()  # type: ignore[union-attr]
     # A forwarder process claims the work and dies without finishing it.
     claimer = (
-        "import sys; from tests.support.queue import new_outbox;"
+        "import sys; from tests.support.queue import add_object, new_outbox;"
         "o = new_outbox(sys.argv[1], ['a']); o.claim('a'); print('claimed')"
     )
     subprocess.run([sys.executable, "-c", claimer, str(tmp_path)], check=True)
@@ -111,7 +100,7 @@ def test_recover_cleans_leftovers_of_a_crash(tmp_path: Path) -> None:
 
 def test_retry_backoff_and_operator_retry(tmp_path: Path) -> None:
     with new_outbox(tmp_path, ["a"]) as outbox:
-        oid = _add(outbox, "1.2.3")
+        oid = add_object(outbox, "1.2.3")
         (claimed,) = outbox.claim("a")
         due = outbox.mark_retry(oid, "a", "link down")
         assert due > time.time()
