@@ -212,13 +212,16 @@ def test_ris_stopped_the_cache_answers_at_once_and_the_list_comes_back(rig: Rig)
     page.get_by_role("button", name="Close").click()
     tries = ris_of(rig).connections()
     started = time.monotonic()
-    # Typing filters the cached list: no try at all.
+    # Typing filters the cached list: no try per keystroke. The gateway's own
+    # retry (5 s, doubling) may fall inside the typing; three keystrokes each
+    # trying would show as three.
     page.get_by_label("Search worklist").tap()
     keyboard = page.get_by_role("group", name="On-screen keyboard")
     for key in "roe":
         keyboard.locator(f'[data-key="{key}"]').tap()
     expect(rows(page)).to_have_count(1)
-    assert ris_of(rig).connections() == tries
+    typed = ris_of(rig).connections() - tries
+    assert typed <= 1 + (time.monotonic() - started) / 5, typed
     keyboard.get_by_role("button", name="Backspace").tap()
     keyboard.get_by_role("button", name="Enter").tap()  # Search; the keyboard closes
     expect(keyboard).to_be_hidden()
