@@ -15,7 +15,7 @@ for unit in "$repo"/systemd/*.service "$here"/files/*.service; do
 done
 install -m 0644 "$repo/systemd/sysusers.d/dicom-gateway.conf" "$root/usr/lib/sysusers.d/"
 install -m 0644 "$repo/systemd/tmpfiles.d/dicom-gateway.conf" "$root/usr/lib/tmpfiles.d/"
-install -m 0755 "$here/files/dicom-gateway-firstboot" "$root/usr/local/sbin/"
+install -m 0755 "$here/files/dicom-gateway-firstboot" "$here/files/dicom-gateway-service-access" "$root/usr/local/sbin/"
 install -m 0644 "$here/files/gateway.toml.template" "$root/etc/dicom-gateway/gateway.toml.template"
 
 # The data partition (label GWDATA) holds the queue and the station's identity;
