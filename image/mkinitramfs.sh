@@ -11,6 +11,7 @@ out=${2:?usage: mkinitramfs.sh ROOT OUTPUT}
 here=$(cd "$(dirname "$0")" && pwd)
 fail() { echo "mkinitramfs: $*" >&2; exit 1; }
 
+[ -d "$root/lib/modules" ] || fail "no kernel modules in $root/lib/modules"
 kver=$(find "$root/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n1)
 [ -n "$kver" ] || fail "no kernel modules in $root/lib/modules"
 moddir=$root/lib/modules/$kver
