@@ -140,14 +140,14 @@ fi
 rm -rf "${rootdir:?}"/boot/* "${rootdir:?}"/var/cache/apt/* "${rootdir:?}"/var/lib/apt/lists/*
 mkdir -p "$rootdir/boot/firmware"
 
-# Data partition skeleton: the queue and the station's configuration (the
-# template first boot fills in), owned by the service's user and group.
+# Data partition skeleton: the queue, the screen's settings and the station's
+# configuration (the template first boot fills in), for the gateway's group
+# (systemd-tmpfiles sets the exact owners and modes at every boot).
 data=$work/data
-ids=$(chroot "$rootdir" id -u dicom-gateway):$(chroot "$rootdir" id -g dicom-gateway)
-install -d -m 0750 "$data/queue" "$data/config" "$data/config/tls"
+gid=$(chroot "$rootdir" getent group dicom-gateway | cut -d: -f3)
+install -d -m 0750 -g "$gid" "$data/config" "$data/config/tls" "$data/ui-state"
+install -d -m 2770 -g "$gid" "$data/queue"
 install -m 0644 "$here/files/gateway.toml.template" "$data/config/"
-chown "$ids" "$data/queue"
-chown "0:${ids#*:}" "$data/config" "$data/config/tls"
 
 log "partitions"
 boot_mb=256

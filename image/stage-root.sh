@@ -20,13 +20,14 @@ install -m 0644 "$here/files/gateway.toml.template" "$root/etc/dicom-gateway/gat
 
 # The data partition (label GWDATA) holds the queue and the station's identity;
 # the root file system stays read-only under an overlay.
-mkdir -p "$root/data" "$root/var/lib/dicom-gateway"
+mkdir -p "$root/data" "$root/var/lib/dicom-gateway" "$root/var/lib/dicom-gateway-ui"
 fstab=$root/etc/fstab
 touch "$fstab"
 grep -q 'LABEL=GWDATA' "$fstab" || cat >> "$fstab" <<'FSTAB'
 LABEL=GWDATA  /data  ext4  defaults,noatime,commit=5,errors=remount-ro  0  2
 /data/queue   /var/lib/dicom-gateway  none  bind,x-systemd.requires-mounts-for=/data  0  0
 /data/config  /etc/dicom-gateway      none  bind,x-systemd.requires-mounts-for=/data  0  0
+/data/ui-state  /var/lib/dicom-gateway-ui  none  bind,x-systemd.requires-mounts-for=/data  0  0
 FSTAB
 
 # Enable exactly as `systemctl enable` does, from the units' [Install] sections.

@@ -90,7 +90,7 @@ def test_first_boot_creates_identity_and_wipes_the_boot_file(tmp_path: Path) -> 
     boot = tmp_path / "boot"
     boot.mkdir()
     identity = boot / "gateway-identity.toml"
-    identity.write_text('ae_title = "EDGE7"\nstation_name = "TRUCK-2"\npin = "4711"\n')
+    identity.write_text('ae_title = "EDGE7"\nstation_name = "TRUCK-2"\npin = "47110808"\n')
     conf = tmp_path / "config"
     env = {
         **os.environ,
@@ -102,7 +102,7 @@ def test_first_boot_creates_identity_and_wipes_the_boot_file(tmp_path: Path) -> 
     script = str(IMAGE / "files/dicom-gateway-firstboot")
     subprocess.run([script, str(identity)], check=True, env=env, timeout=60)
     assert not identity.exists()
-    assert (conf / "pin").read_text() == "4711\n"
+    assert (conf / "pin").read_text() == "471108\n"
     assert oct((conf / "pin").stat().st_mode & 0o777) == "0o600"
     assert (conf / "tls/gateway.key").is_file() and (boot / "EDGE7.csr").is_file()
     check = subprocess.run(
@@ -121,22 +121,22 @@ def test_first_boot_creates_identity_and_wipes_the_boot_file(tmp_path: Path) -> 
     assert '"ae_title": "EDGE7"' in check.stdout and '"station_name": "TRUCK-2"' in check.stdout
     # The UI verifies the PIN against its scrypt hash; the digits are not in the file.
     text = (conf / "gateway.toml").read_text()
-    assert "pin_hash = " in text and "4711" not in text
+    assert "pin_hash = " in text and "47110808" not in text
     pin_hash = tomllib.loads(text)["ui"]["pin_hash"]
-    assert verify_pin("4711", pin_hash) and not verify_pin("4712", pin_hash)
+    assert verify_pin("47110808", pin_hash) and not verify_pin("471109", pin_hash)
     # The PACS, when the identity file names it: mutual TLS with the supplied
     # certificates, the key handed over by systemd (LoadCredential=).
-    identity.write_text('ae_title = "EDGE7"\npin = "4711"\npacs_host = "10.0.2.100"\n')
+    identity.write_text('ae_title = "EDGE7"\npin = "47110808"\npacs_host = "10.0.2.100"\n')
     subprocess.run([script, str(identity)], check=True, env=env, timeout=60)
     (dest,) = tomllib.loads((conf / "gateway.toml").read_text())["destinations"]
     assert dest["host"] == "10.0.2.100" and dest["port"] == 2762 and dest["ae_title"] == "PACS"
     assert dest["tls"]["key"] == "${CREDENTIALS_DIRECTORY}/gateway.key"
-    identity.write_text('ae_title = "EDGE7"\npin = "4711"\npacs_host = "h"\npacs_port = "x"\n')
+    identity.write_text('ae_title = "EDGE7"\npin = "47110808"\npacs_host = "h"\npacs_port = "x"\n')
     bad = subprocess.run([script, str(identity)], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "pacs_port must be a port number" in bad.stderr
     identity.write_text('ae_title = "EDGE7"\npin = "12"\n')
     bad = subprocess.run([script, str(identity)], capture_output=True, text=True, env=env)
-    assert bad.returncode != 0 and "pin must be 4 to 12 digits" in bad.stderr
+    assert bad.returncode != 0 and "pin must be 6 to 12 digits" in bad.stderr
 
 
 def test_base_image_is_pinned_by_sha256() -> None:

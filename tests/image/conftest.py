@@ -19,7 +19,7 @@ from tests.image.vm import ARCH, PACS_GUEST_ADDR, VM
 from tests.support.dcmtk import StoreSCP
 
 AE_TITLE = "EDGE7"
-PIN = "4711"
+PIN = "471108"
 # Guest time the watchdog must hold with every loop running (10 min; shorter
 # only by choice, e.g. IMAGE_WATCHDOG_MINUTES=3 while working on the image).
 WATCHDOG_MINUTES = float(os.environ.get("IMAGE_WATCHDOG_MINUTES", "10"))

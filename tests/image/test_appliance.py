@@ -29,7 +29,17 @@ from tests.image.vm import VM
 
 SERVICES = ["dicom-gateway.service", "dicom-gateway-forwarder.service"]
 KIOSK = "dicom-gateway-kiosk.service"
-CLI = "/opt/dicom-gateway/venv/bin/dicom-gateway"
+EXE = "/opt/dicom-gateway/venv/bin/dicom-gateway"
+# The command line as an operator runs it on the box: as the capture
+# service's user, with the key handed over as the service gets it.
+CLI = (
+    "systemd-run --quiet --wait --pipe --collect"
+    ' -p User="$(systemctl show -p User --value dicom-gateway.service)"'
+    " -p Group=dicom-gateway -p LoadCredential=gateway.key:/etc/dicom-gateway/tls/gateway.key"
+    " -E DICOM_GATEWAY_CONFIG=/etc/dicom-gateway/gateway.toml"
+    " -p ReadWritePaths=/var/lib/dicom-gateway -p ProtectSystem=strict"
+    f" {EXE}"
+)
 MAX_EXPOSURE = 2.0  # as tests/e2e/test_systemd_units.py, on the running system
 
 
@@ -59,8 +69,7 @@ def cli_capture(vm: VM, frames: int, patient: str) -> list[str]:
     """`dicom-gateway capture` as the service's user; the SOP Instance UIDs
     it acknowledged."""
     out = vm.out(
-        f"runuser -u dicom-gateway -- {CLI} capture --patient-id {patient} "
-        f"--patient-name 'Image^Test' --frames {frames}",
+        f"{CLI} capture --patient-id {patient} --patient-name 'Image^Test' --frames {frames}",
         timeout=600,
     )
     return re.findall(r"^captured \d+/\d+: queue object \d+ \(([\d.]+)\)$", out, re.M)
@@ -113,7 +122,7 @@ def test_first_boot_provisions_the_station_and_removes_the_identity_file(
         " /etc/dicom-gateway/tls/gateway.pem /etc/dicom-gateway/tls/ca.pem"
     )
     assert re.search(r"/pin 600 root:dicom-gateway", modes), modes
-    assert re.search(r"/gateway.key 640 root:dicom-gateway", modes), modes
+    assert re.search(r"/gateway.key 600 root:", modes), modes
     shown = vm.out(f"{CLI} config show")
     assert f'"ae_title": "{AE_TITLE}"' in shown and '"station_name": "TRUCK-2"' in shown
 
@@ -148,7 +157,8 @@ def test_root_is_read_only_and_the_queue_partition_writable(appliance: Appliance
     assert vm.out("findmnt -no SOURCE,FSTYPE /data") == "/dev/vda3 ext4"
     assert "rw" in vm.out("findmnt -no OPTIONS /data").split(",")
     assert vm.out("findmnt -no SOURCE /var/lib/dicom-gateway").endswith("[/queue]")
-    vm.out("runuser -u dicom-gateway -- touch /var/lib/dicom-gateway/.probe")
+    user = vm.out("systemctl show -p User --value dicom-gateway.service")
+    vm.out(f"runuser -u {user} -- touch /var/lib/dicom-gateway/.probe")
     vm.out("rm /var/lib/dicom-gateway/.probe")
     # The service itself cannot write outside its directories.
     denied = vm.run(
@@ -207,6 +217,40 @@ def test_watchdog_holds_with_every_loop_running(appliance: Appliance) -> None:
     print(f"\nwatchdog: {up / 60:.1f} min of guest uptime, no restart; /health {health['loops']}")
 
 
+def test_a_killed_loop_thread_gets_the_service_restarted_by_the_watchdog(
+    appliance: Appliance,
+) -> None:
+    """The test hook (gateway.ops.health, enabled by a drop-in in /run that
+    no reboot keeps) ends the control loop's thread: its heartbeat stops,
+    the pings stop, systemd's watchdog kills and restarts the service."""
+    vm = appliance.vm
+    unit = SERVICES[0]
+    vm.out(
+        "mkdir -p /run/systemd/system/dicom-gateway.service.d /run/dicom-gateway-test && "
+        "printf '[Service]\\nEnvironment=DICOM_GATEWAY_TEST_KILL_DIR=/run/dicom-gateway-test\\n' "
+        "> /run/systemd/system/dicom-gateway.service.d/test-hook.conf && "
+        f"systemctl daemon-reload && systemctl restart {unit}"
+    )
+    vm.wait_active([unit])
+    before = int(vm.out(f"systemctl show {unit} -p NRestarts --value"))
+    pid = vm.out(f"systemctl show {unit} -p MainPID --value")
+    vm.out(f"echo {pid} > /run/dicom-gateway-test/kill-control")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if vm.out(f"systemctl show {unit} -p MainPID --value") not in (pid, "0"):
+            break
+        time.sleep(5)
+    journal = vm.out(f"journalctl -b -u {unit} --no-pager -o cat | tail -60")
+    assert "test hook: loop control killed" in journal, journal
+    assert "Watchdog timeout" in journal, journal
+    vm.out(
+        "rm -rf /run/dicom-gateway-test /run/systemd/system/dicom-gateway.service.d && "
+        "systemctl daemon-reload"
+    )
+    vm.wait_active([unit])
+    assert int(vm.out(f"systemctl show {unit} -p NRestarts --value")) == before + 1
+
+
 def test_settings_saved_in_the_ui_survive_a_reboot(appliance: Appliance) -> None:
     vm = appliance.vm
     ui, tunnel = open_ui(vm)
@@ -238,8 +282,7 @@ def _capture_until_cut(vm: VM, patient: str, acked: list[str], cut_after: int) -
         [
             *vm.ssh_base(),
             "root@127.0.0.1",
-            f"runuser -u dicom-gateway -- {CLI} capture --patient-id {patient} "
-            f"--patient-name 'Power^Cut' --frames 200",
+            f"{CLI} capture --patient-id {patient} --patient-name 'Power^Cut' --frames 200",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
