@@ -88,4 +88,4 @@ image: image-deps ## the appliance image: Pi OS Lite arm64 (BASE=raspios), or BA
 
 image-test: venv image-deps ## build the Debian image for ARCH and boot it in QEMU: tests/image (never make test)
 	BASE=debian ARCH=$(ARCH) image/build.sh
-	IMAGE_ARCH=$(ARCH) $(BIN)/pytest -p no:cacheprovider -s --timeout=2400 tests/image $(PYTEST_ARGS)
+	IMAGE_ARCH=$(ARCH) $(BIN)/pytest -p no:cacheprovider -s --timeout=2400 --basetemp=image/out/test-tmp tests/image $(PYTEST_ARGS)

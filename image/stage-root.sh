@@ -18,6 +18,15 @@ install -m 0644 "$repo/systemd/tmpfiles.d/dicom-gateway.conf" "$root/usr/lib/tmp
 install -m 0755 "$here/files/dicom-gateway-firstboot" "$here/files/dicom-gateway-service-access" "$root/usr/local/sbin/"
 install -m 0644 "$here/files/gateway.toml.template" "$root/etc/dicom-gateway/gateway.toml.template"
 
+# The appliance's start allowance: the first start after a power cut recovers
+# the queue on a slow SD card, and under QEMU's TCG (make image-test) the
+# Python start alone takes over a minute; a start killed at 90 s only starts
+# again from nothing. Hangs after READY=1 are the watchdog's business.
+for unit in dicom-gateway.service dicom-gateway-forwarder.service; do
+    install -d "$root/etc/systemd/system/$unit.d"
+    printf '[Service]\nTimeoutStartSec=5min\n' > "$root/etc/systemd/system/$unit.d/10-appliance.conf"
+done
+
 # The data partition (label GWDATA) holds the queue and the station's identity;
 # the root file system stays read-only under an overlay.
 mkdir -p "$root/data" "$root/var/lib/dicom-gateway" "$root/var/lib/dicom-gateway-ui"

@@ -191,9 +191,10 @@ def test_ui_exam_reaches_the_pacs(appliance: Appliance) -> None:
         status = ui.call("GET", "/api/status")
     finally:
         tunnel.kill()
-    uid = shot.get("sop_instance_uid") or shot["object"]["sop_instance_uid"]
-    got = wait_received(appliance.pacs.directory, {uid})
-    assert uid in got and status["queue"] is not None
+    queued = json.loads(appliance.vm.out(f"{CLI} queue list --json"))
+    (uid,) = [o["sop_instance_uid"] for o in queued if o["id"] == shot["id"]]
+    wait_received(appliance.pacs.directory, {uid})
+    assert status["queue"] is not None
 
 
 def test_watchdog_holds_with_every_loop_running(appliance: Appliance) -> None:

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class VM:
     boots: int = 0
     rtc_base: str = "utc"
     log_path: Path = field(init=False)
+    ssh_dir: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,8 @@ class VM:
             check=True,
         )
         self.log_path = self.workdir / "serial.log"
+        # A short path: a unix socket's name has at most 107 bytes.
+        self.ssh_dir = tempfile.mkdtemp(prefix="gw-ssh-")
 
     # The boot partition, as a Pi user writes it on a card reader.
     def put_boot_file(self, src: Path, name: str | None = None) -> None:
@@ -175,6 +179,14 @@ class VM:
             "ConnectTimeout=10",
             "-o",
             "BatchMode=yes",
+            # One connection for all commands of a boot: a login costs the
+            # emulated guest seconds of CPU (PAM, logind).
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={self.ssh_dir}/%C",
+            "-o",
+            "ControlPersist=120",
         ]
 
     def run(
@@ -230,10 +242,11 @@ class VM:
         deadline = time.monotonic() + timeout
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            states = {u: self.out(f"systemctl is-active {u} || true") for u in units}
-            if all(s == "active" for s in states.values()):
+            lines = self.out(f"systemctl is-active {' '.join(units)} || true").split()
+            states = dict(zip(units, lines, strict=False))
+            if lines == ["active"] * len(units):
                 return states
-            time.sleep(3)
+            time.sleep(5)
         journal = self.run("journalctl -b --no-pager | tail -80", check=False).stdout
         raise AssertionError(f"not active after {timeout} s: {states}\n{journal}")
 
@@ -243,6 +256,7 @@ class VM:
         self.run("systemctl poweroff", check=False, timeout=30)
         self.proc.wait(timeout=timeout)
         self.proc = None
+        self._drop_ssh_master()
 
     def power_cut(self) -> None:
         """The plug pulled: QEMU killed with SIGKILL, nothing flushed."""
@@ -250,10 +264,22 @@ class VM:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
         self.proc = None
+        self._drop_ssh_master()
+
+    def _drop_ssh_master(self) -> None:
+        subprocess.run(
+            [*self.ssh_base(), "-O", "exit", "root@127.0.0.1"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        for sock in Path(self.ssh_dir).iterdir():
+            sock.unlink(missing_ok=True)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.power_cut()
+        shutil.rmtree(self.ssh_dir, ignore_errors=True)
 
 
 def quoted(*args: str) -> str:
