@@ -175,11 +175,14 @@ class Gate:
             while not self.stopping.is_set():
                 if self.heartbeat is not None:
                     self.heartbeat()
-                for key, _ in self.selector.select(timeout=0.5):
-                    if key.data is None:
-                        self._accept()
-                    else:
+                events = self.selector.select(timeout=0.5)
+                # Those already waiting first: a flood of new connections
+                # must not starve a request that has arrived.
+                for key, _ in events:
+                    if key.data is not None and key.fd in self.pending:
                         self._step(key.data)
+                if any(key.data is None for key, _ in events):
+                    self._accept()
                 self._expire()
         finally:
             for p in list(self.pending.values()):
@@ -196,7 +199,9 @@ class Gate:
                 log.warning("listener could not accept a connection: %s", exc.strerror)
                 return
             if len(self.pending) >= self.limits.max_pending:
-                oldest = min(self.pending.values(), key=lambda p: p.since)
+                # The oldest that has sent nothing goes first: a peer that
+                # is sending its request is the one we want to hear.
+                oldest = min(self.pending.values(), key=lambda p: (bool(p.data), p.since))
                 log.warning(
                     "%s:%d closed: too many connections waiting to ask for an association",
                     *oldest.address[:2],
@@ -443,6 +448,7 @@ def start_server(
     # asked from: ours bounds them, its own must not refuse one of ours.
     ae.maximum_associations = limits.max_associations + 1
     server = ae.make_server(address, evt_handlers=list(evt_handlers))
+    server.socket.listen(256)  # socketserver's 5 overflows under a flood
     gate = Gate(server, ssl_context, limits, admit, refused, heartbeat)
     gate.start()
     return gate
