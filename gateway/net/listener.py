@@ -256,7 +256,10 @@ class Gate:
                     break
         except (ssl.SSLError, OSError) as exc:
             if not p.handshaken:
-                self._refuse(p, "", f"TLS handshake failed: {describe_tls_failure(exc)}")
+                why = describe_tls_failure(exc)
+                self._refuse(
+                    p, "", why if why.startswith("TLS") else f"TLS handshake failed: {why}"
+                )
             else:
                 self._drop(p)
             return

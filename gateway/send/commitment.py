@@ -107,16 +107,17 @@ class CommitmentService:
 
     # -- answers --
 
-    def on_event_report(self, event: Any) -> int:
-        """N-EVENT-REPORT handler of our listening port (a new association)."""
+    def on_event_report(self, event: Any) -> tuple[int, None]:
+        """N-EVENT-REPORT handler of our listening port (a new association);
+        pynetdicom wants (status, event reply)."""
         requestor = event.assoc.requestor
         peer = (str(requestor.ae_title).strip(), str(requestor.address))
         try:
             sop_class = str(event.request.AffectedSOPClassUID)
             ds = event.event_information
         except Exception as exc:  # a malformed report must not kill the thread
-            return self._refuse(peer, f"malformed Storage Commitment report: {exc}", 0x0110)
-        return self.apply_report(sop_class, ds, peer)
+            return self._refuse(peer, f"malformed Storage Commitment report: {exc}", 0x0110), None
+        return self.apply_report(sop_class, ds, peer), None
 
     def _refuse(self, peer: tuple[str, str], reason: str, status: int) -> int:
         log.warning("Storage Commitment report from %s at %s refused: %s", *peer, reason)
