@@ -135,6 +135,29 @@ def certificate_cn(sock: socket.socket) -> str | None:
     return None
 
 
+class RequestNotUnderstood(ValueError):
+    """Bytes that are no A-ASSOCIATE-RQ we can read."""
+
+
+def decode_request(pdu: bytes) -> tuple[str, str]:
+    """(calling, called) AE titles of a whole A-ASSOCIATE-RQ PDU, decoded by
+    pynetdicom (what its acceptor will decode again); anything it raises on
+    the peer's bytes becomes RequestNotUnderstood (tests/fuzz)."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+    if len(pdu) < 74 or pdu[0] != 0x01:
+        raise RequestNotUnderstood("A-ASSOCIATE-RQ not understood (too short)")
+    rq = A_ASSOCIATE_RQ()
+    try:
+        rq.decode(pdu)
+        calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+    except Exception as exc:  # whatever the peer sent, the gate lives on
+        raise RequestNotUnderstood(
+            f"A-ASSOCIATE-RQ not understood ({type(exc).__name__})"
+        ) from None
+    return calling, called
+
+
 class Gate:
     """The accept loop and every pending connection, on one thread."""
 
@@ -277,14 +300,10 @@ class Gate:
             return
         if len(p.data) < 6 + length:
             return
-        from pynetdicom.pdu import A_ASSOCIATE_RQ
-
-        rq = A_ASSOCIATE_RQ()
         try:
-            rq.decode(bytes(p.data[: 6 + length]))
-            calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
-        except Exception as exc:  # whatever the peer sent, the gate lives on
-            self._refuse(p, "", f"A-ASSOCIATE-RQ not understood ({type(exc).__name__})")
+            calling, called = decode_request(bytes(p.data[: 6 + length]))
+        except RequestNotUnderstood as exc:
+            self._refuse(p, "", str(exc))
             return
         request = Request(
             p.address[0], p.address[1], calling, called, certificate_cn(p.sock) if p.tls else None
