@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv test lint typecheck demo bench soak clean install-system image
+.PHONY: help deps venv test lint typecheck demo bench soak fuzz clean install-system image
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -53,8 +53,13 @@ bench: venv ## benchmarks against DCMTK (never part of make test)
 soak: venv ## the whole service for 30 min (SOAK_MINUTES) + 2,000 power cuts (never part of make test)
 	$(BIN)/python -m tests.soak
 
+FUZZ_EXAMPLES ?= 100000
+FUZZ_TIMEOUT ?= 1800
+fuzz: venv ## the fuzzers long: FUZZ_EXAMPLES inputs each, at most FUZZ_TIMEOUT s each (make test runs them briefly)
+	FUZZ_PROFILE=long FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/fuzz -q --timeout=$(FUZZ_TIMEOUT) $(PYTEST_ARGS)
+
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info test-artifacts
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info test-artifacts
 
 PREFIX_APP ?= /opt/dicom-gateway
 UNITDIR ?= /etc/systemd/system

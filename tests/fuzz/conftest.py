@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "bounded",
-    max_examples=int(os.environ.get("FUZZ_BOUNDED_EXAMPLES", "400")),
+    max_examples=int(os.environ.get("FUZZ_BOUNDED_EXAMPLES", "250")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
