@@ -616,6 +616,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     return parse_config(data, str(resolved))
 
 
+_TLS_FILES = ("ca", "cert", "key", "crl")
+
+
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     """Certificate and queue paths are relative to the configuration file, so a
     config directory can be moved or copied whole."""
@@ -632,25 +635,25 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     if isinstance(dests, list):
         for dest in dests:
             if isinstance(dest, dict):
-                fix(dest.get("tls"), ("ca", "cert", "key"))
+                fix(dest.get("tls"), _TLS_FILES)
                 fix(
                     dest.get("http_auth"),
                     ("password_file", "bearer_token_file", "client_secret_file", "token_ca"),
                 )
     worklist = data.get("worklist")
     if isinstance(worklist, dict):
-        fix(worklist.get("tls"), ("ca", "cert", "key"))
+        fix(worklist.get("tls"), _TLS_FILES)
     mpps = data.get("mpps")
     if isinstance(mpps, dict):
-        fix(mpps.get("tls"), ("ca", "cert", "key"))
+        fix(mpps.get("tls"), _TLS_FILES)
     fix(data.get("queue"), ("path",))
     audit = data.get("audit")
     if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):
-        fix(audit["collector"].get("tls"), ("ca", "cert", "key"))
+        fix(audit["collector"].get("tls"), _TLS_FILES)
     for section in ("commitment", "inbound"):
         table = data.get(section)
         if isinstance(table, dict):
-            fix(table.get("tls"), ("ca", "cert", "key"))
+            fix(table.get("tls"), _TLS_FILES)
 
 
 def mpps_peer(config: GatewayConfig) -> DestinationConfig | None:
