@@ -42,7 +42,7 @@ from tests.support.ui import (
     wait_until,
 )
 
-PIN = "4711"
+PIN = "471136"
 WIDTH, HEIGHT = 800, 480  # the test pattern's frames
 
 
