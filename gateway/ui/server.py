@@ -98,6 +98,9 @@ class UIServer:
             )
         )
         host, _, port = config.ui.listen.rpartition(":")
+        # HTTPS with the station's certificate (required beyond loopback by
+        # the configuration); Python's server context refuses below TLS 1.2.
+        tls = config.ui.tls
         uv_config = uvicorn.Config(
             self.app,
             host=host.strip("[]"),
@@ -107,6 +110,8 @@ class UIServer:
             timeout_graceful_shutdown=3,
             lifespan="on",
             log_config=None,  # our logging set-up (journald), not uvicorn's
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )
         # The PIN provisioned through LoadCredential=pin, hashed into the state file.
         app_state(self.app).settings.provision_pin(pin_credential_path())
