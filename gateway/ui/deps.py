@@ -136,6 +136,16 @@ def pin_client(request: Request) -> str:
     return client_key(host, client_is_loopback(request))
 
 
+def client_host(request: Request) -> str | None:
+    """The client's address, for the audit trail's network access point."""
+    return request.client.host if request.client is not None else None
+
+
+def who(request: Request) -> str:
+    """Who did it, as the audit trail says: the box's screen or a LAN client."""
+    return "touchscreen" if client_is_loopback(request) else f"ui-client {client_host(request)}"
+
+
 def anonymous_remote(request: Request) -> bool:
     """A client beyond loopback that has not logged in: it gets no session."""
     state = ui_state(request)

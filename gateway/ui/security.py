@@ -106,6 +106,7 @@ class PinVerdict:
     wait_seconds: int = 0  # > 0 with ok False and tries_left None: refused unchecked
     tries_left: int | None = None
     locked_now: bool = False  # this failure started a wait (an audit-worthy lockout)
+    failures: int = 0  # the client's wrong tries in a row so far
 
 
 class PinGuard:
@@ -143,7 +144,9 @@ class PinGuard:
             limiter.failed()
             wait = limiter.wait_seconds()
             left = max(0, limiter.free - limiter.failures)
-            return PinVerdict(False, wait, tries_left=left, locked_now=wait > 0)
+            return PinVerdict(
+                False, wait, tries_left=left, locked_now=wait > 0, failures=limiter.failures
+            )
 
     def wait_seconds(self, client: str) -> int:
         with self._lock:

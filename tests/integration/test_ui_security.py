@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from gateway.ui.security import hash_pin
+from tests.support.audit import event_code, parse_frame
 from tests.support.gateway import gateway_config, write_config
 from tests.support.pki import PKI
 from tests.support.process import GATEWAY, REPO, require_tool, stop_process
@@ -44,11 +45,22 @@ T = TypeVar("T")
 
 @dataclass
 class Namespaced:
-    """The UI service in its own network namespace, and a way in."""
+    """The UI service in its own network namespace, and a way in; `syslog`
+    receives its audit messages (a Unix socket: reachable from any network
+    namespace)."""
 
     proc: subprocess.Popen[bytes]
     ca: Path
     log: Path
+    syslog: socket.socket
+
+    def audit(self, count: int) -> list[tuple[tuple[str, str | None], Any]]:
+        """The next `count` audit messages: (event ID, type) codes and the XML."""
+        out = []
+        for _ in range(count):
+            _, xml = parse_frame(self.syslog.recv(65536))
+            out.append((event_code(xml), xml))
+        return out
 
     def run(self, fn: Callable[[], T]) -> T:
         """`fn()` on a thread that joined the service's network namespace
@@ -114,6 +126,9 @@ def ui(tmp_path: Path, pki: PKI) -> Iterator[Namespaced]:
     )
     config = write_config(tmp_path / "gateway.toml", data)
     log = tmp_path / "ui.log"
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.bind(str(tmp_path / "dev-log"))
+    syslog.settimeout(20)
     script = (
         f"ip link set lo up && ip addr add {LAN}/32 dev lo && "
         f'exec "$@" --config {config} run --only ui'
@@ -124,8 +139,9 @@ def ui(tmp_path: Path, pki: PKI) -> Iterator[Namespaced]:
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=out,
+            env={**os.environ, "DICOM_GATEWAY_AUDIT_SOCKET": str(tmp_path / "dev-log")},
         )
-    ns = Namespaced(proc, pki.ca.cert, log)
+    ns = Namespaced(proc, pki.ca.cert, log, syslog)
     try:
         deadline = time.monotonic() + 60
 
@@ -143,6 +159,7 @@ def ui(tmp_path: Path, pki: PKI) -> Iterator[Namespaced]:
         yield ns
     finally:
         stop_process(proc, timeout=20)
+        syslog.close()
     assert "Traceback" not in log.read_text(errors="replace")
 
 
@@ -187,6 +204,34 @@ def test_concurrent_guesses_cannot_overlap_the_backoff(ui: Namespaced) -> None:
 
     # The guesser stays locked out even with the right PIN; the kiosk is not.
     assert ui.run(after) == (429, 200, 200)
+
+    # Audited (PS3.15 A.5, schema-checked): the application start, five
+    # User Authentication failures from the LAN address, then one lockout.
+    events = ui.audit(7)
+    assert [code for code, _ in events] == [
+        ("110100", "110120"),
+        *[("110114", "110122")] * 5,
+        ("110113", "110137"),
+    ]
+    for _, xml in events[1:]:
+        point = xml.find("ActiveParticipant[@UserID='settings-pin']")
+        assert point is not None and point.get("NetworkAccessPointID") == LAN
+    lockout = events[-1][1].find("EventIdentification/EventOutcomeDescription")
+    assert lockout is not None and "after 5 wrong tries" in (lockout.text or "")
+
+    def change() -> int:
+        with ui.client("127.0.0.1") as kiosk:
+            headers = {"x-csrf-token": _csrf(kiosk)}
+            kiosk.post("/api/pin/unlock", json={"pin": PIN}, headers=headers)
+            r = kiosk.put("/api/settings", json={"worklist": None}, headers=headers)
+            return r.status_code
+
+    assert ui.run(change) == 200
+    [(code, xml)] = ui.audit(1)
+    assert code == ("110113", "110131")  # Security Alert: Software Configuration
+    described = xml.find("EventIdentification/EventOutcomeDescription")
+    assert described is not None and described.text == "settings changed: worklist"
+    assert xml.find("ActiveParticipant[@UserID='touchscreen']") is not None
 
 
 def test_anonymous_remote_clients_get_no_session(ui: Namespaced) -> None:

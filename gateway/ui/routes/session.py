@@ -7,11 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from gateway.ops import audit
 from gateway.ui import models as m
 from gateway.ui.deps import (
     ApiError,
     CurrentSession,
     anonymous_remote,
+    client_host,
     client_is_loopback,
     current_session,
     pin_client,
@@ -19,6 +21,7 @@ from gateway.ui.deps import (
     require_login,
     require_login_csrf,
     ui_state,
+    who,
 )
 from gateway.ui.security import (
     PRELOGIN_COOKIE,
@@ -88,6 +91,11 @@ def check_pin(request: Request, pin: str) -> None:
     if verdict.ok:
         return
     wait = verdict.wait_seconds
+    source = client_host(request)
+    if verdict.tries_left is not None:  # checked and wrong (not refused unchecked)
+        audit.emit(lambda t: t.pin_failure(source))
+    if verdict.locked_now:
+        audit.emit(lambda t: t.pin_lockout(wait, verdict.failures, source))
     if verdict.tries_left is None:
         raise ApiError(
             429, f"too many wrong PINs; try again in {wait} s", extra={"wait_seconds": wait}
@@ -149,5 +157,6 @@ def api_pin_setup(request: Request, body: m.PinBody, session: CurrentSession) ->
     except PinError as exc:
         raise ApiError(422, str(exc)) from None
     state.settings.set_pin(body.pin)
+    audit.emit(lambda t: t.settings_changed(who(request), "settings PIN set", client_host(request)))
     session.unlocked_until = time.monotonic() + UNLOCK_SECONDS
     return m.PinSet(pin_set=True)
