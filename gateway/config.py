@@ -139,6 +139,13 @@ class CaptureConfig(_Model):
     # MJPEG frames are kept as JPEG, ~0.3 MB each at 1080p, raw ones are not).
     buffer_seconds: float = Field(default=10.0, gt=0, le=120)
     buffer_mb: int | None = Field(default=None, ge=16, le=16384)
+    # Input bombs (`dicom-gateway import`): an image's or a video frame's size
+    # from its header, a video's length and decoded size from its header, all
+    # checked before anything is decoded. Device-sent images have the same
+    # cap as their driver's option `max_megapixels`.
+    max_image_megapixels: float = Field(default=40.0, gt=0, le=1000)
+    max_video_seconds: float = Field(default=600.0, gt=0, le=86400)
+    max_video_mb: int = Field(default=2048, ge=1, le=65536)
 
 
 DestinationName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
