@@ -71,6 +71,15 @@ DEFAULT_CRF = 23  # ≥ 35 dB PSNR on the test pattern (tests/integration/test_v
 HARDWARE_H264 = "h264_v4l2m2m"
 
 
+# Clips encoded in this process, by encoder (the metrics show which ran).
+_ENCODED: dict[str, int] = {}
+
+
+def clips_encoded() -> dict[str, int]:
+    """Clips encoded so far in this process, by encoder name."""
+    return dict(_ENCODED)
+
+
 class VideoError(PixelError):
     """A stream that cannot be wrapped, or an encoder that failed."""
 
@@ -394,6 +403,7 @@ class VideoEncoder:
         fragments = self._frags.close()
         if not self._packets:
             raise VideoError("the clip has no frames")
+        _ENCODED[self.encoder] = _ENCODED.get(self.encoder, 0) + 1
         if self._packets != self.frames:
             raise VideoError(f"{self.encoder} gave {self._packets} frames for {self.frames}")
         params = stream_params(fragments[0][:4096], self.codec)

@@ -71,8 +71,11 @@ def test_recording_keeps_every_frame_while_the_preview_runs() -> None:
     # The review strip holds a few frames, not the clip.
     assert 1 <= len(kept) < 2 * PREVIEW_FRAMES
 
+    before = video.clips_encoded().get(writer.encoder, 0)
     encoded = writer.finish()
     assert encoded.frames == recorder.count
+    # Named for the metrics (dicom_gateway_video_clips_encoded{encoder}).
+    assert video.clips_encoded()[encoded.encoder] == before + 1
     ds = iods.multiframe_true_color_sc(
         encoded, Cine.from_timestamps(writer.timestamps), header("OT")
     )
