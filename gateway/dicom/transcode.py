@@ -113,9 +113,9 @@ def plan(path: Path, ts: str, header: Dataset | None = None) -> Plan:
     ds = header if header is not None else _header(path)
     source_ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
     video = source_ts in VIDEO
-    if video and ts != JPEG_BASELINE:
+    if video and ts not in (JPEG_BASELINE, *UNCOMPRESSED):
         raise TranscodeError(
-            f"{path.name}: a video object is converted to JPEG Baseline only, not {ts}"
+            f"{path.name}: a video object is converted to JPEG Baseline or uncompressed, not {ts}"
         )
     if not video and ts not in UNCOMPRESSED:
         raise TranscodeError(f"{path.name}: converting to {ts} is not supported")
@@ -168,7 +168,7 @@ def reencode(
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{path.stem}.{ts}.tmp"
     try:
-        if p.source_ts in VIDEO:
+        if p.source_ts in VIDEO and p.target_ts == JPEG_BASELINE:
             _write_video_as_jpeg(path, ds, p, out)
         else:
             _write(path, ds, p, out)
@@ -197,7 +197,7 @@ def _write(path: Path, ds: Dataset, p: Plan, out: Path) -> None:
         header.PhotometricInterpretation = "RGB"  # the decoder hands RGB over
     if samples == 3:
         header.PlanarConfiguration = 0
-    if p.source_ts in LOSSY:
+    if p.source_ts in LOSSY or p.source_ts in VIDEO:
         # Once lossy, always lossy: the history (ratio, method) stays as queued.
         header.LossyImageCompression = "01"
     bits = int(header.BitsAllocated)
@@ -212,7 +212,12 @@ def _write(path: Path, ds: Dataset, p: Plan, out: Path) -> None:
             vr = b"OW" if bits > 8 else b"OB"
             f.write(tag + vr + b"\0\0" + struct.pack("<I", length + pad))
         written = 0
-        for frame in _frames(path, p, bits):
+        frames = (
+            (a.tobytes() for a in _video_frames(path))
+            if p.source_ts in VIDEO
+            else _frames(path, p, bits)
+        )
+        for frame in frames:
             if len(frame) != p.frame_bytes:
                 raise TranscodeError(
                     f"{path.name}: a frame decoded to {len(frame)} bytes, not {p.frame_bytes}"

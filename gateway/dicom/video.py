@@ -527,3 +527,42 @@ def codec_of(transfer_syntax_uid: str) -> Codec | None:
     if transfer_syntax_uid == HEVC_MAIN51:
         return "hevc"
     return None
+
+
+def to_mp4(path: Path) -> bytes:
+    """A video object's H.264 stream remuxed (not re-encoded) into a
+    fragmented MP4, for a browser's <video> (the touchscreen's review). The
+    frames are timed by the object's Frame Time; our encoder makes no
+    B-frames, so decoding order is presentation order."""
+    import io
+
+    import av
+    from pydicom import dcmread
+
+    ds = dcmread(path, stop_before_pixels=True)
+    if codec_of(str(ds.file_meta.TransferSyntaxUID)) != "h264":
+        raise VideoError(f"{path.name} holds no H.264 stream")
+    rate = Fraction(1000.0 / float(ds.FrameTime)).limit_denominator(1001)
+    source = io.BytesIO(b"".join(stream_fragments(path)))
+    out = io.BytesIO()
+    with (
+        av.open(source, "r", format="h264") as inp,
+        av.open(
+            out,
+            "w",
+            format="mp4",
+            options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
+        ) as mux,
+    ):
+        stream_in = inp.streams.video[0]
+        stream_out = mux.add_stream_from_template(stream_in)
+        stream_out.time_base = 1 / rate
+        for i, packet in enumerate(inp.demux(stream_in)):
+            if packet.size == 0:
+                continue
+            packet.stream = stream_out
+            packet.time_base = 1 / rate
+            packet.pts = packet.dts = i
+            packet.duration = 1
+            mux.mux(packet)
+    return out.getvalue()

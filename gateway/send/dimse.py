@@ -88,7 +88,7 @@ class DimseSender:
                     obj.id,
                     Outcome.PERMANENT,
                     f"{self.label}: accepts neither {sop.transfer_syntax} nor "
-                    f"{'JPEG Baseline' if video else 'an uncompressed transfer syntax'} "
+                    f"{'JPEG Baseline nor ' if video else ''}an uncompressed transfer syntax "
                     f"for SOP class {sop.sop_class}",
                 )
             code = store_file(
@@ -119,10 +119,11 @@ class DimseSender:
 
 
 def _fallback(transfer_syntax: str) -> tuple[str, ...]:
-    """What an object may be converted to: video to JPEG Baseline (nothing
-    here decodes video to native pixels frame by frame within the bound
-    pydicom's decoders give), anything else to Explicit/Implicit VR LE."""
-    return (JPEG_BASELINE,) if transfer_syntax in VIDEO else (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+    """What an object may be converted to: video to JPEG Baseline first (a
+    cine any viewer plays, ~10× smaller than native), then, like anything
+    else, to Explicit/Implicit VR Little Endian, which every SCP accepts."""
+    plain = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+    return (JPEG_BASELINE, *plain) if transfer_syntax in VIDEO else plain
 
 
 def _contexts(batch: Sequence[Delivery]) -> tuple[list[Proposed], list[Delivery]]:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from gateway.acquire.capture import ClipWriter, frame_pixels
 from gateway.acquire.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
 from gateway.acquire.station import failure_reason
 from gateway.dicom.modules import Cine, ModuleError, Order, Patient
+from gateway.dicom.video import codec_of
 from gateway.queue.db import QueueError
 from gateway.queue.model import QueuedObject, QueueFull
 from gateway.ui.live import THUMB_WIDTH, Broadcaster, encode_jpeg
@@ -77,6 +79,8 @@ class Shot:
     full: bytes
     seconds: float | None = None  # a clip's length as the PACS plays it
     previews: list[bytes] = field(default_factory=list)
+    # An H.264 clip's queued file: played by the browser itself (remuxed to MP4).
+    video_path: Path | None = None
 
     def as_json(self, exam_id: str) -> dict[str, Any]:
         base = f"/api/exams/{exam_id}/objects/{self.object_id}"
@@ -88,6 +92,7 @@ class Shot:
             "image_url": f"{base}/image.jpg",
             "seconds": None if self.seconds is None else round(self.seconds, 2),
             "preview_urls": [f"{base}/frames/{i}.jpg" for i in range(len(self.previews))],
+            "video_url": f"{base}/clip.mp4" if self.video_path is not None else None,
         }
 
 
@@ -434,6 +439,7 @@ class ExamDesk:
             ]
             if clip
             else [],
+            queued.path if clip and codec_of(queued.transfer_syntax_uid) == "h264" else None,
         )
         self.shots.setdefault(exam.id, []).append(shot)
         self.events.publish({"type": "object", "exam": exam.id, "object": shot.as_json(exam.id)})

@@ -118,17 +118,27 @@ def test_not_converting_when_configured_so_fails_with_the_reason(
     assert storescp.received() == []
 
 
-def test_a_pacs_with_neither_video_nor_jpeg_fails_with_the_reason(
+def test_an_uncompressed_only_pacs_gets_native_frames(
     tmp_path: Path, pki: PKI, storescp: StoreSCP, clip: Dataset
 ) -> None:
-    storescp.start()  # uncompressed only
+    """storescp's defaults (Explicit/Implicit VR Little Endian only, as every
+    SCP must accept): the decoded frames, written one at a time; still lossy
+    with the video's ratio and method."""
+    storescp.start()
     with new_outbox(tmp_path / "queue", ["pacs"]) as outbox:
-        obj = _queue(outbox, clip)
+        _queue(outbox, clip)
         report = Forwarder(outbox, [destination(pki, storescp.port)], "EDGE1").flush(timeout=60)
-        assert report.failed == 1, report
-        failed = outbox.delivery(obj, "pacs")
-        assert failed is not None
-        assert "nor JPEG Baseline" in (failed.last_error or "")
+        assert report.sent == 1 and report.failed == 0, report
+    (received,) = storescp.received()
+    got = pydicom.dcmread(received)
+    assert got.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    assert got.SOPInstanceUID == clip.SOPInstanceUID
+    assert got.PhotometricInterpretation == "RGB"
+    assert got.LossyImageCompression == "01"
+    assert got.LossyImageCompressionMethod == "ISO_14496_10"
+    native = got.pixel_array
+    assert native.shape == (FRAMES, 240, 320, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(native, _decode(clip), strict=True))
 
 
 def test_conversion_is_bounded_by_a_few_frames_not_the_clip(tmp_path: Path, clip: Dataset) -> None:
