@@ -96,3 +96,29 @@ def test_bad_clip_arguments_are_one_line(tmp_path: Path, args: list[str], expect
         "capture", "--patient-id", "P-1", "--patient-name", "Doe^Jane", *args
     )
     assert expected in assert_one_line_error(result)
+
+
+def test_a_video_clip_goes_onto_the_usb_stick(tmp_path: Path) -> None:
+    """`export` carries video objects like any other: in the DICOMDIR
+    (dcmdump, dciodvfy), the file itself the queued stream."""
+    cfg = config(tmp_path)
+    item = capture_clip(cfg, "1")
+    stick = tmp_path / "usb"
+    stick.mkdir()
+    result = Gateway(cfg)("export", "--to", str(stick), "--pending", check=True)
+    assert "exported 1 object(s)" in result.stdout
+    dicomdir = stick / "DICOMDIR"
+    verify = subprocess.run(
+        [require_tool("dciodvfy"), str(dicomdir)], capture_output=True, text=True, timeout=60
+    )
+    assert "Error" not in verify.stdout + verify.stderr, verify.stdout + verify.stderr
+    dump = subprocess.run([require_tool("dcmdump"), str(dicomdir)], capture_output=True, text=True)
+    assert item["sop_instance_uid"] in dump.stdout
+    (record,) = [
+        r
+        for r in pydicom.dcmread(dicomdir).DirectoryRecordSequence
+        if r.DirectoryRecordType == "IMAGE"
+    ]
+    assert record.ReferencedTransferSyntaxUIDInFile == video.H264_HP41
+    exported = pydicom.dcmread(stick.joinpath(*record.ReferencedFileID))
+    assert exported.PixelData == pydicom.dcmread(item["path"]).PixelData
