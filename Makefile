@@ -58,12 +58,13 @@ clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info test-artifacts
 
 PREFIX_APP ?= /opt/dicom-gateway
+PIP_INSTALL_ARGS ?=
 UNITDIR ?= /etc/systemd/system
 
-install-system: ## install the gateway, its user and hardened units on this Debian machine (root)
+install-system: ## install the gateway, its users and hardened units (root; DESTDIR= stages a root tree)
 	@[ "$$(id -u)" = 0 ] || { echo "install-system: run as root" >&2; exit 1; }
 	$(PYTHON) -m venv $(DESTDIR)$(PREFIX_APP)/venv
-	$(DESTDIR)$(PREFIX_APP)/venv/bin/pip install -q .
+	$(DESTDIR)$(PREFIX_APP)/venv/bin/pip install -q $(PIP_INSTALL_ARGS) .
 	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/*.service
 	install -D -m 0644 systemd/sysusers.d/dicom-gateway.conf $(DESTDIR)/usr/lib/sysusers.d/dicom-gateway.conf
 	install -D -m 0644 systemd/tmpfiles.d/dicom-gateway.conf $(DESTDIR)/usr/lib/tmpfiles.d/dicom-gateway.conf
@@ -72,6 +73,10 @@ install-system: ## install the gateway, its user and hardened units on this Debi
 	  systemctl daemon-reload && \
 	  systemctl enable dicom-gateway.service dicom-gateway-forwarder.service && \
 	  echo "installed; put gateway.toml, tls/ and pin in /etc/dicom-gateway, then: systemctl start dicom-gateway"; \
+	else \
+	  systemd-sysusers --root=$(DESTDIR) dicom-gateway.conf && \
+	  systemd-tmpfiles --root=$(DESTDIR) --create dicom-gateway.conf && \
+	  echo "staged into $(DESTDIR): users in its /etc/passwd, directories and modes applied"; \
 	fi
 
 image: ## build the Raspberry Pi OS Lite (arm64) appliance image (root; see image/README.md)

@@ -27,7 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.paths import default_queue_path, resolve_config_path, resolve_path_value
+from gateway.paths import (
+    default_queue_path,
+    resolve_config_path,
+    resolve_path_value,
+    resolve_settings_path,
+)
 
 # PS3.5 6.2: AE is 16 characters of the default repertoire, no backslash or
 # control characters; leading/trailing spaces are not significant, so a title
@@ -441,11 +446,43 @@ class InboundConfig(_Model):
     handshake_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class UITLSConfig(_Model):
+    """The UI's HTTPS certificate: the station's own (tls/gateway.pem and its
+    key, `${CREDENTIALS_DIRECTORY}/gateway.key` on the appliance)."""
+
+    cert: Path
+    key: Path
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        return _readable_file(value, "certificate file")
+
+
+def listen_is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT binds loopback only (the kiosk's own screen)."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class UIConfig(_Model):
     listen: str = "127.0.0.1:8080"
     # scrypt hash of the settings PIN (see gateway.ui.security.hash_pin); no
     # PIN set means settings cannot be opened and remote login is refused.
     pin_hash: str | None = Field(default=None, max_length=512)
+    # Shortest PIN the screen (and the provisioned credential) may set: six
+    # digits by default, so the per-client back-off holds for months.
+    pin_min_length: int = Field(default=6, ge=4, le=12)
+    # HTTPS; required whenever `listen` is beyond loopback (PIN and cookie
+    # must never cross a network in clear).
+    tls: UITLSConfig | None = None
     # A recording stops by itself after this long, bounding memory.
     max_record_seconds: float = Field(default=30.0, gt=0, le=300)
 
@@ -456,6 +493,15 @@ class UIConfig(_Model):
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
         return value
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> UIConfig:
+        if self.tls is None and not listen_is_loopback(self.listen):
+            raise ValueError(
+                f"listen {self.listen!r} is beyond loopback: add [ui.tls] cert and key "
+                "(HTTPS), or listen on 127.0.0.1"
+            )
+        return self
 
 
 class MetricsConfig(_Model):
@@ -593,9 +639,112 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
         raise ConfigError(f"{resolved}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{resolved}: TOML syntax error: {exc}") from None
+    overlay = resolve_settings_path(resolved)
+    if overlay is not None:
+        apply_settings(data, read_settings(overlay))
     base = resolved.parent
     _resolve_relative_paths(data, base)
     return parse_config(data, str(resolved))
+
+
+# The sections the touchscreen edits; on the appliance they are saved apart
+# from gateway.toml (read-only there) and laid over it when loading.
+SETTINGS_SECTIONS = ("destinations", "worklist", "capture")
+_CLEARED = "cleared"  # sections the screen removed (TOML has no null)
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """The screen's saved settings; an absent file is no change."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {*SETTINGS_SECTIONS, _CLEARED})
+    if unknown:
+        raise ConfigError(f"{path}: {', '.join(unknown)}: not a section the screen saves")
+    return data
+
+
+def apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Lay the screen's sections over the file's, replacing each one whole."""
+    for key in SETTINGS_SECTIONS:
+        if key in settings:
+            data[key] = settings[key]
+    cleared = settings.get(_CLEARED, [])
+    for key in cleared if isinstance(cleared, list) else []:
+        if key in SETTINGS_SECTIONS:
+            data.pop(key, None)
+
+
+def settings_with_change(settings: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """The saved settings after the screen set (or, with None, removed) `key`."""
+    out = {k: v for k, v in settings.items() if k != _CLEARED}
+    cleared = [c for c in settings.get(_CLEARED, []) if c != key]
+    if value is None:
+        out.pop(key, None)
+        cleared.append(key)
+    else:
+        out[key] = value
+    if cleared:
+        out[_CLEARED] = cleared
+    return out
+
+
+def config_warnings(config: GatewayConfig) -> list[str]:
+    """What `config check` warns about without refusing: patient data that
+    would travel in clear, and private keys others could read."""
+    warnings = [
+        f"{peer}: no TLS; patient data would cross the network in clear"
+        for peer in plaintext_peers(config)
+    ]
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    keys = {t.key for t in _tls_tables(config)}
+    for key in sorted(keys):
+        if creds and key.is_relative_to(creds):
+            continue
+        try:
+            mode = key.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            warnings.append(
+                f"{key}: private key is mode {mode & 0o777:04o}; make it 0600 and hand it "
+                "over with LoadCredential="
+            )
+    return warnings
+
+
+def _tls_tables(config: GatewayConfig) -> list[Any]:
+    found: list[Any] = [d.tls for d in config.destinations if isinstance(d, DestinationConfig)]
+    found += [config.worklist and config.worklist.tls, config.mpps and config.mpps.tls]
+    found += [config.inbound.tls, config.ui.tls, config.commitment.tls]
+    found += [config.audit.collector and config.audit.collector.tls]
+    return [t for t in found if t is not None and isinstance(getattr(t, "key", None), Path)]
+
+
+def plaintext_peers(config: GatewayConfig) -> list[str]:
+    """Every peer patient data would reach without TLS, for `config check`."""
+    found = [
+        f"destination {d.name!r} ({d.host}:{d.port})"
+        for d in config.destinations
+        if isinstance(d, DestinationConfig) and d.tls is None
+    ]
+    found += [
+        f"destination {d.name!r} ({d.url})"
+        for d in config.destinations
+        if not isinstance(d, DestinationConfig) and urlsplit(str(d.url)).scheme != "https"
+    ]
+    if config.worklist is not None and config.worklist.tls is None:
+        found.append(f"worklist {config.worklist.host}:{config.worklist.port}")
+    if config.mpps is not None and config.mpps.tls is None:
+        found.append(f"mpps {config.mpps.host}:{config.mpps.port}")
+    if config.inbound.enabled and config.inbound.tls is None:
+        found.append(f"inbound listener {config.inbound.listen}")
+    return found
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
@@ -629,7 +778,7 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     audit = data.get("audit")
     if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):
         fix(audit["collector"].get("tls"), ("ca", "cert", "key"))
-    for section in ("commitment", "inbound"):
+    for section in ("commitment", "inbound", "ui"):
         table = data.get(section)
         if isinstance(table, dict):
             fix(table.get("tls"), ("ca", "cert", "key"))

@@ -119,7 +119,16 @@ def cmd_config(args: argparse.Namespace, config: GatewayConfig) -> int:
     if args.action == "show":
         print(json.dumps(config.model_dump(mode="json"), indent=2))
     else:
-        _emit(args, {"ok": True, "source": str(source)}, lambda: f"{source}: configuration OK")
+        from gateway.config import config_warnings
+
+        warnings = config_warnings(config)
+        for warning in warnings:
+            print(f"dicom-gateway: warning: {warning}", file=sys.stderr)
+        _emit(
+            args,
+            {"ok": True, "source": str(source), "warnings": warnings},
+            lambda: f"{source}: configuration OK",
+        )
     return 0
 
 

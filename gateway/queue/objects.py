@@ -66,7 +66,9 @@ class ObjectsMixin(OutboxBase):
     def _adding(self) -> Iterator[None]:
         """Shared lock held from file write to row commit: while anyone holds
         it, `recover` must not take a row-less file for an orphan."""
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        fd = os.open(
+            self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o660
+        )  # both service users lock it
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             yield

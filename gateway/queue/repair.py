@@ -54,7 +54,7 @@ def open_or_rebuild(
         return open_queue_db(root, check=check), None
     except DamagedDatabase:
         pass
-    fd = os.open(root / REPAIR_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+    fd = os.open(root / REPAIR_LOCK, os.O_RDWR | os.O_CREAT, 0o660)  # both service users lock it
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -82,7 +82,7 @@ def _rebuild(
     rows: list[tuple[str, str, str, str, str, int, float]] = []
     unreadable = 0
     # Nobody adds while we read the directory (adders hold the lock shared).
-    lock = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+    lock = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o660)  # both service users lock it
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for entry in sorted(os.scandir(objects_dir), key=lambda e: e.name):

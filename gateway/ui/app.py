@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.dicom.modules import ModuleError
+from gateway.paths import resolve_settings_path
 from gateway.ui import models as m
 from gateway.ui.deps import (
     ApiError,
@@ -156,7 +157,7 @@ def create_app(ctx: UIContext) -> FastAPI:
             ctx.stream,
             ris_status=ctx.worklist.link_status if ctx.worklist is not None else None,
         ),
-        settings=SettingsStore(ctx.config_path, config),
+        settings=SettingsStore(ctx.config_path, config, resolve_settings_path(ctx.config_path)),
         events=events,
         login_required=ctx.login_required
         if ctx.login_required is not None

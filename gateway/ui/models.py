@@ -132,6 +132,7 @@ class SessionInfo(_Out):
     login_required: bool
     settings_unlocked: bool
     pin_set: bool
+    pin_min_length: int = 6
 
 
 class LoggedIn(_Out):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-PIN_MIN, PIN_MAX = 4, 12
+PIN_MIN, PIN_MAX = 4, 12  # what a stored hash may hold; the screen asks ui.pin_min_length
 SESSION_COOKIE = "gw_session"
 CSRF_HEADER = "x-csrf-token"
 UNLOCK_SECONDS = 300.0
@@ -28,9 +28,9 @@ class PinError(ValueError):
     """A PIN that cannot be used, said plainly."""
 
 
-def check_pin_format(pin: str) -> str:
-    if not pin.isdigit() or not PIN_MIN <= len(pin) <= PIN_MAX:
-        raise PinError(f"the PIN must be {PIN_MIN} to {PIN_MAX} digits")
+def check_pin_format(pin: str, minimum: int = PIN_MIN) -> str:
+    if not pin.isdigit() or not max(PIN_MIN, minimum) <= len(pin) <= PIN_MAX:
+        raise PinError(f"the PIN must be {max(PIN_MIN, minimum)} to {PIN_MAX} digits")
     return pin
 
 

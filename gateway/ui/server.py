@@ -15,6 +15,7 @@ import uvicorn
 from drivers.stream import FrameStream
 from gateway.acquire.station import Station
 from gateway.config import GatewayConfig
+from gateway.paths import pin_credential_path
 from gateway.queue.outbox import outbox_for
 from gateway.ui.app import UIContext, WorklistSource, app_state, create_app
 from gateway.ui.desk import DeskError
@@ -107,6 +108,8 @@ class UIServer:
             lifespan="on",
             log_config=None,  # our logging set-up (journald), not uvicorn's
         )
+        # The PIN provisioned through LoadCredential=pin, hashed into the state file.
+        app_state(self.app).settings.provision_pin(pin_credential_path())
         for exam in self.station.restored:
             app_state(self.app).desk.adopt(exam)
         self.server = _Server(uv_config, stop, app_state(self.app).closing, heartbeat)

@@ -22,7 +22,6 @@ from gateway.ui.security import (
     UNLOCK_SECONDS,
     PinError,
     Session,
-    check_pin_format,
     verify_pin,
 )
 
@@ -44,7 +43,8 @@ def api_session(request: Request, response: Response) -> m.SessionInfo:
         logged_in=session.logged_in or not state.login_required or client_is_loopback(request),
         login_required=state.login_required,
         settings_unlocked=session.settings_unlocked,
-        pin_set=bool(state.config.ui.pin_hash),
+        pin_set=bool(state.settings.pin_hash),
+        pin_min_length=state.config.ui.pin_min_length,
     )
 
 
@@ -55,7 +55,7 @@ def check_pin(state: UIState, pin: str) -> None:
         raise ApiError(
             429, f"too many wrong PINs; try again in {wait} s", extra={"wait_seconds": wait}
         )
-    stored = state.config.ui.pin_hash
+    stored = state.settings.pin_hash
     if not stored:
         raise ApiError(409, "no PIN is set; set one in Settings on the box itself")
     if not verify_pin(pin, stored):
@@ -101,12 +101,12 @@ def api_pin_setup(request: Request, body: m.PinBody, session: CurrentSession) ->
     """Choose the first PIN (only when none is set, and only at the box) or
     change it (settings unlocked)."""
     state = ui_state(request)
-    if state.config.ui.pin_hash and not session.settings_unlocked:
+    if state.settings.pin_hash and not session.settings_unlocked:
         raise ApiError(403, "a PIN is already set; unlock the settings to change it")
-    if not state.config.ui.pin_hash and not client_is_loopback(request):
+    if not state.settings.pin_hash and not client_is_loopback(request):
         raise ApiError(403, "the first PIN can only be set at the box itself")
     try:
-        check_pin_format(body.pin)
+        state.settings.check_new_pin(body.pin)
     except PinError as exc:
         raise ApiError(422, str(exc)) from None
     state.settings.set_pin(body.pin)

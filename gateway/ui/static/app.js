@@ -858,7 +858,7 @@ function initExam() {
 function initSettings() {
   const pinForm = $("#pin-form"), form = $("#settings-form"), pin = $("#pin-input");
   const pinError = $("#pin-error");
-  let pinSet = true, origCapture = {}, origWorklist = {}, waitTimer = null;
+  let pinSet = true, pinMin = 6, origCapture = {}, origWorklist = {}, waitTimer = null;
   function fill(fieldset, data) {
     for (const input of $$("input, select", fieldset)) {
       const v = ["ca", "cert", "key"].includes(input.name) ? (data.tls || {})[input.name] : data[input.name];
@@ -950,10 +950,10 @@ function initSettings() {
   }
   async function start() {
     const sess = await api("GET", "/api/session");
-    pinSet = sess.pin_set;
+    pinSet = sess.pin_set; pinMin = sess.pin_min_length || 6;
     if (sess.settings_unlocked) return open();
     pinForm.hidden = false; form.hidden = true;
-    $("#pin-prompt").textContent = pinSet ? "Enter the PIN to open the settings." : "No PIN yet: choose a PIN (4 to 12 digits).";
+    $("#pin-prompt").textContent = pinSet ? "Enter the PIN to open the settings." : `No PIN yet: choose a PIN (${pinMin} to 12 digits).`;
     pin.focus();
   }
   function lockPad(seconds) {
