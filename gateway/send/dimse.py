@@ -113,7 +113,7 @@ class DimseSender:
                 and not self.convert_video
                 and (choice is None or choice.transfer_syntax != sop.transfer_syntax)
             ):
-                return Result(
+                return delivery, Result(
                     obj.id,
                     Outcome.PERMANENT,
                     f"{self.label}: does not accept video ({sop.transfer_syntax}) for "
