@@ -12,7 +12,6 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from gateway.ui.security import verify_pin
 from tests.support.process import REPO, require_tool
 
 IMAGE = REPO / "image"
@@ -90,14 +89,13 @@ def test_first_boot_creates_identity_and_wipes_the_boot_file(tmp_path: Path) -> 
     boot = tmp_path / "boot"
     boot.mkdir()
     identity = boot / "gateway-identity.toml"
-    identity.write_text('ae_title = "EDGE7"\nstation_name = "TRUCK-2"\npin = "47110808"\n')
+    identity.write_text('ae_title = "EDGE7"\nstation_name = "TRUCK-2"\npin = "471108"\n')
     conf = tmp_path / "config"
     env = {
         **os.environ,
         "DICOM_GATEWAY_CONF_DIR": str(conf),
         "DICOM_GATEWAY_TEMPLATE": str(IMAGE / "files/gateway.toml.template"),
         "DICOM_GATEWAY_OWNER": f"{os.getuid()}:{os.getgid()}",
-        "DICOM_GATEWAY_PYTHON": str(REPO / ".venv/bin/python"),
     }
     script = str(IMAGE / "files/dicom-gateway-firstboot")
     subprocess.run([script, str(identity)], check=True, env=env, timeout=60)
@@ -119,19 +117,15 @@ def test_first_boot_creates_identity_and_wipes_the_boot_file(tmp_path: Path) -> 
     )
     assert check.returncode == 0, check.stderr
     assert '"ae_title": "EDGE7"' in check.stdout and '"station_name": "TRUCK-2"' in check.stdout
-    # The UI verifies the PIN against its scrypt hash; the digits are not in the file.
-    text = (conf / "gateway.toml").read_text()
-    assert "pin_hash = " in text and "47110808" not in text
-    pin_hash = tomllib.loads(text)["ui"]["pin_hash"]
-    assert verify_pin("47110808", pin_hash) and not verify_pin("471109", pin_hash)
+    assert "471108" not in (conf / "gateway.toml").read_text()
     # The PACS, when the identity file names it: mutual TLS with the supplied
     # certificates, the key handed over by systemd (LoadCredential=).
-    identity.write_text('ae_title = "EDGE7"\npin = "47110808"\npacs_host = "10.0.2.100"\n')
+    identity.write_text('ae_title = "EDGE7"\npin = "471108"\npacs_host = "10.0.2.100"\n')
     subprocess.run([script, str(identity)], check=True, env=env, timeout=60)
     (dest,) = tomllib.loads((conf / "gateway.toml").read_text())["destinations"]
     assert dest["host"] == "10.0.2.100" and dest["port"] == 2762 and dest["ae_title"] == "PACS"
     assert dest["tls"]["key"] == "${CREDENTIALS_DIRECTORY}/gateway.key"
-    identity.write_text('ae_title = "EDGE7"\npin = "47110808"\npacs_host = "h"\npacs_port = "x"\n')
+    identity.write_text('ae_title = "EDGE7"\npin = "471108"\npacs_host = "h"\npacs_port = "x"\n')
     bad = subprocess.run([script, str(identity)], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "pacs_port must be a port number" in bad.stderr
     identity.write_text('ae_title = "EDGE7"\npin = "12"\n')

@@ -35,7 +35,7 @@ EXE = "/opt/dicom-gateway/venv/bin/dicom-gateway"
 CLI = (
     "systemd-run --quiet --wait --pipe --collect"
     ' -p User="$(systemctl show -p User --value dicom-gateway.service)"'
-    " -p Group=dicom-gateway -p LoadCredential=gateway.key:/etc/dicom-gateway/tls/gateway.key"
+    " -p Group=dicom-gateway -p UMask=0007 -p LoadCredential=gateway.key:/etc/dicom-gateway/tls/gateway.key"
     " -E DICOM_GATEWAY_CONFIG=/etc/dicom-gateway/gateway.toml"
     " -p ReadWritePaths=/var/lib/dicom-gateway -p ProtectSystem=strict"
     f" {EXE}"
@@ -116,12 +116,12 @@ def test_first_boot_provisions_the_station_and_removes_the_identity_file(
     assert "gateway-identity.toml" not in files and "gateway.key" not in files, files
     assert "authorized_keys" not in files, files  # moved to /data/ssh
     conf = vm.out("cat /etc/dicom-gateway/gateway.toml")
-    assert f'ae_title = "{AE_TITLE}"' in conf and "pin_hash = " in conf and PIN not in conf
+    assert f'ae_title = "{AE_TITLE}"' in conf and PIN not in conf
     modes = vm.out(
         "stat -c '%n %a %U:%G' /etc/dicom-gateway/pin /etc/dicom-gateway/tls/gateway.key"
         " /etc/dicom-gateway/tls/gateway.pem /etc/dicom-gateway/tls/ca.pem"
     )
-    assert re.search(r"/pin 600 root:dicom-gateway", modes), modes
+    assert re.search(r"/pin 600 root:root", modes), modes
     assert re.search(r"/gateway.key 600 root:", modes), modes
     shown = vm.out(f"{CLI} config show")
     assert f'"ae_title": "{AE_TITLE}"' in shown and '"station_name": "TRUCK-2"' in shown
