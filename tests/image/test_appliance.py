@@ -35,7 +35,8 @@ EXE = "/opt/dicom-gateway/venv/bin/dicom-gateway"
 CLI = (
     "systemd-run --quiet --wait --pipe --collect"
     ' -p User="$(systemctl show -p User --value dicom-gateway.service)"'
-    " -p Group=dicom-gateway -p UMask=0007 -p LoadCredential=gateway.key:/etc/dicom-gateway/tls/gateway.key"
+    " -p Group=dicom-gateway -p UMask=0007"
+    " -p LoadCredential=gateway.key:/etc/dicom-gateway/tls/gateway.key"
     " -E DICOM_GATEWAY_CONFIG=/etc/dicom-gateway/gateway.toml"
     " -p ReadWritePaths=/var/lib/dicom-gateway -p ProtectSystem=strict"
     f" {EXE}"

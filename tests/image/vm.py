@@ -153,7 +153,22 @@ class VM:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, self.serial_tail()
-            if self.run("true", timeout=20, check=False).returncode == 0:
+            try:
+                up = self.run("true", timeout=30, check=False).returncode == 0
+            except subprocess.TimeoutExpired:
+                up = False
+            if up:
+                ssh, *opts = self.ssh_base()
+                # The master connection the later commands share (-f: it
+                # goes to the background with no pipe of ours held open).
+                subprocess.run(
+                    [ssh, "-o", "ControlMaster=yes", *opts, "-f", "-N", "root@127.0.0.1"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=60,
+                    check=False,
+                )
                 return
             time.sleep(2)
         raise AssertionError(f"no SSH after {timeout} s\n{self.serial_tail()}")
@@ -182,11 +197,9 @@ class VM:
             # One connection for all commands of a boot: a login costs the
             # emulated guest seconds of CPU (PAM, logind).
             "-o",
-            "ControlMaster=auto",
+            "ControlMaster=no",
             "-o",
             f"ControlPath={self.ssh_dir}/%C",
-            "-o",
-            "ControlPersist=120",
         ]
 
     def run(
@@ -212,9 +225,13 @@ class VM:
         """A host port tunnelled (ssh -L) to the guest's loopback: the UI and
         the metrics listen on 127.0.0.1 only, as they should."""
         local = free_port()
+        ssh, *opts = self.ssh_base()
         proc = subprocess.Popen(
             [
-                *self.ssh_base(),
+                ssh,
+                "-o",
+                "ControlPath=none",  # its own connection, ended by killing it
+                *opts,
                 "-N",
                 "-o",
                 "ExitOnForwardFailure=yes",
