@@ -15,7 +15,7 @@ BENCH ?=
 # What make image / make image-test need on the build machine (never make test).
 IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support \
                       dosfstools mtools e2fsprogs fdisk parted cpio xz-utils curl openssh-client \
-                      arch-test
+                      arch-test socat
 BASE ?= raspios
 ARCH ?= amd64
 .PHONY: help deps venv test lint typecheck demo bench soak fuzz clean install-system image image-deps \
