@@ -95,7 +95,10 @@ class VM:
 
     def command(self) -> list[str]:
         net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22" + (
-            f",guestfwd=tcp:{PACS_GUEST_ADDR}:{PACS_GUEST_PORT}-tcp:127.0.0.1:{self.pacs_port}"
+            # cmd: a relay per connection (a tcp: target is one stream,
+            # opened once when QEMU starts, so a second association hangs).
+            f",guestfwd=tcp:{PACS_GUEST_ADDR}:{PACS_GUEST_PORT}-cmd:"
+            f"{require_tool('socat')} - TCP:127.0.0.1:{self.pacs_port}"
             if self.pacs_port
             else ""
         )
