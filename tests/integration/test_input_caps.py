@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from drivers import FrameRejected, create_driver
+from drivers import FrameRejected, create_driver, xmodem
 from drivers.xmodem import XmodemDriver
 from tests.support.gateway import Gateway, assert_one_line_error, write_config
 from tests.support.process import GATEWAY, REPO, launched, require_tool
@@ -144,9 +146,18 @@ def test_a_long_video_is_refused_before_decoding(tmp_path: Path) -> None:
     assert len(_queued(config)) == 1
 
 
-def test_a_huge_image_over_ymodem_is_refused_and_the_next_arrives(tmp_path: Path) -> None:
-    for tool in ("sb",):
-        require_tool(tool)
+def test_a_huge_image_over_ymodem_is_refused_and_the_next_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_tool("sb")
+    decoded_on: list[str] = []
+    real = xmodem.decode_image
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        decoded_on.append(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(xmodem, "decode_image", spy)
     huge = png_bomb(tmp_path / "huge.png", 32_000)  # 1.0 gigapixel, ~1 MB on the wire
     small = tmp_path / "scan.png"
     assert cv2.imwrite(str(small), np.full((48, 64, 3), 120, np.uint8))
@@ -170,5 +181,7 @@ def test_a_huge_image_over_ymodem_is_refused_and_the_next_arrives(tmp_path: Path
             frame = driver.read()
             assert finish(sender)[0] == 0
             assert frame.pixels.shape == (48, 64, 3)
+            # Both decoded (or refused) off the thread that called read().
+            assert decoded_on == ["xmodem-decode", "xmodem-decode"]
         finally:
             driver.close()
