@@ -441,17 +441,22 @@ class UITLSConfig(_Model):
         return _readable_file(value, "certificate file")
 
 
-def listen_is_loopback(listen: str) -> bool:
-    """Whether HOST:PORT binds loopback only (the kiosk's own screen)."""
+def is_loopback_host(host: str) -> bool:
+    """Whether a host (an address, "[::1]", or "localhost") is loopback."""
     import ipaddress
 
-    host = listen.rpartition(":")[0].strip("[]")
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def listen_is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT binds loopback only (the kiosk's own screen)."""
+    return is_loopback_host(listen.rpartition(":")[0])
 
 
 class UIConfig(_Model):

@@ -6,7 +6,6 @@ settings. A refusal is an `ApiError`, answered as one line of JSON."""
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import threading
 from collections import OrderedDict
@@ -18,7 +17,7 @@ from fastapi import Depends, Request
 
 from drivers.stream import FrameStream
 from gateway.acquire.exam import ExamService
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, is_loopback_host
 from gateway.queue.outbox import Outbox
 from gateway.ris.model import WorklistEntry, WorklistQuery, WorklistResult
 from gateway.ris.worklist import LinkState
@@ -114,16 +113,6 @@ class UIState:
     @property
     def config(self) -> GatewayConfig:
         return self.settings.config
-
-
-def is_loopback_host(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def client_is_loopback(request: Request) -> bool:

@@ -6,7 +6,6 @@ still works."""
 
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
 import threading
@@ -21,7 +20,7 @@ import pytest
 
 from drivers import FrameRejected, create_driver, xmodem
 from drivers.xmodem import XmodemDriver
-from tests.support.gateway import Gateway, assert_one_line_error, write_config
+from tests.support.gateway import Gateway, assert_one_line_error, queue_rows, write_config
 from tests.support.process import GATEWAY, REPO, launched, require_tool
 from tests.support.serial_line import SerialLine, finish
 
@@ -72,17 +71,6 @@ def _config(tmp_path: Path, **capture: object) -> Path:
     )
 
 
-def _queued(config: Path) -> list[object]:
-    out = subprocess.run(
-        [*GATEWAY, "--config", str(config), "queue", "list", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
 def test_a_png_bomb_is_refused_from_its_header(tmp_path: Path, bomb: Path) -> None:
     config = _config(tmp_path)
     usage = tmp_path / "rusage"
@@ -108,7 +96,7 @@ def test_a_png_bomb_is_refused_from_its_header(tmp_path: Path, bomb: Path) -> No
     # Decoding would take 3 GB and many seconds; the header check takes neither.
     assert peak_mib < 400, peak_mib
     assert seconds < 60, seconds
-    assert _queued(config) == []
+    assert queue_rows(config) == []
 
 
 def test_the_cap_is_configurable(tmp_path: Path) -> None:
@@ -120,7 +108,7 @@ def test_the_cap_is_configurable(tmp_path: Path) -> None:
     assert "1200×1000 pixels (1.2 MP), over the 1 MP cap (capture.max_image_megapixels)" in line
     config = _config(tmp_path, max_image_megapixels=2.0)
     assert Gateway(config)(*args).returncode == 0
-    assert len(_queued(config)) == 1
+    assert len(queue_rows(config)) == 1
 
 
 def test_a_long_video_is_refused_before_decoding(tmp_path: Path) -> None:
@@ -137,13 +125,13 @@ def test_a_long_video_is_refused_before_decoding(tmp_path: Path) -> None:
     line = assert_one_line_error(Gateway(config)(*args))
     assert f"{video}: the video is 12.0 s long (360 frames), over the 10 s cap" in line, line
     assert "(capture.max_video_seconds)" in line
-    assert _queued(config) == []
+    assert queue_rows(config) == []
     config = _config(tmp_path, max_video_mb=1)  # 360 × 64×48×3 = 3.2 MB decoded
     line = assert_one_line_error(Gateway(config)(*args))
     assert "decodes to 3 MB (360 frames of 64×48), over the 1 MB cap" in line, line
     config = _config(tmp_path, max_video_seconds=20)
     assert Gateway(config)(*args).returncode == 0
-    assert len(_queued(config)) == 1
+    assert len(queue_rows(config)) == 1
 
 
 def test_a_huge_image_over_ymodem_is_refused_and_the_next_arrives(
