@@ -315,6 +315,17 @@ def _emit_transfer(
 
 
 def _patient_id(path: Path) -> str | None:
+    """Read by walking the file's first elements (the forwarder's process
+    loads no pydicom, and no numpy with it); pydicom only for a file that
+    walk cannot read (an undefined-length sequence before Patient ID)."""
+    from gateway.dicom.part10 import Part10Error, read_header, read_top_level_value
+
+    try:
+        value = read_top_level_value(read_header(path), 0x00100020)
+        text = value.decode("ascii", "replace").strip("\0 ") if value else ""
+        return text or None
+    except Part10Error:
+        pass
     try:
         import pydicom
 

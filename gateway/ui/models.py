@@ -158,6 +158,8 @@ class ShotView(_Out):
     # A clip: its length as the PACS plays it, and frames to play on screen.
     seconds: float | None = None
     preview_urls: list[str] = []
+    # An H.264 clip: the same stream as fragmented MP4 for the page's <video>.
+    video_url: str | None = None
 
 
 class PatientView(_Out):
