@@ -181,7 +181,6 @@ def create_app(ctx: UIContext) -> FastAPI:
         login_required=ctx.login_required
         if ctx.login_required is not None
         else not listen_is_loopback(config.ui.listen),
-        https=config.ui.tls is not None,
     )
 
     @contextlib.asynccontextmanager

@@ -102,7 +102,6 @@ class UIState:
     pins: PinGuard = field(default_factory=PinGuard)
     prelogin: PreLogin = field(default_factory=PreLogin)
     login_required: bool = False
-    https: bool = False  # cookies are then Secure
     worklist_entries: OrderedDict[str, WorklistEntry] = field(default_factory=OrderedDict)
     # Set when the server is asked to stop, so open streams end by themselves.
     closing: threading.Event = field(default_factory=threading.Event)

@@ -1,6 +1,7 @@
 """The touchscreen UI against hostile LAN clients, on the real server: the
 `dicom-gateway run --only ui` process (uvicorn) listening on 0.0.0.0 with
-HTTPS, inside a network namespace of its own (only `lo`, carrying
+HTTPS (and the kiosk's plain-HTTP listener on loopback), inside a network
+namespace of its own (only `lo`, carrying
 127.0.0.1 for the kiosk and 198.51.100.7 for "a client on the LAN"; nothing
 reaches or leaves the host's network). The test's clients enter that
 namespace on threads of their own (setns(2)).
@@ -39,6 +40,7 @@ from tests.support.process import GATEWAY, REPO, require_tool, stop_process
 PIN = "583021"
 LAN = "198.51.100.7"  # TEST-NET-2, on the namespace's lo only
 PORT = 8443
+KIOSK_PORT = 8080  # the kiosk unit's http://127.0.0.1:8080
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -120,6 +122,7 @@ def ui(tmp_path: Path, pki: PKI) -> Iterator[Namespaced]:
         None,
         ui={
             "listen": f"0.0.0.0:{PORT}",
+            "kiosk_listen": f"127.0.0.1:{KIOSK_PORT}",
             "pin_hash": hash_pin(PIN),
             "tls": {"cert": str(cert.cert), "key": str(cert.key)},
         },
@@ -306,6 +309,28 @@ def test_https_only_secure_cookies_and_a_new_token_at_login(ui: Namespaced) -> N
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie, out
     assert out["rotated"] and out["second"] == 200 and out["status"] == 200, out
     assert out["old_token"] == 401, out  # the token from before the last login is dead
+
+
+def test_the_kiosk_keeps_plain_http_on_loopback_only(ui: Namespaced) -> None:
+    def probe() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{KIOSK_PORT}", timeout=10) as kiosk:
+            r = kiosk.get("/api/session")
+            out["session"] = r.json()
+            out["cookie"] = r.headers.get("set-cookie", "")
+            out["page"] = kiosk.get("/").status_code
+            out["status"] = kiosk.get("/api/status").status_code
+        try:
+            socket.create_connection((LAN, KIOSK_PORT), timeout=5).close()
+            out["lan"] = "connected"
+        except OSError as exc:
+            out["lan"] = type(exc).__name__
+        return out
+
+    out = ui.run(probe)
+    assert out["session"]["logged_in"] and out["page"] == 200 and out["status"] == 200, out
+    assert "gw_session=" in out["cookie"] and "Secure" not in out["cookie"], out
+    assert out["lan"] == "ConnectionRefusedError", out  # plain HTTP never beyond loopback
 
 
 def test_request_bodies_are_capped_before_they_are_read(ui: Namespaced) -> None:
