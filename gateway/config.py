@@ -77,11 +77,19 @@ class TLSConfig(_Model):
     ca: Path
     cert: Path
     key: Path
+    # A CRL (PEM) from `ca`: a peer's certificate on it is refused
+    # (VERIFY_CRL_CHECK_LEAF; the CRL must be kept current by the site).
+    crl: Path | None = None
 
     @field_validator("ca", "cert", "key")
     @classmethod
     def _exists(cls, value: Path) -> Path:
         return _readable_file(value, "certificate file")
+
+    @field_validator("crl")
+    @classmethod
+    def _crl_exists(cls, value: Path | None) -> Path | None:
+        return None if value is None else _readable_file(value, "CRL file")
 
 
 class CodeConfig(_Model):
@@ -152,6 +160,13 @@ class CaptureConfig(_Model):
     # MJPEG frames are kept as JPEG, ~0.3 MB each at 1080p, raw ones are not).
     buffer_seconds: float = Field(default=10.0, gt=0, le=120)
     buffer_mb: int | None = Field(default=None, ge=16, le=16384)
+    # Input bombs (`dicom-gateway import`): an image's or a video frame's size
+    # from its header, a video's length and decoded size from its header, all
+    # checked before anything is decoded. Device-sent images have the same
+    # cap as their driver's option `max_megapixels`.
+    max_image_megapixels: float = Field(default=40.0, gt=0, le=1000)
+    max_video_seconds: float = Field(default=600.0, gt=0, le=86400)
+    max_video_mb: int = Field(default=2048, ge=1, le=65536)
 
 
 DestinationName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -415,9 +430,32 @@ def _check_listen(value: str) -> str:
 Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
+class ListenerLimitsConfig(_Model):
+    """What one listening port gives a peer (gateway.net.listener)."""
+
+    max_associations: int = Field(default=8, ge=1, le=64)
+    # Connections still to send their A-ASSOCIATE-RQ; beyond, the oldest is closed.
+    max_pending: int = Field(default=64, ge=1, le=1024)
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    association_deadline_s: float = Field(default=3600.0, gt=0)
+    max_pdu_mb: float = Field(default=4.0, ge=1, le=64)
+    # One received data set; a larger one aborts the association.
+    max_object_mb: float = Field(default=1024.0, gt=0)
+
+
+class PeerAllowed(_Model):
+    """A peer allowed to open associations to one of our ports."""
+
+    ae_title: AETitle
+    address: str = Field(min_length=1)  # an IP address or network (CIDR)
+    # With TLS: the client certificate's subject CN this AE title must present.
+    certificate_cn: str | None = Field(default=None, min_length=1, max_length=64)
+
+
 class CommitmentConfig(_Model):
     """Storage Commitment SCU. N-EVENT-REPORTs are taken on the N-ACTION's
-    association and, with `listen`, on new associations to our own SCP port."""
+    association and, with `listen`, on new associations to our own SCP port
+    (TLS required there: a report makes the queue forget images)."""
 
     listen: Listen | None = None
     tls: TLSConfig | None = None
@@ -426,11 +464,22 @@ class CommitmentConfig(_Model):
     ask_again_after_s: float = Field(default=3600.0, gt=0)
     # How often finished studies are looked for and asked about.
     interval_s: float = Field(default=30.0, gt=0)
+    # PACS allowed to send reports to `listen`; empty: each Storage
+    # Commitment destination's AE title from its host's addresses.
+    allowed: list[PeerAllowed] = Field(default_factory=list)
+    # References one report may carry (we ask for one study at a time).
+    max_references: int = Field(default=10000, ge=1)
+    limits: ListenerLimitsConfig = Field(
+        default_factory=lambda: ListenerLimitsConfig(max_associations=4)
+    )
 
-
-class InboundPeer(_Model):
-    ae_title: AETitle
-    address: str = Field(min_length=1)
+    @model_validator(mode="after")
+    def _tls_when_listening(self) -> CommitmentConfig:
+        if self.listen is not None and self.tls is None:
+            raise ValueError(
+                "listen needs [commitment.tls]: reports arriving in clear could be forged"
+            )
+        return self
 
 
 class InboundConfig(_Model):
@@ -439,11 +488,12 @@ class InboundConfig(_Model):
     enabled: bool = False
     listen: Listen = "0.0.0.0:11112"
     ae_title: AETitle | None = None  # default: the station's AE title
-    allowed: list[InboundPeer] = Field(default_factory=list)
+    allowed: list[PeerAllowed] = Field(default_factory=list)
     # For modalities that can: TLS with client certificates checked against
     # `ca` (mutual authentication); omitted, plain TCP for legacy devices.
     tls: TLSConfig | None = None
     handshake_timeout_s: float = Field(default=10.0, gt=0)
+    limits: ListenerLimitsConfig = Field(default_factory=ListenerLimitsConfig)
 
 
 class UITLSConfig(_Model):
@@ -747,6 +797,9 @@ def plaintext_peers(config: GatewayConfig) -> list[str]:
     return found
 
 
+_TLS_FILES = ("ca", "cert", "key", "crl")
+
+
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     """Certificate and queue paths are relative to the configuration file, so a
     config directory can be moved or copied whole."""
@@ -763,25 +816,25 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     if isinstance(dests, list):
         for dest in dests:
             if isinstance(dest, dict):
-                fix(dest.get("tls"), ("ca", "cert", "key"))
+                fix(dest.get("tls"), _TLS_FILES)
                 fix(
                     dest.get("http_auth"),
                     ("password_file", "bearer_token_file", "client_secret_file", "token_ca"),
                 )
     worklist = data.get("worklist")
     if isinstance(worklist, dict):
-        fix(worklist.get("tls"), ("ca", "cert", "key"))
+        fix(worklist.get("tls"), _TLS_FILES)
     mpps = data.get("mpps")
     if isinstance(mpps, dict):
-        fix(mpps.get("tls"), ("ca", "cert", "key"))
+        fix(mpps.get("tls"), _TLS_FILES)
     fix(data.get("queue"), ("path",))
     audit = data.get("audit")
     if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):
-        fix(audit["collector"].get("tls"), ("ca", "cert", "key"))
+        fix(audit["collector"].get("tls"), _TLS_FILES)
     for section in ("commitment", "inbound", "ui"):
         table = data.get(section)
         if isinstance(table, dict):
-            fix(table.get("tls"), ("ca", "cert", "key"))
+            fix(table.get("tls"), _TLS_FILES)
 
 
 def mpps_peer(config: GatewayConfig) -> DestinationConfig | None:

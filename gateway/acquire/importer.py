@@ -105,18 +105,77 @@ def _read(path: Path) -> bytes:
         raise ImportFileError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def decode_image(path: Path, data: bytes) -> Pixels:
+@dataclass(frozen=True)
+class Caps:
+    """Input-bomb caps (capture.max_image_megapixels, max_video_seconds,
+    max_video_mb), checked from headers before anything is decoded."""
+
+    megapixels: float = imagecodec.DEFAULT_MAX_MEGAPIXELS
+    video_seconds: float = 600.0
+    video_mb: int = 2048
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> Caps:
+        c = config.capture
+        return cls(c.max_image_megapixels, c.max_video_seconds, c.max_video_mb)
+
+    def max_frames(self, fps: float, width: int, height: int) -> int:
+        """The most frames a video of this rate and size may decode to."""
+        by_time = self.video_seconds * (fps if 0 < fps <= 1000 else DEFAULT_FPS)
+        by_size = self.video_mb * 1024 * 1024 / max(1, width * height * 3)
+        return max(1, int(min(by_time, by_size)))
+
+
+def decode_image(path: Path, data: bytes, caps: Caps | None = None) -> Pixels:
     """8-bit RGB or monochrome pixels of a still image file (the one decoder
-    and its policy: 8- and 16-bit samples, alpha dropped)."""
+    and its policy: 8- and 16-bit samples, alpha dropped), once its header
+    says it is within the pixel cap."""
+    caps = caps or Caps()
     try:
-        return imagecodec.decode_image(data, keep_jpeg=False).pixels
+        return imagecodec.decode_image(
+            data,
+            keep_jpeg=False,
+            max_megapixels=caps.megapixels,
+            cap_key="capture.max_image_megapixels",
+        ).pixels
     except imagecodec.ImageError as exc:
         raise ImportFileError(f"{path}: {exc}") from None
 
 
-def plan(path: Path) -> Planned:
-    """Check one file enough to know it will import: type, structure, and
-    for video that it opens and has a frame."""
+def _check_video(path: Path, cap: cv2.VideoCapture, caps: Caps) -> None:
+    """Frame size, length and decoded size from the container's header."""
+    import cv2
+
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
+    try:
+        imagecodec.check_pixels(
+            width, height, caps.megapixels, "a frame", "capture.max_image_megapixels"
+        )
+    except imagecodec.ImageError as exc:
+        raise ImportFileError(f"{path}: {exc}") from None
+    rate = fps if 0 < fps <= 1000 else DEFAULT_FPS
+    if frames / rate > caps.video_seconds:
+        raise ImportFileError(
+            f"{path}: the video is {frames / rate:.1f} s long ({frames} frames), over the "
+            f"{caps.video_seconds:g} s cap (capture.max_video_seconds); refused without decoding"
+        )
+    decoded_mb = frames * width * height * 3 / (1024 * 1024)
+    if decoded_mb > caps.video_mb:
+        raise ImportFileError(
+            f"{path}: the video decodes to {decoded_mb:.0f} MB ({frames} frames of "
+            f"{width}×{height}), over the {caps.video_mb} MB cap (capture.max_video_mb); "
+            "refused without decoding"
+        )
+
+
+def plan(path: Path, caps: Caps | None = None) -> Planned:
+    """Check one file enough to know it will import: type, structure, size
+    within the caps (from the header, before decoding), and for video that it
+    opens and has a frame."""
+    caps = caps or Caps()
     if path.is_dir():
         raise ImportFileError(f"{path}: is a directory")
     try:
@@ -145,13 +204,14 @@ def plan(path: Path) -> Planned:
             return Planned(path, "jpeg", EncodedJpeg.from_bytes(data))
         # Progressive, 12-bit or 4:4:4: decode it and store it as configured,
         # saying it was lossy once.
-        decode_image(path, data)
+        decode_image(path, data, caps)
         history = LossyHistory.of_jpeg(len(data), info.width, info.height, info.components)
         return Planned(path, "image", history=history)
     if kind == "image":
-        decode_image(path, _read(path))
+        decode_image(path, _read(path), caps)
         return Planned(path, "image")
     with _video(path) as video:
+        _check_video(path, video, caps)
         ok, _ = video.read()
         if not ok:
             raise ImportFileError(f"{path}: the video has no readable frame")
@@ -177,13 +237,18 @@ class _video:
         self.cap.release()
 
 
-def _video_frames(cap: cv2.VideoCapture) -> Iterator[Pixels]:
+def _video_frames(cap: cv2.VideoCapture, limit: int) -> Iterator[Pixels]:
+    """Decoded frames, at most `limit` of them (a header can understate)."""
     import cv2
 
+    count = 0
     while True:
         ok, frame = cap.read()
         if not ok:
             return
+        count += 1
+        if count > limit:
+            raise PixelError(f"the video has more than the {limit} frames its caps allow")
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame
         yield np.asarray(rgb, dtype=np.uint8)
 
@@ -226,6 +291,7 @@ class Importer:
 
     def __init__(self, capturer: Capturer) -> None:
         self.capturer = capturer
+        self.caps = Caps.of(capturer.config)
         # What the user should hear about a file (audio left out, how the
         # video was stored), by path.
         self.notes: dict[Path, str] = {}
@@ -237,7 +303,9 @@ class Importer:
                 ds = self._build_video(exam, path)
             else:
                 data: FrameData = (
-                    item.jpeg if item.jpeg is not None else decode_image(path, _read(path))
+                    item.jpeg
+                    if item.jpeg is not None
+                    else decode_image(path, _read(path), self.caps)
                 )
                 ds = self.capturer.build_still(exam, data, _mtime(path), item.history)
         except (PixelError, JpegError, ModuleError, demux.DemuxError) as exc:
@@ -267,11 +335,12 @@ class Importer:
                 return self.capturer.build_clip(exam, passed, cine, mtime)
             history = _video_history(path, cap)
             codec = self.capturer.clip_codec
+            limit = self.caps.max_frames(fps, track.width, track.height)
             if codec is None:
-                frames: Iterator[FrameData] | Any = _video_frames(cap)
+                frames: Iterator[FrameData] | Any = _video_frames(cap, limit)
                 ds = self.capturer.build_clip(exam, frames, cine, mtime, history)
             else:
-                encoded = encode_video(_video_frames(cap), fps, codec, history=history)
+                encoded = encode_video(_video_frames(cap, limit), fps, codec, history=history)
                 notes.insert(0, f"{track.codec} re-encoded by {encoded.encoder}")
                 ds = self.capturer.build_clip(exam, encoded, cine, mtime)
         self.notes[path] = "; ".join(notes)
@@ -364,7 +433,7 @@ class Importer:
         planned = []
         for path in paths:
             try:
-                planned.append(plan(path))
+                planned.append(plan(path, self.caps))
             except ImportFileError as exc:
                 raise _relabel(exc, path, label(path)) from None
         done: list[QueuedObject] = []

@@ -492,27 +492,35 @@ def _mpps_counts(config: GatewayConfig) -> tuple[str, dict[str, int]] | None:
 
 
 def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> int:
-    from gateway.queue.model import DeliveryState
+    """In this process; `main` first hands the flush to the running service."""
+    from gateway.app.control import flush_outcome
     from gateway.send.forwarder import Forwarder
 
     if not config.destinations:
         raise CommandError("no destinations configured: nothing to flush to")
     outbox.recover()
     forwarder = Forwarder.from_config(outbox, config)
-    report = forwarder.flush(timeout=args.timeout)
-    stats = outbox.stats()
-    pending = sum(s[DeliveryState.PENDING] + s[DeliveryState.IN_FLIGHT] for s in stats.values())
-    failed = sum(s[DeliveryState.FAILED] for s in stats.values())
-    summary = {"sent": report.sent, "pending": pending, "failed": failed, "error": report.error}
-    _emit(args, summary, lambda: f"sent {report.sent}, pending {pending}, failed {failed}")
-    if pending or failed:
-        reason = f"; last error: {report.error}" if report.error else ""
-        print(
-            f"dicom-gateway: not all delivered: {pending} pending, {failed} failed{reason}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    return 0
+    status, error = flush_outcome(forwarder.flush_summary(args.timeout), args.json)
+    if error:
+        print(f"dicom-gateway: {error}", file=sys.stderr)
+    return status
+
+
+def _flush_via_service(args: argparse.Namespace) -> int | None:
+    """The running service's forwarder sends (it has the stack loaded and the
+    association's peer warm); this process loads neither pydantic nor the
+    DICOM stack (tests/integration/test_flush_service.py)."""
+    from gateway.app.control import flush_via_service
+    from gateway.paths import queue_path_of
+
+    queue = queue_path_of(resolve_config_path(args.config))
+    handed = flush_via_service(queue, args.timeout, args.json)
+    if handed is None:
+        return None
+    status, error = handed
+    if error:
+        print(f"dicom-gateway: {error}", file=sys.stderr)
+    return status
 
 
 def cmd_run(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -677,6 +685,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.verbose)
         if args.command == "import":
             handed = _import_via_service(args)
+            if handed is not None:
+                return handed
+        if args.command == "queue" and args.action == "flush":
+            handed = _flush_via_service(args)
             if handed is not None:
                 return handed
         from gateway.config import ConfigError, GatewayConfig, load_config

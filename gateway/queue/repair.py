@@ -28,7 +28,7 @@ from gateway.dicom.part10 import Part10Error, read_header
 from gateway.queue.alarms import ALARM_REBUILT
 from gateway.queue.db import DamagedDatabase, open_queue_db, transaction
 from gateway.queue.files import TMP_SUFFIX, fsync_dir
-from gateway.queue.model import LOCK_NAME, OBJECTS_DIR
+from gateway.queue.model import LOCK_NAME, OBJECTS_DIR, object_file_name
 from gateway.queue.schema import DB_NAME
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,8 @@ def _row(path: Path) -> tuple[str, str, str, str, str, int, float]:
     study = str(ds.get("StudyInstanceUID", "") or "")
     if not sop.sop_instance or not sop.sop_class or not study:
         raise ValueError("no SOP Instance, SOP Class or Study Instance UID")
-    if path.name != f"{sop.sop_instance}.dcm":
+    # Queues written before names were hashed hold `<UID>.dcm` files.
+    if path.name not in (object_file_name(sop.sop_instance), f"{sop.sop_instance}.dcm"):
         raise ValueError(f"holds SOP Instance UID {sop.sop_instance}")
     st = path.stat()
     return (

@@ -19,10 +19,14 @@ from gateway.send.cstore import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     FileProblem,
+    Prepared,
+    ReadAhead,
     check_queued_file,
     classify_status,
     describe_status,
-    store_file,
+    prepare_store,
+    read_store_response,
+    store_prepared,
 )
 from gateway.send.destination import LinkDown, Outcome, Report, Result
 
@@ -57,16 +61,48 @@ class DimseSender:
         except TLSSetupError as exc:
             raise LinkDown(f"{self.label}: {exc}") from None
         try:
-            for delivery in batch:
-                if not conn.open:
-                    # The link broke: the rest were never attempted and go
-                    # back as they were; the next round reconnects.
-                    break
-                report(self._send_one(conn, delivery))
+            reader = ReadAhead(conn.max_fragment)
+        except ULError as exc:  # a maximum PDU length too small to be real
+            conn.abort()
+            raise LinkDown(f"{self.label}: {exc}") from None
+        try:
+            self._pipeline(conn, reader, batch, report)
         finally:
+            reader.close()
             conn.release()
 
-    def _send_one(self, conn: ULConnection, delivery: Delivery) -> Result:
+    def _pipeline(
+        self, conn: ULConnection, reader: ReadAhead, batch: Sequence[Delivery], report: Report
+    ) -> None:
+        """One object's data set is written while the next is read ahead; the
+        next is checked and its reading started while the peer answers the
+        current one (the C-STORE-RSP wait is most of the gap between objects).
+        Outcomes are reported in the batch's order."""
+        queue = list(batch)
+        ready = self._prepare(conn, reader, queue.pop(0)) if queue else None
+        while ready is not None:
+            if not conn.open:
+                # The link broke: the rest were never attempted and go
+                # back as they were; the next round reconnects.
+                break
+            delivery, prepared = ready
+            ready = None
+            if isinstance(prepared, Result):
+                report(prepared)
+                ready = self._prepare(conn, reader, queue.pop(0)) if queue else None
+                continue
+            result, message_id = self._write(conn, reader, delivery, prepared)
+            if result is None and queue:
+                ready = self._prepare(conn, reader, queue.pop(0))
+            if result is None:
+                result = self._answer(conn, delivery, message_id)
+            report(result)
+            if ready is None and queue and conn.open:
+                ready = self._prepare(conn, reader, queue.pop(0))
+
+    def _prepare(
+        self, conn: ULConnection, reader: ReadAhead, delivery: Delivery
+    ) -> tuple[Delivery, Prepared | Result]:
         obj = delivery.object
         try:
             sop = check_queued_file(obj)
@@ -77,45 +113,66 @@ class DimseSender:
                 and not self.convert_video
                 and (choice is None or choice.transfer_syntax != sop.transfer_syntax)
             ):
-                return Result(
+                return delivery, Result(
                     obj.id,
                     Outcome.PERMANENT,
                     f"{self.label}: does not accept video ({sop.transfer_syntax}) for "
                     f"SOP class {sop.sop_class}, and forwarding.convert_video is off",
                 )
             if choice is None:
-                return Result(
+                return delivery, Result(
                     obj.id,
                     Outcome.PERMANENT,
                     f"{self.label}: accepts neither {sop.transfer_syntax} nor "
                     f"{'JPEG Baseline nor ' if video else ''}an uncompressed transfer syntax "
                     f"for SOP class {sop.sop_class}",
                 )
-            code = store_file(
+            return delivery, prepare_store(reader, sop, choice.id, choice.transfer_syntax)
+        except FileProblem as exc:
+            return delivery, Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}")
+
+    def _write(
+        self, conn: ULConnection, reader: ReadAhead, delivery: Delivery, prepared: Prepared
+    ) -> tuple[Result | None, int]:
+        """The object's C-STORE written: (None, its Message ID), or its
+        outcome when it failed before a response could come."""
+        obj = delivery.object
+        try:
+            message_id = store_prepared(
                 conn,
-                sop,
-                choice.id,
-                choice.transfer_syntax,
+                reader,
+                prepared,
                 self.workdir,
                 self.progress,
                 self.memory_limit,
                 lambda started: self.converting(obj.id, started),
             )
         except FileProblem as exc:
-            return Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}")
-        except (ULError, OSError) as exc:
-            conn.abort()
-            reason = f"{self.label}: {describe_link_failure(exc)} during C-STORE"
-            return Result(obj.id, Outcome.TRANSIENT, reason)
-        except Exception as exc:  # a bug or MemoryError on this object: not the link's fault
-            conn.abort()
-            log.exception("sending object %d failed unexpectedly", obj.id)
-            reason = f"internal error sending this object: {type(exc).__name__}: {exc}"
-            return Result(obj.id, Outcome.TRANSIENT, reason, about_object=True)
+            return Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}"), 0
+        except Exception as exc:
+            return self._failed(conn, obj.id, exc), 0
+        return None, message_id
+
+    def _answer(self, conn: ULConnection, delivery: Delivery, message_id: int) -> Result:
+        obj = delivery.object
+        try:
+            code = read_store_response(conn, message_id)
+        except Exception as exc:
+            return self._failed(conn, obj.id, exc)
         outcome = classify_status(code)
         if outcome is Outcome.STORED:
             return Result(obj.id, outcome)
         return Result(obj.id, outcome, f"{self.label}: C-STORE {describe_status(code)}")
+
+    def _failed(self, conn: ULConnection, object_id: int, exc: Exception) -> Result:
+        conn.abort()
+        if isinstance(exc, ULError | OSError):
+            reason = f"{self.label}: {describe_link_failure(exc)} during C-STORE"
+            return Result(object_id, Outcome.TRANSIENT, reason)
+        # A bug or MemoryError on this object: not the link's fault.
+        log.error("sending object %d failed unexpectedly", object_id, exc_info=exc)
+        reason = f"internal error sending this object: {type(exc).__name__}: {exc}"
+        return Result(object_id, Outcome.TRANSIENT, reason, about_object=True)
 
 
 def _fallback(transfer_syntax: str) -> tuple[str, ...]:

@@ -137,6 +137,7 @@ class SessionInfo(_Out):
 
 class LoggedIn(_Out):
     logged_in: bool
+    csrf: str | None = None  # the new session's token (login rotates it)
 
 
 class Unlocked(_Out):
