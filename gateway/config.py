@@ -577,11 +577,18 @@ class UIConfig(_Model):
 
 
 class MetricsConfig(_Model):
-    """Prometheus `/metrics` and `/health`; empty `listen` (the default) turns them off."""
+    """Prometheus `/metrics` and `/health`; empty `listen` (the default) turns them off.
+
+    The appliance runs two services from one configuration: `listen` is
+    served by the process that captures (or by `run` whole), and the
+    forwarder's own process (`run --only forwarder`) serves
+    `forwarder_listen` when set — else the two would race for one port at
+    every boot and the loser would log a bind error."""
 
     listen: str = ""
+    forwarder_listen: str = ""
 
-    @field_validator("listen")
+    @field_validator("listen", "forwarder_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         if not value:
