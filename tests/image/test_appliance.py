@@ -209,14 +209,16 @@ def test_watchdog_holds_with_every_loop_running(appliance: Appliance) -> None:
         assert vm.out(f"systemctl show {unit} -p NRestarts --value") == "0", unit
     journal = vm.out("journalctl -b --no-pager -o cat | grep -ci 'watchdog timeout' || true")
     assert journal == "0", vm.out("journalctl -b --no-pager | grep -i watchdog")
-    port, tunnel = vm.forward(9108)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=60) as resp:
-            health = json.loads(resp.read())
-    finally:
-        tunnel.kill()
-    assert health["loops"] and all(health["loops"].values()), health
-    print(f"\nwatchdog: {up / 60:.1f} min of guest uptime, no restart; /health {health['loops']}")
+    loops: dict[str, bool] = {}
+    for remote in (9108, 9109):  # metrics.listen (capture, UI), metrics.forwarder_listen
+        port, tunnel = vm.forward(remote)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=60) as resp:
+                loops.update(json.loads(resp.read())["loops"])
+        finally:
+            tunnel.kill()
+    assert {"ui", "control", "forwarder"} <= set(loops) and all(loops.values()), loops
+    print(f"\nwatchdog: {up / 60:.1f} min of guest uptime, no restart; /health {loops}")
 
 
 def test_a_killed_loop_thread_gets_the_service_restarted_by_the_watchdog(
