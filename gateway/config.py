@@ -141,6 +141,9 @@ class DestinationConfig(_Model):
     port: Port
     storage_commitment: bool = False
     tls: TLSConfig | None = None
+    # Associations opened at once to this PACS for one batch (1: one at a
+    # time, what many PACS want; gateway/send/dimse.py).
+    associations: int = Field(default=1, ge=1, le=4)
 
     @property
     def peer(self) -> tuple[str, str]:
