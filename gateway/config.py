@@ -27,7 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.paths import default_queue_path, resolve_config_path, resolve_path_value
+from gateway.paths import (
+    default_queue_path,
+    resolve_config_path,
+    resolve_path_value,
+    resolve_settings_path,
+)
 
 # PS3.5 6.2: AE is 16 characters of the default repertoire, no backslash or
 # control characters; leading/trailing spaces are not significant, so a title
@@ -72,11 +77,27 @@ class TLSConfig(_Model):
     ca: Path
     cert: Path
     key: Path
+    # A CRL (PEM) from `ca`: a peer's certificate on it is refused
+    # (VERIFY_CRL_CHECK_LEAF; the CRL must be kept current by the site).
+    crl: Path | None = None
 
     @field_validator("ca", "cert", "key")
     @classmethod
     def _exists(cls, value: Path) -> Path:
         return _readable_file(value, "certificate file")
+
+    @field_validator("crl")
+    @classmethod
+    def _crl_exists(cls, value: Path | None) -> Path | None:
+        return None if value is None else _readable_file(value, "CRL file")
+
+
+class CodeConfig(_Model):
+    """A coded entry: Code Value, Coding Scheme Designator, Code Meaning."""
+
+    value: str = Field(min_length=1, max_length=16)
+    scheme: str = Field(default="SCT", min_length=1, max_length=16)
+    meaning: str = Field(min_length=1, max_length=64)
 
 
 class StationConfig(_Model):
@@ -91,7 +112,15 @@ class StationConfig(_Model):
     # Root for the UIDs this box makes; empty: the 2.25 UUID form.
     uid_root: str = ""
     # auto: US → Ultrasound objects, any other modality → Secondary Capture.
-    iod: Literal["auto", "secondary-capture", "ultrasound"] = "auto"
+    # video-endoscopic (modality ES) / video-photographic (XC): clips as
+    # Video Endoscopic / Photographic Image, stills as Secondary Capture.
+    iod: Literal[
+        "auto", "secondary-capture", "ultrasound", "video-endoscopic", "video-photographic"
+    ] = "auto"
+    # Anatomic Region Sequence of Video Endoscopic / Photographic objects
+    # (type 1C there: the station's one region, e.g. value "69695003",
+    # meaning "Stomach"); required with those IODs.
+    anatomic_region: CodeConfig | None = None
 
     @field_validator("uid_root")
     @classmethod
@@ -102,8 +131,10 @@ class StationConfig(_Model):
 
     @model_validator(mode="after")
     def _ultrasound_is_us(self) -> StationConfig:
-        if self.iod == "ultrasound" and self.modality != "US":
-            raise ValueError(f"iod 'ultrasound' needs modality 'US' (got {self.modality!r})")
+        needs = {"ultrasound": "US", "video-endoscopic": "ES", "video-photographic": "XC"}
+        wanted = needs.get(self.iod)
+        if wanted is not None and self.modality != wanted:
+            raise ValueError(f"iod {self.iod!r} needs modality {wanted!r} (got {self.modality!r})")
         return self
 
 
@@ -114,6 +145,9 @@ class CaptureConfig(_Model):
     # default: DICOM wants 4:2:2 chroma for it, which holds the colour test
     # pattern at 33 dB PSNR whatever the quality (see README).
     compression: Literal["none", "rle", "jpeg-baseline"] = "none"
+    # Clips (Record, Save last, `capture --clip`): H.264 (MPEG-4 AVC High
+    # Profile, ~20× smaller than JPEG cine), HEVC, or as `compression` does.
+    clip_compression: Literal["h264", "hevc", "jpeg-baseline", "rle", "none"] = "h264"
     # libjpeg quality for jpeg-baseline (luminance PSNR ≥ 40 dB on the test pattern).
     jpeg_quality: int = Field(default=90, ge=50, le=100)
     options: dict[str, Any] = Field(default_factory=dict)
@@ -126,6 +160,13 @@ class CaptureConfig(_Model):
     # MJPEG frames are kept as JPEG, ~0.3 MB each at 1080p, raw ones are not).
     buffer_seconds: float = Field(default=10.0, gt=0, le=120)
     buffer_mb: int | None = Field(default=None, ge=16, le=16384)
+    # Input bombs (`dicom-gateway import`): an image's or a video frame's size
+    # from its header, a video's length and decoded size from its header, all
+    # checked before anything is decoded. Device-sent images have the same
+    # cap as their driver's option `max_megapixels`.
+    max_image_megapixels: float = Field(default=40.0, gt=0, le=1000)
+    max_video_seconds: float = Field(default=600.0, gt=0, le=86400)
+    max_video_mb: int = Field(default=2048, ge=1, le=65536)
 
 
 DestinationName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -376,6 +417,10 @@ class ForwardingConfig(_Model):
     # syntax may take (one frame at a time); an object needing more is set
     # aside with the reason, so the forwarder stays within its MemoryMax=.
     convert_memory_mb: int = Field(default=128, ge=16)
+    # A video object (H.264/HEVC) for a PACS that does not accept its transfer
+    # syntax: converted once to multi-frame JPEG Baseline, or (false) refused
+    # with the reason.
+    convert_video: bool = True
 
 
 def _check_listen(value: str) -> str:
@@ -388,9 +433,32 @@ def _check_listen(value: str) -> str:
 Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
+class ListenerLimitsConfig(_Model):
+    """What one listening port gives a peer (gateway.net.listener)."""
+
+    max_associations: int = Field(default=8, ge=1, le=64)
+    # Connections still to send their A-ASSOCIATE-RQ; beyond, the oldest is closed.
+    max_pending: int = Field(default=64, ge=1, le=1024)
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    association_deadline_s: float = Field(default=3600.0, gt=0)
+    max_pdu_mb: float = Field(default=4.0, ge=1, le=64)
+    # One received data set; a larger one aborts the association.
+    max_object_mb: float = Field(default=1024.0, gt=0)
+
+
+class PeerAllowed(_Model):
+    """A peer allowed to open associations to one of our ports."""
+
+    ae_title: AETitle
+    address: str = Field(min_length=1)  # an IP address or network (CIDR)
+    # With TLS: the client certificate's subject CN this AE title must present.
+    certificate_cn: str | None = Field(default=None, min_length=1, max_length=64)
+
+
 class CommitmentConfig(_Model):
     """Storage Commitment SCU. N-EVENT-REPORTs are taken on the N-ACTION's
-    association and, with `listen`, on new associations to our own SCP port."""
+    association and, with `listen`, on new associations to our own SCP port
+    (TLS required there: a report makes the queue forget images)."""
 
     listen: Listen | None = None
     tls: TLSConfig | None = None
@@ -399,11 +467,22 @@ class CommitmentConfig(_Model):
     ask_again_after_s: float = Field(default=3600.0, gt=0)
     # How often finished studies are looked for and asked about.
     interval_s: float = Field(default=30.0, gt=0)
+    # PACS allowed to send reports to `listen`; empty: each Storage
+    # Commitment destination's AE title from its host's addresses.
+    allowed: list[PeerAllowed] = Field(default_factory=list)
+    # References one report may carry (we ask for one study at a time).
+    max_references: int = Field(default=10000, ge=1)
+    limits: ListenerLimitsConfig = Field(
+        default_factory=lambda: ListenerLimitsConfig(max_associations=4)
+    )
 
-
-class InboundPeer(_Model):
-    ae_title: AETitle
-    address: str = Field(min_length=1)
+    @model_validator(mode="after")
+    def _tls_when_listening(self) -> CommitmentConfig:
+        if self.listen is not None and self.tls is None:
+            raise ValueError(
+                "listen needs [commitment.tls]: reports arriving in clear could be forged"
+            )
+        return self
 
 
 class InboundConfig(_Model):
@@ -412,11 +491,38 @@ class InboundConfig(_Model):
     enabled: bool = False
     listen: Listen = "0.0.0.0:11112"
     ae_title: AETitle | None = None  # default: the station's AE title
-    allowed: list[InboundPeer] = Field(default_factory=list)
+    allowed: list[PeerAllowed] = Field(default_factory=list)
     # For modalities that can: TLS with client certificates checked against
     # `ca` (mutual authentication); omitted, plain TCP for legacy devices.
     tls: TLSConfig | None = None
     handshake_timeout_s: float = Field(default=10.0, gt=0)
+    limits: ListenerLimitsConfig = Field(default_factory=ListenerLimitsConfig)
+
+
+class UITLSConfig(_Model):
+    """The UI's HTTPS certificate: the station's own (tls/gateway.pem and its
+    key, `${CREDENTIALS_DIRECTORY}/gateway.key` on the appliance)."""
+
+    cert: Path
+    key: Path
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        return _readable_file(value, "certificate file")
+
+
+def listen_is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT binds loopback only (the kiosk's own screen)."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class UIConfig(_Model):
@@ -424,6 +530,12 @@ class UIConfig(_Model):
     # scrypt hash of the settings PIN (see gateway.ui.security.hash_pin); no
     # PIN set means settings cannot be opened and remote login is refused.
     pin_hash: str | None = Field(default=None, max_length=512)
+    # Shortest PIN the screen (and the provisioned credential) may set: six
+    # digits by default, so the per-client back-off holds for months.
+    pin_min_length: int = Field(default=6, ge=4, le=12)
+    # HTTPS; required whenever `listen` is beyond loopback (PIN and cookie
+    # must never cross a network in clear).
+    tls: UITLSConfig | None = None
     # A recording stops by itself after this long, bounding memory.
     max_record_seconds: float = Field(default=30.0, gt=0, le=300)
 
@@ -434,6 +546,15 @@ class UIConfig(_Model):
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
         return value
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> UIConfig:
+        if self.tls is None and not listen_is_loopback(self.listen):
+            raise ValueError(
+                f"listen {self.listen!r} is beyond loopback: add [ui.tls] cert and key "
+                "(HTTPS), or listen on 127.0.0.1"
+            )
+        return self
 
 
 class MetricsConfig(_Model):
@@ -571,9 +692,115 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
         raise ConfigError(f"{resolved}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{resolved}: TOML syntax error: {exc}") from None
+    overlay = resolve_settings_path(resolved)
+    if overlay is not None:
+        apply_settings(data, read_settings(overlay))
     base = resolved.parent
     _resolve_relative_paths(data, base)
     return parse_config(data, str(resolved))
+
+
+# The sections the touchscreen edits; on the appliance they are saved apart
+# from gateway.toml (read-only there) and laid over it when loading.
+SETTINGS_SECTIONS = ("destinations", "worklist", "capture")
+_CLEARED = "cleared"  # sections the screen removed (TOML has no null)
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """The screen's saved settings; an absent file is no change."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {*SETTINGS_SECTIONS, _CLEARED})
+    if unknown:
+        raise ConfigError(f"{path}: {', '.join(unknown)}: not a section the screen saves")
+    return data
+
+
+def apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Lay the screen's sections over the file's, replacing each one whole."""
+    for key in SETTINGS_SECTIONS:
+        if key in settings:
+            data[key] = settings[key]
+    cleared = settings.get(_CLEARED, [])
+    for key in cleared if isinstance(cleared, list) else []:
+        if key in SETTINGS_SECTIONS:
+            data.pop(key, None)
+
+
+def settings_with_change(settings: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """The saved settings after the screen set (or, with None, removed) `key`."""
+    out = {k: v for k, v in settings.items() if k != _CLEARED}
+    cleared = [c for c in settings.get(_CLEARED, []) if c != key]
+    if value is None:
+        out.pop(key, None)
+        cleared.append(key)
+    else:
+        out[key] = value
+    if cleared:
+        out[_CLEARED] = cleared
+    return out
+
+
+def config_warnings(config: GatewayConfig) -> list[str]:
+    """What `config check` warns about without refusing: patient data that
+    would travel in clear, and private keys others could read."""
+    warnings = [
+        f"{peer}: no TLS; patient data would cross the network in clear"
+        for peer in plaintext_peers(config)
+    ]
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    keys = {t.key for t in _tls_tables(config)}
+    for key in sorted(keys):
+        if creds and key.is_relative_to(creds):
+            continue
+        try:
+            mode = key.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            warnings.append(
+                f"{key}: private key is mode {mode & 0o777:04o}; make it 0600 and hand it "
+                "over with LoadCredential="
+            )
+    return warnings
+
+
+def _tls_tables(config: GatewayConfig) -> list[Any]:
+    found: list[Any] = [d.tls for d in config.destinations if isinstance(d, DestinationConfig)]
+    found += [config.worklist and config.worklist.tls, config.mpps and config.mpps.tls]
+    found += [config.inbound.tls, config.ui.tls, config.commitment.tls]
+    found += [config.audit.collector and config.audit.collector.tls]
+    return [t for t in found if t is not None and isinstance(getattr(t, "key", None), Path)]
+
+
+def plaintext_peers(config: GatewayConfig) -> list[str]:
+    """Every peer patient data would reach without TLS, for `config check`."""
+    found = [
+        f"destination {d.name!r} ({d.host}:{d.port})"
+        for d in config.destinations
+        if isinstance(d, DestinationConfig) and d.tls is None
+    ]
+    found += [
+        f"destination {d.name!r} ({d.url})"
+        for d in config.destinations
+        if not isinstance(d, DestinationConfig) and urlsplit(str(d.url)).scheme != "https"
+    ]
+    if config.worklist is not None and config.worklist.tls is None:
+        found.append(f"worklist {config.worklist.host}:{config.worklist.port}")
+    if config.mpps is not None and config.mpps.tls is None:
+        found.append(f"mpps {config.mpps.host}:{config.mpps.port}")
+    if config.inbound.enabled and config.inbound.tls is None:
+        found.append(f"inbound listener {config.inbound.listen}")
+    return found
+
+
+_TLS_FILES = ("ca", "cert", "key", "crl")
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
@@ -592,25 +819,25 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     if isinstance(dests, list):
         for dest in dests:
             if isinstance(dest, dict):
-                fix(dest.get("tls"), ("ca", "cert", "key"))
+                fix(dest.get("tls"), _TLS_FILES)
                 fix(
                     dest.get("http_auth"),
                     ("password_file", "bearer_token_file", "client_secret_file", "token_ca"),
                 )
     worklist = data.get("worklist")
     if isinstance(worklist, dict):
-        fix(worklist.get("tls"), ("ca", "cert", "key"))
+        fix(worklist.get("tls"), _TLS_FILES)
     mpps = data.get("mpps")
     if isinstance(mpps, dict):
-        fix(mpps.get("tls"), ("ca", "cert", "key"))
+        fix(mpps.get("tls"), _TLS_FILES)
     fix(data.get("queue"), ("path",))
     audit = data.get("audit")
     if isinstance(audit, dict) and isinstance(audit.get("collector"), dict):
-        fix(audit["collector"].get("tls"), ("ca", "cert", "key"))
-    for section in ("commitment", "inbound"):
+        fix(audit["collector"].get("tls"), _TLS_FILES)
+    for section in ("commitment", "inbound", "ui"):
         table = data.get(section)
         if isinstance(table, dict):
-            fix(table.get("tls"), ("ca", "cert", "key"))
+            fix(table.get("tls"), _TLS_FILES)
 
 
 def mpps_peer(config: GatewayConfig) -> DestinationConfig | None:

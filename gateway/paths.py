@@ -13,6 +13,15 @@ from pathlib import Path
 
 DEFAULT_CONFIG_PATH = Path("/etc/dicom-gateway/gateway.toml")
 CONFIG_ENV = "DICOM_GATEWAY_CONFIG"
+# The installed queue (tmpfiles.d: 2770 root:dicom-gateway, shared by the
+# capture and forwarder users through that group alone).
+INSTALLED_QUEUE_PATH = Path("/var/lib/dicom-gateway")
+# What the touchscreen saves on the installed appliance: /etc is read-only
+# under ProtectSystem=strict, so the screen's settings go to the capture
+# unit's StateDirectory= (dicom-gateway-ui), and are laid over gateway.toml.
+DEFAULT_SETTINGS_PATH = Path("/var/lib/dicom-gateway-ui/settings.toml")
+SETTINGS_ENV = "DICOM_GATEWAY_SETTINGS"
+PIN_HASH_NAME = "pin-hash"
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
@@ -28,16 +37,37 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 
 def default_queue_path() -> Path:
-    """Where the queue lives when nobody said: systemd's StateDirectory, else
-    /var/lib for root, else the user's state directory (so the demo runs
-    unprivileged with nothing configured)."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/dicom-gateway")
+    """Where the queue lives when nobody said: /var/lib/dicom-gateway for root
+    or when the installed layout made it ours to write (the services' users,
+    through the dicom-gateway group), else the user's state directory (so the
+    demo runs unprivileged with nothing configured). Not $STATE_DIRECTORY:
+    the capture unit's is its private dicom-gateway-ui, never the queue."""
+    if os.geteuid() == 0 or os.access(INSTALLED_QUEUE_PATH, os.W_OK | os.X_OK):
+        return INSTALLED_QUEUE_PATH
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "dicom-gateway"
+
+
+def resolve_settings_path(config_path: Path | None) -> Path | None:
+    """Where the touchscreen's settings are saved and read back: the file in
+    $DICOM_GATEWAY_SETTINGS, else for the installed configuration
+    (/etc/dicom-gateway/gateway.toml) the UI's state directory; None when the
+    screen writes into the configuration file itself (a development setup)."""
+    env = os.environ.get(SETTINGS_ENV)
+    if env:
+        return Path(env)
+    if config_path is not None and config_path == DEFAULT_CONFIG_PATH:
+        return DEFAULT_SETTINGS_PATH
+    return None
+
+
+def pin_credential_path() -> Path | None:
+    """The PIN provisioned through systemd's `LoadCredential=pin`, if any."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not creds:
+        return None
+    path = Path(creds) / "pin"
+    return path if path.is_file() else None
 
 
 def resolve_path_value(value: str, base: Path) -> str:

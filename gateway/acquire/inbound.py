@@ -7,7 +7,6 @@ forwarded over TLS like our own captures."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -15,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewayConfig, InboundConfig
-from gateway.net.listener import parse_listen, start_server
+from gateway.dicom.uids import InvalidUID, check_uid
+from gateway.net.listener import Request, check_peer, limits_from, parse_listen, start_server
 from gateway.net.tls import server_context
 from gateway.net.ul import OUR_MAX_PDU
 from gateway.queue.db import QueueError
@@ -27,21 +27,27 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 NOT_AUTHORISED = 0x0124
 OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3: data set does not match SOP Class
 CANNOT_UNDERSTAND = 0xC000
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+VERIFICATION = "1.2.840.10008.1.1"
+
+Refusal = Callable[[str, str, str], None]  # (AE title, address, reason): the audit trail
 
 
 def allowed(config: InboundConfig, ae_title: str, address: str) -> bool:
-    """An entry's address is an IP address or a network (CIDR)."""
-    for peer in config.allowed:
-        if peer.ae_title != ae_title.strip():
-            continue
-        try:
-            if ipaddress.ip_address(address) in ipaddress.ip_network(peer.address, strict=False):
-                return True
-        except ValueError:
-            if peer.address == address:
-                return True
-    return False
+    """On the allow-list by AE title and address (the certificate is the gate's)."""
+    request = Request(address, 0, ae_title.strip(), "", None)
+    peers = [p.model_copy(update={"certificate_cn": None}) for p in config.allowed]
+    return check_peer(peers, request) is None
+
+
+def transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pynetdicom knows but Deflate: a deflated data
+    set is inflated whole in memory, so a few kilobytes become gigabytes."""
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
+
+    return [str(ts) for ts in ALL_TRANSFER_SYNTAXES if str(ts) not in DEFLATED]
 
 
 @dataclass
@@ -51,30 +57,78 @@ class InboundService:
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: Any = None
     heartbeat: Callable[[], None] | None = None  # the service's health (accept loop)
+    refused: Refusal | None = None  # associations, objects and UIDs refused
+
+    @property
+    def ae_title(self) -> str:
+        return self.config.inbound.ae_title or self.config.station.ae_title
+
+    def admit(self, request: Request) -> str | None:
+        """At the A-ASSOCIATE-RQ, before any data set is read."""
+        if request.called_ae != self.ae_title:
+            return f"called AE title {request.called_ae!r} is not ours"
+        return check_peer(self.config.inbound.allowed, request)
+
+    def _refuse(self, ae_title: str, address: str, reason: str, status: int) -> int:
+        log.warning("inbound C-STORE from %s at %s refused: %s", ae_title, address, reason)
+        if self.refused is not None:
+            try:
+                self.refused(ae_title, address, reason)
+            except Exception:
+                log.exception("refused C-STORE could not be reported")
+        return status
+
+    def on_echo(self, event: Any) -> int:
+        """Verification: a modality's "test connection" (admitted peers only)."""
+        return SUCCESS
 
     def on_store(self, event: Any) -> int:
         requestor = event.assoc.requestor
-        ae_title, address = str(requestor.ae_title), str(requestor.address)
-        if not allowed(self.config.inbound, ae_title, address):
-            log.warning(
-                "inbound C-STORE from %s at %s refused: not on the allow-list", ae_title, address
-            )
-            return NOT_AUTHORISED
+        ae_title, address = str(requestor.ae_title).strip(), str(requestor.address)
+        if not allowed(self.config.inbound, ae_title, address):  # the gate checked; twice is cheap
+            return self._refuse(ae_title, address, "not on the allow-list", NOT_AUTHORISED)
         try:
-            data = event.encoded_dataset(include_meta=True)
-            ds = event.dataset
-            sop_class = str(event.request.AffectedSOPClassUID)
-            sop_instance = str(event.request.AffectedSOPInstanceUID)
+            sop_class = str(event.request.AffectedSOPClassUID or "")
+            sop_instance = str(event.request.AffectedSOPInstanceUID or "")
             ts = str(event.context.transfer_syntax)
+            ds = event.dataset
+            data_sop_instance = str(ds.get("SOPInstanceUID", "") or "")
+            data_sop_class = str(ds.get("SOPClassUID", "") or "")
             study = str(ds.get("StudyInstanceUID", "") or "")
         except Exception as exc:  # whatever the peer sent, the SCP lives on
-            log.warning("inbound C-STORE from %s not understood: %s", ae_title, exc)
-            return CANNOT_UNDERSTAND
-        if not study:
-            log.warning(
-                "inbound object %s from %s has no Study Instance UID", sop_instance, ae_title
+            return self._refuse(ae_title, address, f"not understood: {exc}", CANNOT_UNDERSTAND)
+        try:
+            for value, what in (
+                (sop_instance, "Affected SOP Instance UID"),
+                (sop_class, "Affected SOP Class UID"),
+                (study, "Study Instance UID"),
+                (ts, "Transfer Syntax UID"),
+            ):
+                note = check_uid(value, what)
+                if note is not None:
+                    log.info("inbound object from %s: %s; kept as sent", ae_title, note)
+        except InvalidUID as exc:
+            return self._refuse(ae_title, address, str(exc), CANNOT_UNDERSTAND)
+        if data_sop_instance != sop_instance:
+            return self._refuse(
+                ae_title,
+                address,
+                f"the data set's SOP Instance UID {data_sop_instance[:64]!r} is not the"
+                f" command's {sop_instance}",
+                DATASET_MISMATCH,
             )
-            return CANNOT_UNDERSTAND
+        if data_sop_class and data_sop_class != sop_class:
+            return self._refuse(
+                ae_title,
+                address,
+                f"the data set's SOP Class UID {data_sop_class[:64]!r} is not the"
+                f" command's {sop_class}",
+                DATASET_MISMATCH,
+            )
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as exc:
+            return self._refuse(ae_title, address, f"not understood: {exc}", CANNOT_UNDERSTAND)
         try:
             with self.lock:
                 self.outbox.add(
@@ -96,23 +150,26 @@ class InboundService:
         return SUCCESS
 
     def start(self) -> None:
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         c = self.config.inbound
-        ae = AE(ae_title=c.ae_title or self.config.station.ae_title)
+        ae = AE(ae_title=self.ae_title)
+        syntaxes = transfer_syntaxes()
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
-        ae.require_calling_aet = [p.ae_title for p in c.allowed] or ["\\"]  # none: refuse all
-        ae.network_timeout = self.config.forwarding.network_timeout_s
+            ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
+        ae.add_supported_context(VERIFICATION, syntaxes)
+        ae.network_timeout = c.limits.idle_timeout_s
         ae.acse_timeout = self.config.forwarding.acse_timeout_s
         ae.dimse_timeout = self.config.forwarding.dimse_timeout_s
         ae.maximum_pdu_size = OUR_MAX_PDU  # what a modality may send us in one PDU
         self.server = start_server(
             ae,
             parse_listen(c.listen),
-            [(evt.EVT_C_STORE, self.on_store)],
+            [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo)],
+            admit=self.admit,
+            limits=limits_from(c.limits, c.handshake_timeout_s),
             ssl_context=server_context(c.tls) if c.tls else None,
-            handshake_timeout=c.handshake_timeout_s,
+            refused=self.refused,
             heartbeat=self.heartbeat,
         )
         log.info(

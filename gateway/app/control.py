@@ -139,7 +139,13 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        print("\n".join(f"{r['source']}: queue object {r['id']}" for r in result["imported"]))
+        print(
+            "\n".join(
+                f"{r['source']}: queue object {r['id']}"
+                + (f" ({r['note']})" if r.get("note") else "")
+                for r in result["imported"]
+            )
+        )
 
 
 # -- the client ----------------------------------------------------------------------

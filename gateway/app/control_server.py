@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import socket
 import struct
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drivers.imagecodec import IMAGE_SUFFIXES
 from gateway.app.control import (
     MAX_FILES,
     MAX_SOCKET_PATH,
@@ -46,7 +46,6 @@ READ_TIMEOUT = 60.0
 HEADER_TIMEOUT = 10.0
 MIN_UPLOAD_RATE = 1 << 20  # bytes per second, on average, over the whole upload
 _SUBJECT_KEYS = ("accession", "patient_id", "patient_name", "birth_date", "sex")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class RequestError(Exception):
@@ -216,7 +215,7 @@ class ControlServer:
             # However slowly a local client sends, the upload has an end.
             deadline = time.monotonic() + READ_TIMEOUT + total / MIN_UPLOAD_RATE
             for index, (name, size, mtime) in enumerate(files):
-                path = work / f"{index:05d}-{_UNSAFE.sub('_', Path(name).name)[-80:]}"
+                path = work / _staged_name(index, name)
                 try:
                     # Unbuffered: a full disk shows at the write, not at a close.
                     out = open(path, "wb", buffering=0)  # noqa: SIM115 (closed below)
@@ -274,6 +273,17 @@ class _Replier:
             send_message(self.conn, message)
         except OSError:
             self.gone = True
+
+
+_STAGED_SUFFIXES = frozenset((*IMAGE_SUFFIXES, ".mp4", ".avi", ".mov", ".mkv", ".m4v"))
+
+
+def _staged_name(index: int, name: str) -> str:
+    """A staged file's name is ours: its index, and the suffix only when it
+    is one of the formats we know (video decoders look at it); the client's
+    name is kept apart, for the messages."""
+    suffix = Path(name).suffix.lower()
+    return f"{index:05d}{suffix if suffix in _STAGED_SUFFIXES else ''}"
 
 
 def _parse_header(header: dict[str, Any]) -> tuple[list[tuple[str, int, float]], dict[str, Any]]:

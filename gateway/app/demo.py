@@ -36,6 +36,7 @@ from gateway.net.tls import server_context
 from gateway.ops.certs import make_authority
 from gateway.queue.files import write_atomic
 from gateway.queue.messages import MppsQueue
+from gateway.queue.model import object_file_name
 from gateway.queue.outbox import outbox_for
 from gateway.ris.model import WorklistQuery
 from gateway.ris.mpps_sender import MppsSender
@@ -95,7 +96,7 @@ class LoopbackHospital:
     def _on_store(self, event: Event) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
-        path = self.directory / f"{ds.SOPInstanceUID}.dcm"
+        path = self.directory / object_file_name(str(ds.SOPInstanceUID))  # never the peer's string
         write_atomic(path, event.encoded_dataset())
         self.received.append(path)
         return 0x0000

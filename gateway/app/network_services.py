@@ -8,14 +8,45 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
 from gateway.net.ul import Timeouts
+from gateway.ops import audit
 from gateway.ops.health import Health
 from gateway.queue.outbox import outbox_for
 
 log = logging.getLogger(__name__)
+
+
+def audit_refusals(port: str) -> Callable[[str, str, str], None]:
+    """A refused association, object, UID or commitment report as a
+    Security Alert (PS3.15 A.5.3.11) in the audit trail. Each audit message
+    is itself queued on disk, so a flood is summarised: at most one record
+    per address and 60 s, and 120 a minute in all; the rest are counted
+    and the count is in the next record."""
+    lock = threading.Lock()
+    last: dict[str, float] = {}
+    window: list[float] = []
+    skipped: dict[str, int] = {}
+
+    def record(ae_title: str, address: str, reason: str) -> None:
+        now = time.monotonic()
+        with lock:
+            window[:] = [t for t in window if now - t < 60]
+            if now - last.get(address, -1e9) < 60 or len(window) >= 120:
+                skipped[address] = skipped.get(address, 0) + 1
+                return
+            last[address] = now
+            window.append(now)
+            if len(last) > 4096:
+                last.clear()
+            more = skipped.pop(address, 0)
+        text = f"{port}: {reason}" + (f" (and {more} more since the last record)" if more else "")
+        audit.emit(lambda t: t.security_alert(ae_title or "unknown", address, text))
+
+    return record
 
 
 def network_loops(config: GatewayConfig) -> list[str]:
@@ -39,7 +70,12 @@ def start_network_services(
     if config.inbound.enabled:
         from gateway.acquire.inbound import InboundService
 
-        inbound = InboundService(outbox_for(config), config, heartbeat=health.beater("inbound"))
+        inbound = InboundService(
+            outbox_for(config),
+            config,
+            heartbeat=health.beater("inbound"),
+            refused=audit_refusals("inbound"),
+        )
         inbound.start()
         stoppers.append(inbound.stop)
     if commit:
@@ -51,6 +87,7 @@ def start_network_services(
             config,
             Timeouts(f.connect_timeout_s, f.acse_timeout_s, f.dimse_timeout_s, f.network_timeout_s),
         )
+        service.on_refused.append(audit_refusals("Storage Commitment"))
         if config.commitment.listen is not None:
             service.start_listener(health.beater("commitment-listener"))
         stoppers.append(service.stop)

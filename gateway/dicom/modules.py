@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal
 
+from gateway.dicom import uids
 from gateway.dicom.uids import new_uid
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 # Control characters other than ESC (ISO 2022) are illegal in string VRs.
 _CONTROL_RE = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
 
@@ -25,8 +25,12 @@ class ModuleError(ValueError):
 
 
 def check_uid(name: str, uid: str) -> str:
-    if len(uid) > 64 or not _UID_RE.match(uid):
-        raise ModuleError(f"{name}: {uid!r} is not a valid UID")
+    """The one UID check (gateway.dicom.uids): a leading zero an old RIS or
+    device sent is kept as sent; what is no UID at all is refused."""
+    try:
+        uids.check_uid(uid, name)
+    except uids.InvalidUID:
+        raise ModuleError(f"{name}: {uid!r} is not a valid UID") from None
     return uid
 
 

@@ -121,6 +121,14 @@ def _load(ctx: ssl.SSLContext, tls: TLSConfig) -> None:
         ctx.load_verify_locations(cafile=str(tls.ca))
     except (ssl.SSLError, OSError) as exc:
         raise TLSSetupError(f"CA file {tls.ca}: {_reason(exc)}") from None
+    if tls.crl is not None:
+        # The leaf only: intermediate CAs of a site PKI rarely publish CRLs,
+        # and requiring one for each would refuse every peer.
+        try:
+            ctx.load_verify_locations(cafile=str(tls.crl))
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSSetupError(f"CRL file {tls.crl}: {_reason(exc)}") from None
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     try:
         ctx.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
     except (ssl.SSLError, OSError) as exc:
@@ -209,6 +217,8 @@ def describe_tls_failure(exc: BaseException) -> str:
             return "peer certificate has expired"
         if "not yet valid" in msg:
             return "peer certificate is not yet valid (is the clock right?)"
+        if "revoked" in msg:
+            return "peer certificate has been revoked (on the CRL)"
         if "self-signed" in msg or "unable to get local issuer" in msg:
             return f"peer certificate is not signed by our CA ({msg})"
         return f"peer certificate rejected: {msg}"

@@ -42,6 +42,7 @@ from gateway.ops.audit_messages import (
     STUDY_INSTANCE_UID,
     SUCCESS,
     USER_AUTHENTICATION,
+    USER_SECURITY_ATTRIBUTES_CHANGED,
     AuditEvent,
     Code,
     Participant,
@@ -200,6 +201,22 @@ class AuditTrail:
                 [Participant("settings-pin", True, network_access_point=source), self._me(False)],
                 event_type=LOGIN,
                 outcome_description="wrong settings PIN",
+            )
+        )
+
+    def pin_lockout(self, seconds: int, failures: int, source: str | None = None) -> bytes:
+        """A client's wrong PINs reached the back-off: a Security Alert (User
+        Security Attributes Changed) naming the client's address and the wait."""
+        return self.record(
+            AuditEvent(
+                SECURITY_ALERT,
+                "E",
+                MINOR_FAILURE,
+                [Participant("settings-pin", True, network_access_point=source), self._me(False)],
+                event_type=USER_SECURITY_ATTRIBUTES_CHANGED,
+                outcome_description=(
+                    f"settings PIN locked for {seconds} s after {failures} wrong tries"
+                ),
             )
         )
 

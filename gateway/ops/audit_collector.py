@@ -96,7 +96,9 @@ class CollectorSender:
 
     def try_lock(self) -> bool:
         if self._lock_fd is None:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+            fd = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT, 0o660
+            )  # both service users lock it
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -47,6 +47,12 @@ def open_durable(path: Path) -> sqlite3.Connection:
     system that refuses WAL (read-only, some network mounts) stops the start.
     """
     new = not path.exists()
+    if new:
+        # Group-writable (less the umask): on the appliance the capture and
+        # forwarder users share the queue through their group alone, and
+        # SQLite gives its -wal/-shm files the database file's mode.
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o660))
     try:
         db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         db.row_factory = sqlite3.Row

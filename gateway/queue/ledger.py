@@ -54,26 +54,44 @@ class LedgerMixin(OutboxBase):
                 (transaction_uid,),
             )
 
+    def commit_destination(self, transaction_uid: str) -> str | None:
+        """The destination we asked under this Transaction UID, while any of
+        its objects still waits for the answer; None for a transaction we
+        never issued (or one fully answered)."""
+        row = self._db.execute(
+            "SELECT destination FROM deliveries WHERE commit_tx = ? AND state = 'sent' LIMIT 1",
+            (transaction_uid,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def apply_commitment(
-        self, transaction_uid: str, committed: Sequence[str], failed: Sequence[tuple[str, str]]
+        self,
+        transaction_uid: str,
+        committed: Sequence[str],
+        failed: Sequence[tuple[str, str]],
+        destination: str | None = None,
     ) -> tuple[int, int]:
         """The PACS's answer: committed objects may be purged later; failed
-        ones go back to pending to be sent again. Returns (committed, requeued)."""
+        ones go back to pending to be sent again. With `destination`, only
+        that destination's deliveries are touched (the one asked under this
+        transaction). Returns (committed, requeued)."""
         now = time.time()
+        where = "" if destination is None else " AND destination = ?"
+        tail = () if destination is None else (destination,)
         with self._tx() as db:
             ok = db.executemany(
                 "UPDATE deliveries SET state = 'committed', updated_at = ?"
                 " WHERE commit_tx = ? AND state = 'sent' AND object_id ="
-                " (SELECT id FROM objects WHERE sop_instance_uid = ?)",
-                [(now, transaction_uid, uid) for uid in committed],
+                " (SELECT id FROM objects WHERE sop_instance_uid = ?)" + where,
+                [(now, transaction_uid, uid, *tail) for uid in committed],
             ).rowcount
             bad = db.executemany(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = 0, commit_tx = NULL,"
                 " commit_requested_at = NULL, last_error = ?, updated_at = ?"
                 " WHERE commit_tx = ? AND state = 'sent' AND object_id ="
-                " (SELECT id FROM objects WHERE sop_instance_uid = ?)",
+                " (SELECT id FROM objects WHERE sop_instance_uid = ?)" + where,
                 [
-                    (f"Storage Commitment failed: {reason}", now, transaction_uid, uid)
+                    (f"Storage Commitment failed: {reason}", now, transaction_uid, uid, *tail)
                     for uid, reason in failed
                 ],
             ).rowcount

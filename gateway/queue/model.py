@@ -3,6 +3,7 @@ destination, each with its own state), and the errors the queue raises."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -13,6 +14,17 @@ from gateway.queue.db import QueueError
 
 OBJECTS_DIR = "objects"
 LOCK_NAME = "add.lock"
+
+
+def object_file_name(sop_instance_uid: str) -> str:
+    """The queue file's name: a hash of the SOP Instance UID, never the UID
+    itself. The UID is the sender's string (a peer once sent `../../x`), so
+    no name on disk is made from it; the hash keeps one name per UID, which
+    the duplicate checks rely on."""
+    return (
+        hashlib.sha256(sop_instance_uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+        + ".dcm"
+    )
 
 
 class AlreadyQueued(QueueError):

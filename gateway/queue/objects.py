@@ -21,6 +21,7 @@ from gateway.queue.model import (
     AlreadyQueued,
     NewObject,
     QueuedObject,
+    object_file_name,
 )
 
 
@@ -66,7 +67,9 @@ class ObjectsMixin(OutboxBase):
     def _adding(self) -> Iterator[None]:
         """Shared lock held from file write to row commit: while anyone holds
         it, `recover` must not take a row-less file for an orphan."""
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        fd = os.open(
+            self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o660
+        )  # both service users lock it
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             yield
@@ -78,14 +81,16 @@ class ObjectsMixin(OutboxBase):
         if len(set(uids)) != len(uids):
             raise AlreadyQueued("the same SOP Instance UID twice in one batch")
         for uid in uids:
-            if (self.objects_dir / f"{uid}.dcm").exists() and self._has_row(uid):
+            if (self.objects_dir / object_file_name(uid)).exists() and self._has_row(uid):
                 raise AlreadyQueued(f"SOP Instance UID {uid} is already queued")
         written: list[Path] = []
+        uid_of: dict[Path, str] = {}
         try:
             for item in items:
-                path = self.objects_dir / f"{item.sop_instance_uid}.dcm"
+                path = self.objects_dir / object_file_name(item.sop_instance_uid)
                 write_atomic(path, item.data, sync_dir=False)
                 written.append(path)
+                uid_of[path] = item.sop_instance_uid
             fsync_dir(self.objects_dir)
         except OSError as exc:
             self._discard(written)
@@ -96,7 +101,7 @@ class ObjectsMixin(OutboxBase):
         try:
             with self._tx() as db:
                 for item in items:
-                    name = f"{item.sop_instance_uid}.dcm"
+                    name = object_file_name(item.sop_instance_uid)
                     cur = db.execute(
                         "INSERT INTO objects (sop_instance_uid, sop_class_uid,"
                         " transfer_syntax_uid, study_instance_uid, path, size, created_at,"
@@ -139,7 +144,7 @@ class ObjectsMixin(OutboxBase):
         except sqlite3.IntegrityError:
             # Another process queued one of these meanwhile: its file (same
             # name) belongs to that row now and stays; the others go.
-            self._discard([p for p in written if not self._has_row(p.stem)])
+            self._discard([p for p in written if not self._has_row(uid_of[p])])
             raise AlreadyQueued("a SOP Instance UID of this batch is already queued") from None
         except sqlite3.Error as exc:
             # A COMMIT that failed (EIO on the WAL's fsync) may still be on

@@ -36,7 +36,9 @@ class RecoveryMixin(OutboxBase):
         whose file vanished (reported as failed, never sent as garbage)."""
         temp_removed = orphan_removed = missing = 0
         skipped = False
-        lock = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        lock = os.open(
+            self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o660
+        )  # both service users lock it
         try:
             if _lock_exclusive(lock, lock_wait):
                 known = {r[0] for r in self._db.execute("SELECT path FROM objects")}

@@ -28,7 +28,7 @@ from gateway.dicom.part10 import Part10Error, read_header
 from gateway.queue.alarms import ALARM_REBUILT
 from gateway.queue.db import DamagedDatabase, open_queue_db, transaction
 from gateway.queue.files import TMP_SUFFIX, fsync_dir
-from gateway.queue.model import LOCK_NAME, OBJECTS_DIR
+from gateway.queue.model import LOCK_NAME, OBJECTS_DIR, object_file_name
 from gateway.queue.schema import DB_NAME
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def open_or_rebuild(
         return open_queue_db(root, check=check), None
     except DamagedDatabase:
         pass
-    fd = os.open(root / REPAIR_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+    fd = os.open(root / REPAIR_LOCK, os.O_RDWR | os.O_CREAT, 0o660)  # both service users lock it
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -82,7 +82,7 @@ def _rebuild(
     rows: list[tuple[str, str, str, str, str, int, float]] = []
     unreadable = 0
     # Nobody adds while we read the directory (adders hold the lock shared).
-    lock = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+    lock = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o660)  # both service users lock it
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for entry in sorted(os.scandir(objects_dir), key=lambda e: e.name):
@@ -139,7 +139,8 @@ def _row(path: Path) -> tuple[str, str, str, str, str, int, float]:
     study = str(ds.get("StudyInstanceUID", "") or "")
     if not sop.sop_instance or not sop.sop_class or not study:
         raise ValueError("no SOP Instance, SOP Class or Study Instance UID")
-    if path.name != f"{sop.sop_instance}.dcm":
+    # Queues written before names were hashed hold `<UID>.dcm` files.
+    if path.name not in (object_file_name(sop.sop_instance), f"{sop.sop_instance}.dcm"):
         raise ValueError(f"holds SOP Instance UID {sop.sop_instance}")
     st = path.stat()
     return (

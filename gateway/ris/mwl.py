@@ -24,7 +24,7 @@ from pydicom.valuerep import TEXT_VR_DELIMS
 
 from gateway.dicom.modules import Code, ModuleError, Order, Patient, check_character_set
 from gateway.dicom.rawdata import RawItem
-from gateway.dicom.uids import new_uid
+from gateway.dicom.uids import InvalidUID, check_uid, new_uid
 from gateway.ris.model import WorklistEntry, WorklistQuery
 
 # pydicom logs what it dislikes in a value, with the value (a birth date, a
@@ -41,7 +41,6 @@ class _QuietWhileParsing(logging.Filter):
 logging.getLogger("pydicom").addFilter(_QuietWhileParsing())
 
 _CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 # Return keys: what Scheduled Workflow carries into the objects and what the
 # technician needs to pick the right line.
@@ -357,12 +356,17 @@ def _parse(ds: RawItem) -> tuple[WorklistEntry, _Reader]:
         r.warn(str(exc))
         patient = Patient(name="", id="")
     study_uid = r.text(ds, "StudyInstanceUID", "Study Instance UID", 64)
-    if not study_uid or not _UID.match(study_uid):
+    try:
+        note = check_uid(study_uid, "Study Instance UID")
+    except InvalidUID as exc:
         r.warn(
-            "Study Instance UID is missing or invalid; the images will get a new study "
-            "that the RIS may not link to the order"
+            f"Study Instance UID is missing or invalid ({exc}); the images will get a new "
+            "study that the RIS may not link to the order"
         )
         study_uid = new_uid()
+    else:
+        if note is not None:  # an old RIS's leading zero: kept as sent
+            logging.getLogger(__name__).info("worklist entry: %s; kept as sent", note)
     start_date = r.date(step, "ScheduledProcedureStepStartDate", "Scheduled Start Date")
     start_time = r.time(step, "ScheduledProcedureStepStartTime", "Scheduled Start Time")
     try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import DestinationConfig
-from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
+from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT, JPEG_BASELINE, VIDEO
 from gateway.net.association import PeerError, connect, describe_link_failure, peer_label
 from gateway.net.tls import TLSSetupError
 from gateway.net.ul import Accepted, Proposed, Timeouts, ULConnection, ULError
@@ -52,6 +52,8 @@ class DimseSender:
     memory_limit: int = DEFAULT_MEMORY_LIMIT  # for a conversion (gateway.dicom.transcode)
     # Called with (object id, True) before a conversion and (id, False) after.
     converting: Callable[[int, bool], None] = lambda object_id, started: None
+    # A video object for a PACS without its syntax: to JPEG Baseline, or refused.
+    convert_video: bool = True
     _single_until: float = 0.0  # monotonic time until which one association only
 
     @property
@@ -203,12 +205,25 @@ class DimseSender:
         try:
             sop = check_queued_file(obj)
             choice = _choose_context(conn, sop.sop_class, sop.transfer_syntax)
+            video = sop.transfer_syntax in VIDEO
+            if (
+                video
+                and not self.convert_video
+                and (choice is None or choice.transfer_syntax != sop.transfer_syntax)
+            ):
+                return delivery, Result(
+                    obj.id,
+                    Outcome.PERMANENT,
+                    f"{self.label}: does not accept video ({sop.transfer_syntax}) for "
+                    f"SOP class {sop.sop_class}, and forwarding.convert_video is off",
+                )
             if choice is None:
                 return delivery, Result(
                     obj.id,
                     Outcome.PERMANENT,
-                    f"{self.label}: accepts neither {sop.transfer_syntax} nor an "
-                    f"uncompressed transfer syntax for SOP class {sop.sop_class}",
+                    f"{self.label}: accepts neither {sop.transfer_syntax} nor "
+                    f"{'JPEG Baseline nor ' if video else ''}an uncompressed transfer syntax "
+                    f"for SOP class {sop.sop_class}",
                 )
             return delivery, prepare_store(reader, sop, choice.id, choice.transfer_syntax)
         except FileProblem as exc:
@@ -275,16 +290,24 @@ def _split(batch: Sequence[Delivery], count: int) -> list[list[Delivery]]:
     return [p for p in parts if p]
 
 
+def _fallback(transfer_syntax: str) -> tuple[str, ...]:
+    """What an object may be converted to: video to JPEG Baseline first (a
+    cine any viewer plays, ~10× smaller than native), then, like anything
+    else, to Explicit/Implicit VR Little Endian, which every SCP accepts."""
+    plain = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+    return (JPEG_BASELINE, *plain) if transfer_syntax in VIDEO else plain
+
+
 def _contexts(batch: Sequence[Delivery]) -> tuple[list[Proposed], list[Delivery]]:
-    """The object's own transfer syntax, and Explicit/Implicit VR Little Endian
-    as a fallback, per SOP class; at most 128 contexts (the rest wait a round)."""
+    """The object's own transfer syntax first, and a fallback (`_fallback`)
+    per SOP class; at most 128 contexts (the rest wait a round)."""
     contexts: dict[tuple[str, tuple[str, ...]], Proposed] = {}
     kept: list[Delivery] = []
     for delivery in batch:
         obj = delivery.object
         wanted = [
             (obj.sop_class_uid, (obj.transfer_syntax_uid,)),
-            (obj.sop_class_uid, (EXPLICIT_VR_LE, IMPLICIT_VR_LE)),
+            (obj.sop_class_uid, _fallback(obj.transfer_syntax_uid)),
         ]
         new = [w for w in wanted if w not in contexts]
         if len(contexts) + len(new) > MAX_CONTEXTS:
@@ -296,8 +319,8 @@ def _contexts(batch: Sequence[Delivery]) -> tuple[list[Proposed], list[Delivery]
 
 
 def _choose_context(conn: ULConnection, sop_class: str, transfer_syntax: str) -> Accepted | None:
-    """The object's own syntax when accepted, else an uncompressed one."""
-    for ts in (transfer_syntax, EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+    """The object's own syntax when accepted, else its fallback."""
+    for ts in (transfer_syntax, *_fallback(transfer_syntax)):
         for a in conn.accepted.values():
             if a.abstract_syntax == sop_class and a.transfer_syntax == ts:
                 return a

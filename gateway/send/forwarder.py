@@ -95,6 +95,7 @@ class Forwarder:
     # after every object and while a large one is being written.
     heartbeat: Callable[[], None] = lambda: None
     memory_limit: int = DEFAULT_MEMORY_LIMIT  # of one conversion (forwarding.convert_memory_mb)
+    convert_video: bool = True  # forwarding.convert_video
     _queue_problem: str | None = None
     _jobs: list[_FlushJob] = field(default_factory=list)
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,6 +118,7 @@ class Forwarder:
             retry_base=f.retry_base_s,
             retry_cap=f.retry_cap_s,
             memory_limit=f.convert_memory_mb << 20,
+            convert_video=f.convert_video,
         )
 
     def __post_init__(self) -> None:
@@ -132,6 +134,7 @@ class Forwarder:
                     progress=self._beat,
                     memory_limit=self.memory_limit,
                     converting=self._converting(dest.name),
+                    convert_video=self.convert_video,
                 ),
             )
 

@@ -1,15 +1,24 @@
-"""Settings edited on the touchscreen, written back to the TOML file.
+"""Settings edited on the touchscreen, and the PIN.
 
 A change is checked by the same configuration model `config check` uses, on
-the whole file as it would be after the change, and written with
+the whole configuration as it would be after the change, and written with
 `write_atomic` (a power cut mid-save leaves the old file, never half a file).
-Only the sections the screen edits are replaced; everything else in the file
-(comments aside) is kept as it was.
+Only the sections the screen edits are replaced.
+
+Where they go: on the installed appliance /etc is read-only to the service
+(`ProtectSystem=strict`), so the sections are saved in the UI's state
+directory (`settings.toml`, 0640 for the dicom-gateway group: the forwarder
+reads the destinations from it) and laid over gateway.toml by `load_config`;
+the PIN's hash goes to `pin-hash` beside it, 0600, the capture user's alone.
+Without such a directory (development) both are written into the
+configuration file itself.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import threading
 import tomllib
 from collections.abc import Mapping
@@ -20,13 +29,23 @@ import tomli_w
 from pydantic import ValidationError
 
 from gateway.config import (
+    SETTINGS_SECTIONS,
+    ConfigError,
     GatewayConfig,
     _resolve_relative_paths,
+    apply_settings,
+    read_settings,
+    settings_with_change,
 )
+from gateway.ops import audit
+from gateway.paths import PIN_HASH_NAME
 from gateway.queue.files import write_atomic
-from gateway.ui.security import hash_pin
+from gateway.ui.security import PinError, check_pin_format, hash_pin, verify_pin
 
-EDITABLE = ("destinations", "worklist", "capture")
+log = logging.getLogger(__name__)
+
+EDITABLE = SETTINGS_SECTIONS
+_PROVISIONED = "provisioned "  # the pin-hash line naming the credential last taken
 
 
 class SettingsError(Exception):
@@ -108,18 +127,40 @@ def settings_problems(exc: ValidationError) -> tuple[str, dict[str, str]]:
 
 
 class SettingsStore:
-    def __init__(self, path: Path | None, config: GatewayConfig) -> None:
+    """The screen's settings and PIN; `overlay` is where they are saved
+    (None: into the configuration file at `path`)."""
+
+    def __init__(
+        self, path: Path | None, config: GatewayConfig, overlay: Path | None = None
+    ) -> None:
         self.path = path
+        self.overlay = overlay
         self.config = config
+        self.pin_file = overlay.with_name(PIN_HASH_NAME) if overlay is not None else None
+        self._provisioned_hash: str | None = None
+        self._memory_pin: str | None = None  # a credential with nowhere to keep its hash
         self._lock = threading.Lock()
 
-    def _raw(self) -> dict[str, Any]:
+    def _base(self) -> dict[str, Any]:
         if self.path is None or not self.path.exists():
             return {}
         try:
             return tomllib.loads(self.path.read_text("utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"{self.path}: cannot read: {exc}") from None
+
+    def _saved(self) -> dict[str, Any]:
+        assert self.overlay is not None
+        try:
+            return read_settings(self.overlay)
+        except ConfigError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def _raw(self) -> dict[str, Any]:
+        raw = self._base()
+        if self.overlay is not None:
+            apply_settings(raw, self._saved())
+        return raw
 
     def _validate(self, raw: dict[str, Any]) -> GatewayConfig:
         resolved = copy.deepcopy(raw)
@@ -131,15 +172,16 @@ class SettingsStore:
             message, fields = settings_problems(exc)
             raise SettingsError(message, fields) from None
 
-    def _write(self, raw: dict[str, Any]) -> None:
-        if self.path is None:
+    def _write(self, target: Path | None, raw: dict[str, Any], mode: int = 0o640) -> None:
+        if target is None:
             raise SettingsError(
                 "no configuration file to save to; start the gateway with --config PATH"
             )
         try:
-            write_atomic(self.path, tomli_w.dumps(raw).encode("utf-8"))
+            write_atomic(target, tomli_w.dumps(raw).encode("utf-8"))
+            os.chmod(target, mode)  # whatever the umask: never world-readable
         except OSError as exc:
-            raise SettingsError(f"{self.path}: cannot save: {exc.strerror}") from None
+            raise SettingsError(f"{target}: cannot save: {exc.strerror}") from None
 
     def view(self) -> dict[str, Any]:
         """What the settings screen shows (paths as written in the file)."""
@@ -158,8 +200,9 @@ class SettingsStore:
                 else None,
             ),
             "capture": raw.get("capture", config.capture.model_dump(mode="json")),
-            "config_file": str(self.path) if self.path else None,
-            "pin_set": bool(config.ui.pin_hash),
+            "config_file": str(self.overlay or self.path) if (self.overlay or self.path) else None,
+            "pin_set": bool(self.pin_hash),
+            "pin_min_length": config.ui.pin_min_length,
         }
 
     def update(self, changes: dict[str, Any]) -> GatewayConfig:
@@ -167,26 +210,111 @@ class SettingsStore:
         if unknown:
             raise SettingsError(f"cannot change {', '.join(unknown)} here")
         with self._lock:
-            raw = self._raw()
-            for key in EDITABLE:
-                if key in changes:
-                    if changes[key] is None:
-                        raw.pop(key, None)
-                    else:
-                        raw[key] = changes[key]
-            config = self._validate(raw)
-            self._write(raw)
+            if self.overlay is not None:
+                saved = self._saved()
+                for key in EDITABLE:
+                    if key in changes:
+                        saved = settings_with_change(saved, key, changes[key])
+                raw = self._base()
+                apply_settings(raw, saved)
+                config = self._validate(raw)
+                self._write(self.overlay, saved)
+            else:
+                raw = self._raw()
+                for key in EDITABLE:
+                    if key in changes:
+                        if changes[key] is None:
+                            raw.pop(key, None)
+                        else:
+                            raw[key] = changes[key]
+                config = self._validate(raw)
+                self._write(self.path, raw)
             self.config = config
             return config
 
+    # -- the PIN ---------------------------------------------------------
+
+    def _pin_lines(self) -> list[str]:
+        if self.pin_file is None:
+            return []
+        try:
+            return self.pin_file.read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("%s: cannot read the PIN: %s", self.pin_file, exc)
+            return []
+
+    @property
+    def pin_hash(self) -> str | None:
+        """The PIN to check: the state file's, else a credential's kept in
+        memory, else the configuration's `ui.pin_hash`."""
+        lines = self._pin_lines()
+        if lines and lines[0].startswith("scrypt$"):
+            return lines[0]
+        return self._memory_pin or self.config.ui.pin_hash
+
+    def check_new_pin(self, pin: str) -> str:
+        """The PIN if it may be set; PinError saying the rule otherwise."""
+        return check_pin_format(pin, self.config.ui.pin_min_length)
+
     def set_pin(self, pin: str) -> GatewayConfig:
+        self.check_new_pin(pin)
         with self._lock:
+            if self.pin_file is not None:
+                self._write_pin(hash_pin(pin), self._provisioned_line())
+                return self.config
             raw = self._raw()
             ui = raw.setdefault("ui", {})
             if not isinstance(ui, dict):
                 raise SettingsError("the [ui] section of the configuration is not a table")
             ui["pin_hash"] = hash_pin(pin)
             config = self._validate(raw)
-            self._write(raw)
+            self._write(self.path, raw)
             self.config = config
             return config
+
+    def _provisioned_line(self) -> str | None:
+        for line in self._pin_lines()[1:]:
+            if line.startswith(_PROVISIONED):
+                return line
+        return None
+
+    def _write_pin(self, pin_hash: str, provisioned: str | None) -> None:
+        assert self.pin_file is not None
+        text = pin_hash + "\n" + (provisioned + "\n" if provisioned else "")
+        try:
+            write_atomic(self.pin_file, text.encode())
+            os.chmod(self.pin_file, 0o600)
+        except OSError as exc:
+            raise SettingsError(f"{self.pin_file}: cannot save the PIN: {exc.strerror}") from None
+
+    def provision_pin(self, credential: Path | None) -> bool:
+        """Take the PIN handed in by systemd (`LoadCredential=pin`): hashed
+        into the state file the first time, and again only when the
+        credential changes (a re-provisioned box), so a PIN changed on the
+        screen later is kept across restarts. True when the PIN was taken."""
+        if credential is None:
+            return False
+        try:
+            pin = credential.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("provisioned PIN %s not read: %s", credential, exc)
+            return False
+        try:
+            self.check_new_pin(pin)
+        except PinError as exc:
+            log.error("provisioned PIN not used: %s", exc)
+            return False
+        with self._lock:
+            if self.pin_file is None:
+                self._memory_pin = hash_pin(pin)
+                return True  # nothing kept: taken again at every start, no audit
+            line = self._provisioned_line()
+            if line is not None and verify_pin(pin, line.removeprefix(_PROVISIONED)):
+                return False  # already taken; the screen may have changed it since
+            digest = hash_pin(pin)
+            self._write_pin(digest, _PROVISIONED + digest)
+        log.info("provisioned PIN taken into %s", self.pin_file)
+        audit.emit(lambda t: t.settings_changed("provisioning", "settings PIN provisioned"))
+        return True

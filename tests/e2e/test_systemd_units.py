@@ -111,10 +111,14 @@ def test_sysusers_and_tmpfiles_are_accepted(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     passwd = (tmp_path / "etc/passwd").read_text()
-    assert re.search(r"^dicom-gateway:x:\d+:\d+:.*:/usr/sbin/nologin$", passwd, re.M)
     groups = (tmp_path / "etc/group").read_text()
+    shared = re.search(r"^dicom-gateway:x:(\d+):$", groups, re.M)
+    assert shared, groups
+    for user in ("dicom-capture", "dicom-forwarder"):  # primary group: the shared one
+        assert re.search(rf"^{user}:x:\d+:{shared.group(1)}:.*:/usr/sbin/nologin$", passwd, re.M)
     for group in ("video", "dialout"):
-        assert re.search(rf"^{group}:x:\d+:.*\bdicom-gateway\b", groups, re.M), group
+        assert re.search(rf"^{group}:x:\d+:.*\bdicom-capture\b", groups, re.M), group
+        assert not re.search(rf"^{group}:x:\d+:.*\bdicom-forwarder\b", groups, re.M), group
     assert re.search(r"^dicom-kiosk:x:\d+:\d+:.*:/usr/sbin/nologin$", passwd, re.M)
     for group in ("video", "render", "input"):
         assert re.search(rf"^{group}:x:\d+:.*\bdicom-kiosk\b", groups, re.M), group
@@ -133,3 +137,4 @@ def test_sysusers_and_tmpfiles_are_accepted(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "var/lib/dicom-gateway/objects").is_dir()
     assert oct((tmp_path / "etc/dicom-gateway").stat().st_mode & 0o777) == "0o750"
+    assert oct((tmp_path / "var/lib/dicom-gateway").stat().st_mode & 0o7777) == "0o2770"

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +19,8 @@ from gateway.net.ul import Timeouts, ULConnection
 from gateway.ops.certs import Issued
 from gateway.send.forwarder import Forwarder
 from tests.support.peers import StoreSCPy, destination, queue_objects, raw_peer, server_tls
-from tests.support.pki import PKI
+from tests.support.pki import PKI, make_crl
+from tests.support.process import free_port, require_tool, wait_for_port
 from tests.support.queue import new_outbox
 
 VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
@@ -121,3 +125,85 @@ def test_client_policy_never_offers_less_than_tls12(pki: PKI) -> None:
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     for cipher in ctx.get_ciphers():
         assert cipher["aead"], cipher["name"]
+
+
+# -- our listeners: a CRL per trust store, a certificate bound to an AE title --
+
+
+def _inbound_tls(tmp_path: Path, pki: PKI, crl: Path | None, cn: str | None) -> Any:
+    from gateway.config import parse_config
+
+    tls = {"ca": str(pki.ca.cert), "cert": str(pki.server.cert), "key": str(pki.server.key)}
+    if crl is not None:
+        tls["crl"] = str(crl)
+    port = free_port()
+    peer: dict[str, str] = {"ae_title": "MODALITY", "address": "127.0.0.1"}
+    if cn is not None:
+        peer["certificate_cn"] = cn
+    return port, parse_config(
+        {
+            "station": {"ae_title": "EDGE1"},
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+            "inbound": {
+                "enabled": True,
+                "listen": f"127.0.0.1:{port}",
+                "allowed": [peer],
+                "tls": tls,
+                "handshake_timeout_s": 2,
+            },
+        }
+    )
+
+
+def _echo(port: int, cert: Issued, ca: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(require_tool("echoscu"), "+tls", str(cert.key), str(cert.cert), "+cf", str(ca)),
+            *("-aet", "MODALITY", "-aec", "EDGE1", "localhost", str(port)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _listening(tmp_path: Path, pki: PKI, crl: Path | None, cn: str | None) -> Any:
+    from gateway.acquire.inbound import InboundService
+
+    port, cfg = _inbound_tls(tmp_path, pki, crl, cn)
+    outbox = new_outbox(cfg.queue.path, [])
+    refusals: list[tuple[str, str, str]] = []
+    service = InboundService(outbox, cfg, refused=lambda *r: refusals.append(r))
+    service.start()
+    wait_for_port(port)
+    return port, service, outbox, refusals
+
+
+def test_listener_refuses_a_revoked_client_certificate(tmp_path: Path, pki: PKI) -> None:
+    revoked = pki.ca.issue(tmp_path, "revoked-modality")
+    crl = make_crl(pki.ca, [revoked], tmp_path / "ca.crl")
+    port, service, outbox, refusals = _listening(tmp_path, pki, crl, None)
+    try:
+        assert _echo(port, revoked, pki.ca.cert).returncode != 0
+        deadline = time.monotonic() + 10
+        while not any("revoked" in r[2] for r in refusals) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("revoked" in r[2] for r in refusals), refusals
+        good = _echo(port, pki.client, pki.ca.cert)  # a certificate of the same CA, not revoked
+        assert good.returncode == 0, good.stderr
+    finally:
+        service.stop()
+        outbox.close()
+
+
+def test_listener_binds_a_certificate_cn_to_the_ae_title(tmp_path: Path, pki: PKI) -> None:
+    port, service, outbox, refusals = _listening(tmp_path, pki, None, "gateway")
+    try:
+        # pki.server (CN "pacs") is from our CA, but is not MODALITY's certificate.
+        assert _echo(port, pki.server, pki.ca.cert).returncode != 0
+        assert any("certificate CN 'pacs'" in r[2] for r in refusals), refusals
+        ok = _echo(port, pki.client, pki.ca.cert)  # CN "gateway", the one bound to MODALITY
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        service.stop()
+        outbox.close()

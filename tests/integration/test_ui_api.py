@@ -33,7 +33,7 @@ from tests.support.process import free_port
 from tests.support.queue import new_outbox
 from tests.support.ui import RisPeer, wait_until
 
-PIN = "2468"
+PIN = "246813"
 
 
 @dataclass
@@ -68,6 +68,8 @@ def _make_app(
     ui: dict[str, Any] = {"listen": listen, "max_record_seconds": 2.0}
     if pin:
         ui["pin_hash"] = hash_pin(pin)
+    if not listen.startswith("127."):
+        ui["tls"] = {"cert": str(pki.server.cert), "key": str(pki.server.key)}
     data = gateway_config(tmp_path, pki, port, ui=ui)
     if ris is not None:
         data["worklist"] = ris.config()
@@ -94,7 +96,8 @@ def _make_app(
         )
     )
     try:
-        with TestClient(app, client=client_addr, base_url="http://127.0.0.1") as client:
+        scheme = "https" if "tls" in ui else "http"  # Secure cookies travel only then
+        with TestClient(app, client=client_addr, base_url=f"{scheme}://127.0.0.1") as client:
             csrf = client.get("/api/session").json()["csrf"]
             yield Rig(client, csrf, wl, path, outbox)
     finally:
@@ -452,7 +455,7 @@ def test_pin_unlock_rate_limit_and_settings(tmp_path: Path, pki: PKI, storescp: 
     storescp.start()
     for rig in _make_app(tmp_path, pki, storescp.port):
         assert "locked" in _error(rig.client.get("/api/settings"), 403)
-        assert "wrong PIN" in _error(rig.post("/api/pin/unlock", {"pin": "0000"}), 403)
+        assert "wrong PIN" in _error(rig.post("/api/pin/unlock", {"pin": "000000"}), 403)
         _error(rig.post("/api/pin/unlock", {"pin": 2468}), 422)
         assert rig.post("/api/pin/unlock", {"pin": PIN}).status_code == 200
         view = rig.client.get("/api/settings").json()
@@ -497,27 +500,30 @@ def test_pin_unlock_rate_limit_and_settings(tmp_path: Path, pki: PKI, storescp: 
         assert saved.destinations[0].ae_title == "PACS2" and saved.ui.pin_hash
         # Changing the PIN (unlocked) keeps the rest of the file.
         _error(rig.post("/api/pin/setup", {"pin": "12"}), 422)
-        assert rig.post("/api/pin/setup", {"pin": "13579"}).status_code == 200
+        assert "6 to 12 digits" in _error(rig.post("/api/pin/setup", {"pin": "12345"}), 422)
+        assert rig.post("/api/pin/setup", {"pin": "135790"}).status_code == 200
         stored = load_config(rig.config_path).ui.pin_hash
-        assert stored and verify_pin("13579", stored) and "13579" not in rig.config_path.read_text()
+        assert (
+            stored and verify_pin("135790", stored) and "135790" not in rig.config_path.read_text()
+        )
         assert rig.post("/api/pin/lock").status_code == 200
         _error(rig.client.get("/api/settings"), 403)
-        tries = [rig.post("/api/pin/unlock", {"pin": "1111"}) for _ in range(4)]
+        tries = [rig.post("/api/pin/unlock", {"pin": "111111"}) for _ in range(4)]
         assert [_error(t, 403) and t.json()["tries_left"] for t in tries] == [4, 3, 2, 1]
-        locked = rig.post("/api/pin/unlock", {"pin": "1111"})
+        locked = rig.post("/api/pin/unlock", {"pin": "111111"})
         assert "locked for" in _error(locked, 403) and locked.json()["tries_left"] == 0
-        waiting = rig.post("/api/pin/unlock", {"pin": "13579"})
+        waiting = rig.post("/api/pin/unlock", {"pin": "135790"})
         assert "try again" in _error(waiting, 429) and 0 < waiting.json()["wait_seconds"] <= 30
 
 
 def test_first_pin_is_chosen_at_the_box(tmp_path: Path, pki: PKI) -> None:
     for rig in _make_app(tmp_path, pki, None, pin=None):
         assert not rig.client.get("/api/session").json()["pin_set"]
-        _error(rig.post("/api/pin/unlock", {"pin": "1234"}), 409)
+        _error(rig.post("/api/pin/unlock", {"pin": "123456"}), 409)
         _error(rig.post("/api/pin/setup", {"pin": "12ab"}), 422)
-        assert rig.post("/api/pin/setup", {"pin": "1234"}).status_code == 200
+        assert rig.post("/api/pin/setup", {"pin": "123456"}).status_code == 200
         assert rig.client.get("/api/settings").status_code == 200
-        assert verify_pin("1234", load_config(rig.config_path).ui.pin_hash or "")
+        assert verify_pin("123456", load_config(rig.config_path).ui.pin_hash or "")
 
 
 def test_remote_clients_must_log_in(tmp_path: Path, pki: PKI) -> None:
@@ -533,8 +539,8 @@ def test_remote_clients_must_log_in(tmp_path: Path, pki: PKI) -> None:
         page = rig.client.get("/", follow_redirects=False)
         assert page.status_code == 303 and page.headers["location"] == "/login"
         _error(rig.client.post("/api/login", json={"pin": PIN}), 403)  # no CSRF token
-        _error(rig.post("/api/login", {"pin": "9999"}), 403)
-        _error(rig.post("/api/pin/setup", {"pin": "1234"}), 401)
+        _error(rig.post("/api/login", {"pin": "999999"}), 403)
+        _error(rig.post("/api/pin/setup", {"pin": "123456"}), 401)
         assert rig.post("/api/login", {"pin": PIN}).status_code == 200
         assert rig.client.get("/api/status").status_code == 200
         assert rig.client.get("/").status_code == 200

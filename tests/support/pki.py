@@ -32,3 +32,30 @@ def make_pki(d: Path) -> PKI:
         wrong_host=ca.issue(d, "elsewhere", hosts=("pacs.elsewhere.invalid",)),
         expired=ca.issue(d, "expired", expired=True),
     )
+
+
+def make_crl(authority: Authority, revoked: list[Issued], path: Path) -> Path:
+    """A CRL from `authority` listing `revoked` (PEM), current for a day."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(authority._cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=1))
+    )
+    for issued in revoked:
+        cert = x509.load_pem_x509_certificate(issued.cert.read_bytes())
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    crl = builder.sign(authority._key, hashes.SHA256())
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path

@@ -539,6 +539,33 @@ function mmss(seconds) {
    H.264 clip with a playable URL) goes in front of the frame strip. */
 const CLIP_VIEWS = [
   {
+    /* An H.264 clip plays in the browser's own player (the queued stream,
+       remuxed to MP4 by the server); a browser that cannot play it, or a
+       stream that fails to load, falls back to the frame strip. */
+    name: "video",
+    fits: obj => !!obj.video_url && !!document.createElement("video").canPlayType('video/mp4; codecs="avc1.640029"'),
+    render(obj, box) {
+      const v = el("video", "clip-video");
+      v.setAttribute("aria-label", "Clip");
+      Object.assign(v, { controls: true, autoplay: true, loop: true, muted: true, playsInline: true });
+      let cleanup = () => { v.pause(); v.removeAttribute("src"); v.load(); };
+      v.addEventListener("error", () => {
+        cleanup();
+        box.replaceChildren();
+        const frames = CLIP_VIEWS.find(x => x.name === "frames");
+        cleanup = frames.fits(obj) ? frames.render(obj, box) : CLIP_VIEWS[CLIP_VIEWS.length - 1].render(obj, box);
+      }, { once: true });
+      const seconds = obj.seconds || 0;
+      const where = el("p", "clip-time");
+      const paint = () => { where.textContent = `${Math.min(v.currentTime || 0, seconds).toFixed(1)} s / ${seconds.toFixed(1)} s · ${obj.frames} frames`; };
+      v.addEventListener("timeupdate", paint);
+      v.src = obj.video_url;
+      paint();
+      box.append(v, where);
+      return () => cleanup();
+    },
+  },
+  {
     name: "frames",
     fits: obj => obj.preview_urls && obj.preview_urls.length > 0,
     render(obj, box) {
@@ -831,7 +858,7 @@ function initExam() {
 function initSettings() {
   const pinForm = $("#pin-form"), form = $("#settings-form"), pin = $("#pin-input");
   const pinError = $("#pin-error");
-  let pinSet = true, origCapture = {}, origWorklist = {}, waitTimer = null;
+  let pinSet = true, pinMin = 6, origCapture = {}, origWorklist = {}, waitTimer = null;
   function fill(fieldset, data) {
     for (const input of $$("input, select", fieldset)) {
       const v = ["ca", "cert", "key"].includes(input.name) ? (data.tls || {})[input.name] : data[input.name];
@@ -923,10 +950,10 @@ function initSettings() {
   }
   async function start() {
     const sess = await api("GET", "/api/session");
-    pinSet = sess.pin_set;
+    pinSet = sess.pin_set; pinMin = sess.pin_min_length || 6;
     if (sess.settings_unlocked) return open();
     pinForm.hidden = false; form.hidden = true;
-    $("#pin-prompt").textContent = pinSet ? "Enter the PIN to open the settings." : "No PIN yet: choose a PIN (4 to 12 digits).";
+    $("#pin-prompt").textContent = pinSet ? "Enter the PIN to open the settings." : `No PIN yet: choose a PIN (${pinMin} to 12 digits).`;
     pin.focus();
   }
   function lockPad(seconds) {

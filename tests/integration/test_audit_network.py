@@ -1,0 +1,106 @@
+"""The listeners' refusals in the audit trail (PS3.15 A.5.3.11 Security
+Alert, Node Authentication): a peer not on the allow-list and a path-like
+UID at the inbound port, through `start_network_services` as `run` starts
+it, reach the syslog socket as schema-valid messages; a flood from one
+address is summarised, not written once per connection."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.app.network_services import audit_refusals, start_network_services
+from gateway.config import parse_config
+from gateway.ops import audit
+from gateway.ops.audit import AuditTrail
+from tests.support.audit import event_code, parse_frame
+from tests.support.hostile import associate_rq, read_pdu
+from tests.support.process import free_port, require_tool, wait_for_port
+
+
+@pytest.fixture
+def syslog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> socket.socket:
+    path = tmp_path / "dev-log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(10)
+    monkeypatch.setenv("DICOM_GATEWAY_AUDIT_SOCKET", str(path))
+    yield sock
+    sock.close()
+
+
+def _alert(frame: bytes) -> str:
+    _, xml = parse_frame(frame)
+    assert event_code(xml) == ("110113", "110126")
+    outcome = xml.find("EventIdentification/EventOutcomeDescription")
+    assert outcome is not None and outcome.text
+    return str(outcome.text)
+
+
+def test_refused_association_reaches_the_audit_trail(tmp_path: Path, syslog: socket.socket) -> None:
+    port = free_port()
+    config = parse_config(
+        {
+            "station": {"ae_title": "EDGE1"},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+            "inbound": {
+                "enabled": True,
+                "listen": f"127.0.0.1:{port}",
+                "allowed": [{"ae_title": "MODALITY", "address": "127.0.0.1"}],
+            },
+        }
+    )
+    trail = AuditTrail(config, tmp_path / "q")
+    audit.install(trail)
+    stop = threading.Event()
+    stoppers = start_network_services(config, stop)
+    try:
+        wait_for_port(port)
+        echo = subprocess.run(
+            [require_tool("echoscu"), "-aet", "STRANGER", "-aec", "EDGE1", "127.0.0.1", str(port)],
+            capture_output=True,
+            timeout=30,
+        )
+        assert echo.returncode != 0
+        text = _alert(syslog.recv(65536))
+        assert "inbound: calling AE title 'STRANGER' is not on the allow-list" in text
+        # The same address again within the minute: counted, not written.
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(associate_rq("OTHER", "EDGE1"))
+                assert read_pdu(sock) is not None
+        syslog.settimeout(1)
+        with pytest.raises(TimeoutError):
+            syslog.recv(65536)
+    finally:
+        stop.set()
+        for s in stoppers:
+            s()
+        audit.install(None)
+        trail.close()
+
+
+def test_a_flood_is_summarised() -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    class Trail:
+        def security_alert(self, peer: str, host: str, reason: str) -> bytes:
+            seen.append((peer, host, reason))
+            return b""
+
+    audit.install(Trail())  # type: ignore[arg-type]
+    try:
+        record = audit_refusals("inbound")
+        for i in range(300):
+            record("X", "10.0.0.1", "refused")
+            record("X", f"10.1.{i // 250}.{i % 250}", "refused")
+    finally:
+        audit.install(None)
+    from_one = [s for s in seen if s[1] == "10.0.0.1"]
+    assert len(from_one) == 1  # one per address and minute
+    assert len(seen) == 120  # and 120 a minute in all

@@ -1,0 +1,421 @@
+"""The inbound C-STORE port against hostile and broken peers: path-like and
+mismatched UIDs, Deflate, oversized PDUs and data sets, the association
+count and deadline, and a crowd of slow-drip and idle connections while an
+allowed modality (DCMTK storescu) stores. Each asserts what was written
+(nothing, or only the allowed modality's objects) and that the others went on."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from gateway.acquire.inbound import InboundService
+from gateway.config import parse_config
+from gateway.queue.outbox import Outbox
+from tests.support.hostile import (
+    EXPLICIT_LE,
+    SECONDARY_CAPTURE,
+    Crowd,
+    associate_rq,
+    pdu_header,
+    read_pdu,
+)
+from tests.support.peers import SC, small_object
+from tests.support.process import free_port, require_tool, wait_for_port
+from tests.support.queue import new_outbox
+
+ALLOWED = [{"ae_title": "MODALITY", "address": "127.0.0.1"}]
+
+
+def make_config(tmp_path: Path, port: int, **limits: Any) -> Any:
+    return parse_config(
+        {
+            "station": {"ae_title": "EDGE1"},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+            "inbound": {
+                "enabled": True,
+                "listen": f"127.0.0.1:{port}",
+                "allowed": ALLOWED,
+                "handshake_timeout_s": 2,
+                "limits": limits,
+            },
+        }
+    )
+
+
+class Running:
+    def __init__(self, tmp_path: Path, **limits: Any) -> None:
+        self.port = free_port()
+        self.config = make_config(tmp_path, self.port, **limits)
+        self.outbox: Outbox = new_outbox(self.config.queue.path, ["pacs"])
+        self.refusals: list[tuple[str, str, str]] = []
+        self.service = InboundService(
+            self.outbox, self.config, refused=lambda *r: self.refusals.append(r)
+        )
+        self.service.start()
+        wait_for_port(self.port)
+
+    def refused_with(self, words: str, timeout: float = 10.0) -> bool:
+        """A refusal naming `words` was reported (they arrive from the
+        association's thread as it ends)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(words in r[2] for r in self.refusals):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.config.queue.path.rglob("*") if p.is_file())
+
+    def close(self) -> None:
+        self.service.stop()
+        self.outbox.close()
+
+
+@pytest.fixture
+def inbound(tmp_path: Path) -> Any:
+    running = Running(tmp_path)
+    yield running
+    running.close()
+
+
+def part10(command_uid: str, dataset_uid: str, study: str = "1.2.3.4") -> bytes:
+    """A Part 10 file whose File Meta (what pynetdicom's C-STORE takes its
+    command from) may name another SOP Instance UID than its data set."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pydicom_config.disable_value_validation():
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = SC
+            ds.file_meta.MediaStorageSOPInstanceUID = command_uid
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID = SC, dataset_uid
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, "1.2.3.4.1"
+            ds.PatientName, ds.PatientID, ds.Modality = "Hostile^Test", "H1", "OT"
+            ds.file_meta.ImplementationClassUID = "1.2.3.4.5"
+            ds.preamble = bytes(128)
+            out = DicomBytesIO()
+            # As given: pydicom would otherwise copy the data set's UID into the meta.
+            ds.save_as(out, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    return out.getvalue()
+
+
+def pynetdicom_store(port: int, path: Path, aet: str = "MODALITY") -> int | None:
+    """The status a pynetdicom SCU gets for the file at `path`, sent as it
+    is (the command's UIDs from its File Meta, the data set's bytes
+    untouched); None when the association or the store failed."""
+    from pynetdicom import _config
+
+    chunked = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return _store(port, path, aet)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+
+
+def _store(port: int, path: Path, aet: str) -> int | None:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(SC, [ExplicitVRLittleEndian])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE1")
+    if not assoc.is_established:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            status = assoc.send_c_store(str(path))
+        return int(status.Status) if "Status" in status else None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def storescu(port: int, *files: Path, aet: str = "MODALITY") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(require_tool("storescu"), "-to", "20", "-ta", "20", "-td", "20", "-aet", aet),
+            *("-aec", "EDGE1", "127.0.0.1", str(port), *map(str, files)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.mark.parametrize("uid", ["../../x", "/some/dir/x", "1.2.3/../../../x", "1.2.3.a", "9" * 65])
+def test_path_like_or_invalid_uid_is_refused_and_nothing_written(
+    tmp_path: Path, inbound: Running, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pynetdicom import _config
+
+    # The hostile peer sends what pynetdicom would refuse to send.
+    monkeypatch.setitem(_config.VALIDATORS, "UI", lambda value: (True, ""))
+    before = inbound.files()
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(part10(uid, uid))
+    status = pynetdicom_store(inbound.port, path)
+    assert status == 0xC000
+    assert inbound.outbox.objects() == []
+    assert inbound.files() == before
+    assert not (tmp_path / "x.dcm").exists() and not Path("/some/dir/x.dcm").exists()
+    assert inbound.refusals and inbound.refusals[-1][0] == "MODALITY"
+    # The port still serves the modality afterwards.
+    uid_ok, data = small_object()
+    good = tmp_path / "good.dcm"
+    good.write_bytes(data)
+    assert pynetdicom_store(inbound.port, good) == 0
+    assert [o.sop_instance_uid for o in inbound.outbox.objects()] == [uid_ok]
+
+
+def test_non_conformant_uid_is_kept_as_sent_under_a_name_of_ours(
+    tmp_path: Path, inbound: Running
+) -> None:
+    """A leading zero (old devices make them): accepted, kept as sent; the
+    file's name is ours, not the UID."""
+    uid = "1.2.840.0099.1"
+    path = tmp_path / "old.dcm"
+    path.write_bytes(part10(uid, uid))
+    assert pynetdicom_store(inbound.port, path) == 0
+    (obj,) = inbound.outbox.objects()
+    assert obj.sop_instance_uid == uid and uid not in obj.path.name
+    assert obj.path.parent == inbound.config.queue.path / "objects"
+
+
+def test_uid_mismatch_between_command_and_data_set_is_refused(
+    tmp_path: Path, inbound: Running
+) -> None:
+    queued_uid, data = small_object()
+    first = tmp_path / "first.dcm"
+    first.write_bytes(data)
+    assert pynetdicom_store(inbound.port, first) == 0
+    before = inbound.files()
+    # The command names a new UID, the data set an object we hold: an
+    # overwrite by another name, refused.
+    forged = tmp_path / "forged.dcm"
+    forged.write_bytes(part10(generate_uid(), queued_uid))
+    assert pynetdicom_store(inbound.port, forged) == 0xA900
+    assert [o.sop_instance_uid for o in inbound.outbox.objects()] == [queued_uid]
+    assert inbound.files() == before
+    assert "is not the command's" in inbound.refusals[-1][2]
+
+
+def test_deflate_is_refused(tmp_path: Path, inbound: Running) -> None:
+    """Deflated Explicit VR Little Endian is not accepted for any context:
+    a few kilobytes that inflate to gigabytes never reach zlib."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(SECONDARY_CAPTURE, ["1.2.840.10008.1.2.1.99"])
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", inbound.port, ae_title="EDGE1")
+    assert assoc.is_established
+    try:
+        deflated = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == SC]
+        assert deflated == []
+        from pydicom import dcmread
+
+        ds = dcmread(DicomBytesIO(small_object()[1]))
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+        with pytest.raises(ValueError, match="presentation context"):
+            assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert inbound.outbox.objects() == []
+
+
+def _raw_associated(port: int, calling: str = "MODALITY") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(associate_rq(calling, "EDGE1", [(SECONDARY_CAPTURE, [EXPLICIT_LE])]))
+    answer = read_pdu(sock)
+    assert answer is not None and answer[0] == 0x02, answer  # A-ASSOCIATE-AC
+    return sock
+
+
+def test_pdu_announcing_a_gigabyte_aborts_the_association(inbound: Running) -> None:
+    sock = _raw_associated(inbound.port)
+    with sock:
+        sock.sendall(pdu_header(0x04, 1 << 30) + bytes(64))
+        answer = read_pdu(sock)
+        assert answer is not None and answer[0] == 0x07  # A-ABORT
+        assert read_pdu(sock) is None  # and closed
+    assert inbound.outbox.objects() == []
+    assert inbound.refused_with("PDU of 1073741824 bytes")
+
+
+def test_oversized_association_request_is_closed_unread(inbound: Running) -> None:
+    """A 4 GiB A-ASSOCIATE-RQ is refused on its header: nothing is read."""
+    with socket.create_connection(("127.0.0.1", inbound.port), timeout=10) as sock:
+        sock.sendall(pdu_header(0x01, 0xFFFFFFF0) + bytes(1024))
+        assert read_pdu(sock) is None
+    assert inbound.refused_with("A-ASSOCIATE-RQ of")
+
+
+def test_unknown_peer_is_refused_at_the_request(inbound: Running) -> None:
+    with socket.create_connection(("127.0.0.1", inbound.port), timeout=10) as sock:
+        sock.sendall(associate_rq("INTRUDER", "EDGE1", [(SECONDARY_CAPTURE, [EXPLICIT_LE])]))
+        answer = read_pdu(sock)
+        assert answer is not None and answer[0] == 0x03  # A-ASSOCIATE-RJ
+        assert answer[1][1:4] == bytes([1, 1, 3])  # permanent, calling AE not recognised
+    assert inbound.refusals[-1][:2] == ("INTRUDER", "127.0.0.1")
+
+
+def test_data_set_above_the_cap_is_refused(tmp_path: Path) -> None:
+    running = Running(tmp_path, max_object_mb=0.5)
+    try:
+        from pydicom import dcmread
+
+        big = dcmread(DicomBytesIO(small_object()[1]))
+        big.Rows = big.Columns = 1024
+        big.PixelData = bytes(1024 * 1024)
+        path = tmp_path / "big.dcm"
+        big.save_as(path, enforce_file_format=True)
+        assert pynetdicom_store(running.port, path) is None
+        assert running.outbox.objects() == []
+        assert running.refused_with("data set larger than")
+        small = tmp_path / "small.dcm"
+        small.write_bytes(small_object()[1])
+        assert pynetdicom_store(running.port, small) == 0
+    finally:
+        running.close()
+
+
+def test_association_count_is_bounded_and_freed(tmp_path: Path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    running = Running(tmp_path, max_associations=2)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    try:
+        held = [ae.associate("127.0.0.1", running.port, ae_title="EDGE1") for _ in range(2)]
+        assert all(a.is_established for a in held)
+        third = ae.associate("127.0.0.1", running.port, ae_title="EDGE1")
+        assert third.is_rejected
+        assert "slots are busy" in running.refusals[-1][2]
+        for a in held:
+            a.release()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            again = ae.associate("127.0.0.1", running.port, ae_title="EDGE1")
+            if again.is_established:
+                assert int(again.send_c_echo().Status) == 0
+                again.release()
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the slots were not freed")
+    finally:
+        running.close()
+
+
+def test_association_deadline_cuts_a_silent_allowed_peer(tmp_path: Path) -> None:
+    running = Running(tmp_path, association_deadline_s=2, idle_timeout_s=30)
+    try:
+        sock = _raw_associated(running.port)
+        start = time.monotonic()
+        with sock:
+            answer = read_pdu(sock, timeout=20)
+        took = time.monotonic() - start
+        assert answer is None or answer[0] == 0x07
+        assert 1.5 < took < 15, took
+    finally:
+        running.close()
+
+
+def test_slow_drip_inside_an_association_is_cut_off(tmp_path: Path) -> None:
+    """An allowed peer that sends its P-DATA one byte every 1.5 s is cut at
+    the idle time-out, not held for ever."""
+    running = Running(tmp_path, idle_timeout_s=1)
+    try:
+        sock = _raw_associated(running.port)
+        start = time.monotonic()
+        cut_after: float | None = None
+        with sock:
+            pdata = pdu_header(0x04, 100) + struct.pack(">LBB", 96, 1, 0) + bytes(94)
+            for byte in pdata:
+                try:
+                    sock.sendall(bytes([byte]))
+                    sock.settimeout(1.5)
+                    sock.recv(16)  # an A-ABORT or the end: cut off
+                except TimeoutError:
+                    continue  # still held: drip on
+                except OSError:
+                    pass
+                cut_after = time.monotonic() - start
+                break
+        assert cut_after is not None and cut_after < 10, cut_after
+        assert running.outbox.objects() == []
+    finally:
+        running.close()
+
+
+def test_echo_answers_allowed_peers_only(inbound: Running) -> None:
+    echoscu = require_tool("echoscu")
+    ok = subprocess.run(
+        [echoscu, "-aet", "MODALITY", "-aec", "EDGE1", "127.0.0.1", str(inbound.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    stranger = subprocess.run(
+        [echoscu, "-aet", "STRANGER", "-aec", "EDGE1", "127.0.0.1", str(inbound.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert stranger.returncode != 0
+    assert "Association Rejected" in stranger.stderr + stranger.stdout
+
+
+def test_crowd_of_drippers_and_idle_connections_leaves_the_modality_storing(
+    tmp_path: Path, inbound: Running
+) -> None:
+    """30 peers dripping one byte every 1.5 s and 300 idle connections held
+    (reopened whenever closed): storescu's C-STOREs succeed 5 times out of 5,
+    each within seconds, and only its objects are written."""
+    files = []
+    for i in range(5):
+        _uid, data = small_object()
+        files.append(tmp_path / f"in{i}.dcm")
+        files[-1].write_bytes(data)
+    threads_before = threading.active_count()
+    crowd = Crowd(inbound.port).start()
+    try:
+        time.sleep(3)  # the crowd is in place
+        took = []
+        for f in files:
+            start = time.monotonic()
+            result = storescu(inbound.port, f)
+            took.append(time.monotonic() - start)
+            assert result.returncode == 0, result.stderr
+        # The gate is one thread: the crowd costs no thread of the listener.
+        listener_threads = [
+            t.name for t in threading.enumerate() if t.name.startswith(("association-", "Acceptor"))
+        ]
+        assert len(listener_threads) <= 3 * 8
+    finally:
+        crowd.stop()
+    assert len(inbound.outbox.objects()) == 5
+    assert max(took) < 15, took
+    assert crowd.closed_by_listener > 0  # the crowd was cut off, not served
+    assert threading.active_count() <= threads_before + 3 * 8
