@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drivers.imagecodec import IMAGE_SUFFIXES
 from gateway.app.control import (
     MAX_FILES,
     MAX_SOCKET_PATH,
@@ -275,15 +274,20 @@ class _Replier:
             self.gone = True
 
 
-_STAGED_SUFFIXES = frozenset((*IMAGE_SUFFIXES, ".mp4", ".avi", ".mov", ".mkv", ".m4v"))
+_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 
 
 def _staged_name(index: int, name: str) -> str:
     """A staged file's name is ours: its index, and the suffix only when it
     is one of the formats we know (video decoders look at it); the client's
     name is kept apart, for the messages."""
+    # Here, not at the top: the forwarder's process serves this module's
+    # flush socket and must not load OpenCV and numpy (imagecodec's).
+    from drivers.imagecodec import IMAGE_SUFFIXES
+
     suffix = Path(name).suffix.lower()
-    return f"{index:05d}{suffix if suffix in _STAGED_SUFFIXES else ''}"
+    known = suffix in IMAGE_SUFFIXES or suffix in _VIDEO_SUFFIXES
+    return f"{index:05d}{suffix if known else ''}"
 
 
 def _parse_header(header: dict[str, Any]) -> tuple[list[tuple[str, int, float]], dict[str, Any]]:

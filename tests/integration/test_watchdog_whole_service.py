@@ -68,6 +68,7 @@ def test_whole_service_keeps_feeding_the_watchdog_while_idle(
         "commitment-listener",
         "inbound",
         "control",
+        "flush",
     }, loops
     assert all(loops.values()), loops
     # A ping every 0.75 s (a quarter of the deadline, under half of the 2 s
