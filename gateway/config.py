@@ -156,7 +156,7 @@ class CaptureConfig(_Model):
     # drivers.trigger's own model, like a driver's options.
     trigger: dict[str, Any] | None = None
     # The ring of recent frames behind Record's "last seconds": how far back,
-    # and how much memory it may take (default: a quarter of RAM, ≤ 768 MiB;
+    # and how much memory it may take (default: drivers.stream.default_buffer_bytes;
     # MJPEG frames are kept as JPEG, ~0.3 MB each at 1080p, raw ones are not).
     buffer_seconds: float = Field(default=10.0, gt=0, le=120)
     buffer_mb: int | None = Field(default=None, ge=16, le=16384)
