@@ -491,13 +491,17 @@ def compare(
                 lambda: measured(pynetdicom_cmd(pki, port3, queue / "objects"), env),
                 pairs=max(3, pairs // 2),
             )
+        except RuntimeError as exc:
+            # A side figure (not ours): said, and the cines are still measured.
+            print(f"forward_sc_pynetdicom: FAILED: {str(exc)[-300:]}", file=sys.stderr)
         finally:
             scp3.terminate()
             scp3.wait(timeout=10)
-        summary = plain.summary()
-        summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
-        against_limit(summary, summary["ours_median_wall_s"])
-        report(summary)
+        if len(plain.ours) == len(plain.theirs) and plain.ours:
+            summary = plain.summary()
+            summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
+            against_limit(summary, summary["ours_median_wall_s"])
+            report(summary)
     shutil.rmtree(queue)
 
 
