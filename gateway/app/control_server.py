@@ -77,6 +77,13 @@ class ControlServer:
             log.warning("control socket not started: %s is too long a path", self.path)
             return None
         shutil.rmtree(self.staging, ignore_errors=True)  # copies of an import cut short
+        # Loaded now, not on the first import's clock, and on this thread:
+        # imported on the server's own thread while `run` imports pynetdicom
+        # on the main one, pydicom's circular imports failed half-way
+        # ("partially initialized module") and `run --only capture,forwarder`
+        # with the inbound port died at start.
+        import gateway.acquire.importer  # noqa: F401
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -104,7 +111,6 @@ class ControlServer:
             self.thread.join(timeout=10)
 
     def _serve(self) -> None:
-        import gateway.acquire.importer  # noqa: F401 (loaded now, not on the first import's clock)
         from gateway.queue.outbox import outbox_for
 
         outbox = outbox_for(self.config)

@@ -419,3 +419,83 @@ def test_crowd_of_drippers_and_idle_connections_leaves_the_modality_storing(
     assert max(took) < 15, took
     assert crowd.closed_by_listener > 0  # the crowd was cut off, not served
     assert threading.active_count() <= threads_before + 3 * 8
+
+
+ONLY = "capture,forwarder"
+
+
+def _frames(metrics_port: int) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith("dicom_gateway_frames_captured_total") or line.startswith(
+            "dicom_gateway_frames_captured "
+        ):
+            return float(line.split()[-1])
+    raise AssertionError("no frames counter in /metrics")
+
+
+def test_whole_service_keeps_capturing_and_storing_under_the_crowd(
+    tmp_path: Path, pki: Any, storescp: Any
+) -> None:
+    """`dicom-gateway run --only capture,forwarder`, one process (capture,
+    forwarder and the inbound port side by side — worse than the appliance,
+    where capture is a process of its own): under the crowd, the modality's
+    5 C-STOREs succeed and reach the PACS, and the test pattern's frame
+    rate stays within 20% of what it was before."""
+    import os
+    import signal
+    import sys
+
+    from tests.support.gateway import gateway_config, write_config
+    from tests.support.process import REPO
+
+    storescp.start()
+    port, metrics = free_port(), free_port()
+    data = gateway_config(tmp_path, pki, storescp.port)
+    data["capture"]["options"]["fps"] = 20
+    data["inbound"] = {"enabled": True, "listen": f"127.0.0.1:{port}", "allowed": ALLOWED}
+    data["metrics"] = {"listen": f"127.0.0.1:{metrics}"}
+    data["forwarding"] = {"retry_base_s": 0.2, "retry_cap_s": 1.0}
+    path = write_config(tmp_path / "gateway.toml", data)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(path), "run", "--only", ONLY],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "service.log").open("wb"),
+    )
+    files = []
+    for i in range(5):
+        _uid, obj = small_object()
+        files.append(tmp_path / f"in{i}.dcm")
+        files[-1].write_bytes(obj)
+    crowd = None
+    try:
+        wait_for_port(port, proc)
+        wait_for_port(metrics, proc)
+        time.sleep(2)
+        start, t0 = _frames(metrics), time.monotonic()
+        time.sleep(6)
+        calm = (_frames(metrics) - start) / (time.monotonic() - t0)
+        crowd = Crowd(port).start()
+        time.sleep(3)
+        start, t0 = _frames(metrics), time.monotonic()
+        for f in files:
+            result = storescu(port, f)
+            assert result.returncode == 0, result.stderr
+        time.sleep(max(0.0, 6 - (time.monotonic() - t0)))
+        under = (_frames(metrics) - start) / (time.monotonic() - t0)
+        print(f"capture: {calm:.1f} frames/s calm, {under:.1f} under the crowd")
+        assert under >= 0.8 * calm, (calm, under)
+        deadline = time.monotonic() + 30
+        while len(storescp.received()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(storescp.received()) == 5
+    finally:
+        if crowd is not None:
+            crowd.stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
