@@ -22,17 +22,6 @@ from tests.support.hostile import associate_rq, read_pdu
 from tests.support.process import free_port, require_tool, wait_for_port
 
 
-@pytest.fixture
-def syslog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> socket.socket:
-    path = tmp_path / "dev-log"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(10)
-    monkeypatch.setenv("DICOM_GATEWAY_AUDIT_SOCKET", str(path))
-    yield sock
-    sock.close()
-
-
 def _alert(frame: bytes) -> str:
     _, xml = parse_frame(frame)
     assert event_code(xml) == ("110113", "110126")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from gateway.dicom.uids import new_uid
 from gateway.net.ul import Timeouts
 from gateway.queue.outbox import Outbox
 from gateway.send.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, CommitmentService
-from tests.support.hostile import associate_rq, read_pdu
+from tests.support.hostile import associate_rq, read_pdu, refused_with
 from tests.support.peers import SC, queue_objects
 from tests.support.pki import PKI
 from tests.support.process import free_port, wait_for_port
@@ -112,12 +111,7 @@ class Port:
             assoc.release()
 
     def refused_with(self, words: str, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(words in r[2] for r in self.refusals):
-                return True
-            time.sleep(0.05)
-        return False
+        return refused_with(self.refusals, words, timeout)
 
     def close(self) -> None:
         self.service.stop()

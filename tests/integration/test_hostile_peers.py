@@ -31,6 +31,7 @@ from tests.support.hostile import (
     associate_rq,
     pdu_header,
     read_pdu,
+    refused_with,
 )
 from tests.support.peers import SC, small_object
 from tests.support.process import free_port, require_tool, wait_for_port
@@ -69,14 +70,7 @@ class Running:
         wait_for_port(self.port)
 
     def refused_with(self, words: str, timeout: float = 10.0) -> bool:
-        """A refusal naming `words` was reported (they arrive from the
-        association's thread as it ends)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(words in r[2] for r in self.refusals):
-                return True
-            time.sleep(0.05)
-        return False
+        return refused_with(self.refusals, words, timeout)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.config.queue.path.rglob("*") if p.is_file())

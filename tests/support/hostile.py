@@ -168,3 +168,14 @@ class Crowd:
         deadline = time.monotonic() + 10
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def refused_with(refusals: list[tuple[str, str, str]], words: str, timeout: float = 10.0) -> bool:
+    """A refusal `(AE title, address, reason)` naming `words` was reported
+    within `timeout` (they come from the listener's threads as they end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(words in r[2] for r in refusals):
+            return True
+        time.sleep(0.05)
+    return False
