@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
+from gateway.net.listener import Throttle
 from gateway.net.ul import Timeouts
 from gateway.ops import audit
 from gateway.ops.health import Health
@@ -27,22 +28,20 @@ def audit_refusals(port: str) -> Callable[[str, str, str], None]:
     per address and 60 s, and 120 a minute in all; the rest are counted
     and the count is in the next record."""
     lock = threading.Lock()
-    last: dict[str, float] = {}
+    per_address = Throttle(60.0)
     window: list[float] = []
-    skipped: dict[str, int] = {}
 
     def record(ae_title: str, address: str, reason: str) -> None:
         now = time.monotonic()
         with lock:
             window[:] = [t for t in window if now - t < 60]
-            if now - last.get(address, -1e9) < 60 or len(window) >= 120:
-                skipped[address] = skipped.get(address, 0) + 1
+            if len(window) >= 120:
+                per_address.skipped[address] = per_address.skipped.get(address, 0) + 1
                 return
-            last[address] = now
+            more = per_address.allow(address)
+            if more is None:
+                return
             window.append(now)
-            if len(last) > 4096:
-                last.clear()
-            more = skipped.pop(address, 0)
         text = f"{port}: {reason}" + (f" (and {more} more since the last record)" if more else "")
         audit.emit(lambda t: t.security_alert(ae_title or "unknown", address, text))
 

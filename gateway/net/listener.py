@@ -135,6 +135,27 @@ def certificate_cn(sock: socket.socket) -> str | None:
     return None
 
 
+class Throttle:
+    """One log line per address and `every` seconds (a flood of refused
+    connections must not flood the journal); the rest are counted."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self.last: dict[str, float] = {}
+        self.skipped: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None: stay quiet; else how many were skipped since the last line."""
+        now = time.monotonic()
+        if now - self.last.get(key, -1e18) < self.every:
+            self.skipped[key] = self.skipped.get(key, 0) + 1
+            return None
+        if len(self.last) > 4096:
+            self.last.clear()
+        self.last[key] = now
+        return self.skipped.pop(key, 0)
+
+
 class RequestNotUnderstood(ValueError):
     """Bytes that are no A-ASSOCIATE-RQ we can read."""
 
@@ -183,6 +204,7 @@ class Gate:
         self.active_lock = threading.Lock()
         self.stopping = threading.Event()
         self.counter = itertools.count(1)
+        self.quiet = Throttle()
         self.thread = threading.Thread(target=self._run, name="listener-gate", daemon=True)
         self.listen_sock: socket.socket = server.socket
         self.listen_sock.setblocking(False)
@@ -225,11 +247,11 @@ class Gate:
                 # The oldest that has sent nothing goes first: a peer that
                 # is sending its request is the one we want to hear.
                 oldest = min(self.pending.values(), key=lambda p: (bool(p.data), p.since))
-                log.warning(
-                    "%s:%d closed: too many connections waiting to ask for an association",
-                    *oldest.address[:2],
+                self._refuse(
+                    oldest,
+                    "",
+                    f"closed: {self.limits.max_pending} connections waiting to ask already",
                 )
-                self._drop(oldest)
             sock.setblocking(False)
             tls = self.ssl_context is not None
             if self.ssl_context is not None:
@@ -347,13 +369,16 @@ class Gate:
         reject: tuple[int, int, int] | None = None,
     ) -> None:
         host, port = p.address[:2]
-        log.warning(
-            "association from %s at %s:%d refused: %s",
-            ae_title or "(no AE title)",
-            host,
-            port,
-            reason,
-        )
+        more = self.quiet.allow(host)
+        if more is not None:
+            log.warning(
+                "association from %s at %s:%d refused: %s%s",
+                ae_title or "(no AE title)",
+                host,
+                port,
+                reason,
+                f" (and {more} more from {host} since the last line)" if more else "",
+            )
         if reject is not None:
             with contextlib.suppress(OSError, ValueError):
                 p.sock.setblocking(True)
