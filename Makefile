@@ -6,12 +6,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := dcmtk dicom3tools libsystemd-dev pkg-config lrzsz stunnel4 chromium \
-                systemd shellcheck cage xwayland orthanc orthanc-dicomweb nginx curl fuse3
+                systemd shellcheck cage xwayland orthanc orthanc-dicomweb nginx curl fuse3 \
+                ffmpeg
 PYTEST_ARGS ?=
 BENCH ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv test lint typecheck demo bench soak fuzz clean install-system image
+# What make image / make image-test need on the build machine (never make test).
+IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support \
+                      dosfstools mtools e2fsprogs fdisk parted cpio xz-utils curl openssh-client \
+                      arch-test
+BASE ?= raspios
+ARCH ?= amd64
+.PHONY: help deps venv test lint typecheck demo bench soak fuzz clean install-system image image-deps \
+        image-test
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -83,5 +91,12 @@ install-system: ## install the gateway, its users and hardened units (root; DEST
 	  echo "staged into $(DESTDIR): users in its /etc/passwd, directories and modes applied"; \
 	fi
 
-image: ## build the Raspberry Pi OS Lite (arm64) appliance image (root; see image/README.md)
-	image/build.sh
+image-deps: ## install the Debian packages the image build and its QEMU test use
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(IMAGE_DEB_PACKAGES)"
+
+image: image-deps ## the appliance image: Pi OS Lite arm64 (BASE=raspios), or BASE=debian ARCH=amd64|arm64
+	BASE=$(BASE) ARCH=$(ARCH) image/build.sh
+
+image-test: venv image-deps ## build the Debian image for ARCH and boot it in QEMU: tests/image (never make test)
+	BASE=debian ARCH=$(ARCH) image/build.sh
+	IMAGE_ARCH=$(ARCH) $(BIN)/pytest -p no:cacheprovider -s --timeout=2400 tests/image $(PYTEST_ARGS)

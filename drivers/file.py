@@ -17,9 +17,16 @@ from pydantic import Field
 
 from drivers.base import Driver, DriverError, DriverOptions, EndOfStream, Frame, FrameRejected
 from drivers.cvsource import CvReader
-from drivers.imagecodec import IMAGE_SUFFIXES, ImageError, decode_image
+from drivers.imagecodec import (
+    DEFAULT_MAX_MEGAPIXELS,
+    IMAGE_SUFFIXES,
+    ImageError,
+    check_pixels,
+    decode_image,
+)
 
 DEFAULT_VIDEO_FPS = 25.0
+_CAP_KEY = "capture.options.max_megapixels"
 # Like a V4L2 grabber's queue (OpenCV asks for 4 buffers): a reader up to this
 # many frames late still gets every frame; later than that, the oldest go.
 DEVICE_BUFFERS = 4
@@ -35,6 +42,8 @@ class FileOptions(DriverOptions):
     realtime: bool = True
     # Hand MJPEG packets / JPEG files on undecoded in Frame.jpeg.
     passthrough: bool = True
+    # An image or video frame larger than this (from its header) is refused undecoded.
+    max_megapixels: float = Field(default=DEFAULT_MAX_MEGAPIXELS, gt=0, le=1000)
 
 
 class FileDriver(Driver):
@@ -63,6 +72,13 @@ class FileDriver(Driver):
         if not cap.isOpened():
             cap.release()
             raise DriverError(f"{self._opts.path} is not a video file OpenCV can read")
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        try:
+            check_pixels(width, height, self._opts.max_megapixels, "a frame", _CAP_KEY)
+        except ImageError as exc:
+            cap.release()
+            raise DriverError(f"{self._opts.path}: {exc}") from None
         return CvReader(cap, self._opts.passthrough)
 
     def open(self) -> None:
@@ -143,7 +159,12 @@ class FileDriver(Driver):
         self._position += 1
         index = self._index
         try:
-            decoded = decode_image(path.read_bytes(), keep_jpeg=self._opts.passthrough)
+            decoded = decode_image(
+                path.read_bytes(),
+                keep_jpeg=self._opts.passthrough,
+                max_megapixels=self._opts.max_megapixels,
+                cap_key=_CAP_KEY,
+            )
         except (OSError, ImageError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise FrameRejected(f"{path.name}: {reason}") from None

@@ -19,7 +19,7 @@ import serial
 from pydantic import Field
 
 from drivers.base import Driver, DriverError, DriverOptions, Frame, FrameRejected
-from drivers.imagecodec import ImageError, decode_image
+from drivers.imagecodec import DEFAULT_MAX_MEGAPIXELS, ImageError, decode_image
 from drivers.xmodem_protocol import Interrupted, ReceivedFile, Receiver, Timing, TransferError
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class XmodemOptions(DriverOptions):
     char_timeout: float = Field(default=1.0, gt=0, le=30)
     retries: int = Field(default=10, ge=1, le=100)
     max_file_mb: int = Field(default=256, ge=1, le=4096)
+    # An image larger than this (from its header) is refused undecoded.
+    max_megapixels: float = Field(default=DEFAULT_MAX_MEGAPIXELS, gt=0, le=1000)
 
 
 _PARITY = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD}
@@ -128,7 +130,11 @@ class XmodemDriver(Driver):
         self.last_file = received
         label = received.name or f"{received.protocol} transfer"
         try:
-            decoded = decode_image(received.data)
+            decoded = decode_image(
+                received.data,
+                max_megapixels=self._opts.max_megapixels,
+                cap_key="capture.options.max_megapixels",
+            )
         except ImageError as exc:
             raise FrameRejected(f"{label} ({len(received.data)} bytes): {exc}") from None
         log.info(

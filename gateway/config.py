@@ -92,6 +92,14 @@ class TLSConfig(_Model):
         return None if value is None else _readable_file(value, "CRL file")
 
 
+class CodeConfig(_Model):
+    """A coded entry: Code Value, Coding Scheme Designator, Code Meaning."""
+
+    value: str = Field(min_length=1, max_length=16)
+    scheme: str = Field(default="SCT", min_length=1, max_length=16)
+    meaning: str = Field(min_length=1, max_length=64)
+
+
 class StationConfig(_Model):
     ae_title: AETitle = "EDGE1"
     station_name: str = Field(default="EDGE-GATEWAY", max_length=16)
@@ -104,7 +112,15 @@ class StationConfig(_Model):
     # Root for the UIDs this box makes; empty: the 2.25 UUID form.
     uid_root: str = ""
     # auto: US → Ultrasound objects, any other modality → Secondary Capture.
-    iod: Literal["auto", "secondary-capture", "ultrasound"] = "auto"
+    # video-endoscopic (modality ES) / video-photographic (XC): clips as
+    # Video Endoscopic / Photographic Image, stills as Secondary Capture.
+    iod: Literal[
+        "auto", "secondary-capture", "ultrasound", "video-endoscopic", "video-photographic"
+    ] = "auto"
+    # Anatomic Region Sequence of Video Endoscopic / Photographic objects
+    # (type 1C there: the station's one region, e.g. value "69695003",
+    # meaning "Stomach"); required with those IODs.
+    anatomic_region: CodeConfig | None = None
 
     @field_validator("uid_root")
     @classmethod
@@ -115,8 +131,10 @@ class StationConfig(_Model):
 
     @model_validator(mode="after")
     def _ultrasound_is_us(self) -> StationConfig:
-        if self.iod == "ultrasound" and self.modality != "US":
-            raise ValueError(f"iod 'ultrasound' needs modality 'US' (got {self.modality!r})")
+        needs = {"ultrasound": "US", "video-endoscopic": "ES", "video-photographic": "XC"}
+        wanted = needs.get(self.iod)
+        if wanted is not None and self.modality != wanted:
+            raise ValueError(f"iod {self.iod!r} needs modality {wanted!r} (got {self.modality!r})")
         return self
 
 
@@ -127,6 +145,9 @@ class CaptureConfig(_Model):
     # default: DICOM wants 4:2:2 chroma for it, which holds the colour test
     # pattern at 33 dB PSNR whatever the quality (see README).
     compression: Literal["none", "rle", "jpeg-baseline"] = "none"
+    # Clips (Record, Save last, `capture --clip`): H.264 (MPEG-4 AVC High
+    # Profile, ~20× smaller than JPEG cine), HEVC, or as `compression` does.
+    clip_compression: Literal["h264", "hevc", "jpeg-baseline", "rle", "none"] = "h264"
     # libjpeg quality for jpeg-baseline (luminance PSNR ≥ 40 dB on the test pattern).
     jpeg_quality: int = Field(default=90, ge=50, le=100)
     options: dict[str, Any] = Field(default_factory=dict)
@@ -139,6 +160,13 @@ class CaptureConfig(_Model):
     # MJPEG frames are kept as JPEG, ~0.3 MB each at 1080p, raw ones are not).
     buffer_seconds: float = Field(default=10.0, gt=0, le=120)
     buffer_mb: int | None = Field(default=None, ge=16, le=16384)
+    # Input bombs (`dicom-gateway import`): an image's or a video frame's size
+    # from its header, a video's length and decoded size from its header, all
+    # checked before anything is decoded. Device-sent images have the same
+    # cap as their driver's option `max_megapixels`.
+    max_image_megapixels: float = Field(default=40.0, gt=0, le=1000)
+    max_video_seconds: float = Field(default=600.0, gt=0, le=86400)
+    max_video_mb: int = Field(default=2048, ge=1, le=65536)
 
 
 DestinationName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -386,6 +414,10 @@ class ForwardingConfig(_Model):
     # syntax may take (one frame at a time); an object needing more is set
     # aside with the reason, so the forwarder stays within its MemoryMax=.
     convert_memory_mb: int = Field(default=128, ge=16)
+    # A video object (H.264/HEVC) for a PACS that does not accept its transfer
+    # syntax: converted once to multi-frame JPEG Baseline, or (false) refused
+    # with the reason.
+    convert_video: bool = True
 
 
 def _check_listen(value: str) -> str:

@@ -15,18 +15,19 @@ for unit in "$repo"/systemd/*.service "$here"/files/*.service; do
 done
 install -m 0644 "$repo/systemd/sysusers.d/dicom-gateway.conf" "$root/usr/lib/sysusers.d/"
 install -m 0644 "$repo/systemd/tmpfiles.d/dicom-gateway.conf" "$root/usr/lib/tmpfiles.d/"
-install -m 0755 "$here/files/dicom-gateway-firstboot" "$root/usr/local/sbin/"
+install -m 0755 "$here/files/dicom-gateway-firstboot" "$here/files/dicom-gateway-service-access" "$root/usr/local/sbin/"
 install -m 0644 "$here/files/gateway.toml.template" "$root/etc/dicom-gateway/gateway.toml.template"
 
 # The data partition (label GWDATA) holds the queue and the station's identity;
 # the root file system stays read-only under an overlay.
-mkdir -p "$root/data" "$root/var/lib/dicom-gateway"
+mkdir -p "$root/data" "$root/var/lib/dicom-gateway" "$root/var/lib/dicom-gateway-ui"
 fstab=$root/etc/fstab
 touch "$fstab"
 grep -q 'LABEL=GWDATA' "$fstab" || cat >> "$fstab" <<'FSTAB'
 LABEL=GWDATA  /data  ext4  defaults,noatime,commit=5,errors=remount-ro  0  2
 /data/queue   /var/lib/dicom-gateway  none  bind,x-systemd.requires-mounts-for=/data  0  0
 /data/config  /etc/dicom-gateway      none  bind,x-systemd.requires-mounts-for=/data  0  0
+/data/ui-state  /var/lib/dicom-gateway-ui  none  bind,x-systemd.requires-mounts-for=/data  0  0
 FSTAB
 
 # Enable exactly as `systemctl enable` does, from the units' [Install] sections.

@@ -2,33 +2,50 @@
 output, the DICOM builders and the queue meet.
 
 The configuration picks the IOD (US → Ultrasound, anything else → Secondary
-Capture, `station.iod` overrides); the exam supplies patient, study, series
-and order. A still becomes a single-frame object, a clip a multi-frame cine.
+Capture, `station.iod` overrides; clips may be Video Endoscopic / Photographic);
+the exam supplies patient, study, series and order. A still becomes a
+single-frame object, a clip a multi-frame cine: an H.264 (or HEVC) stream
+when `capture.clip_compression` says so (the default), encoded frame by frame
+by `ClipWriter` so a clip is never held decoded as a whole, else frames stored
+as `compression` would store them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
+from drivers import imagecodec
 from drivers.base import Frame, SourceKind
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.dicom.iods import (
+    Clip,
     Coding,
     Header,
     multiframe_true_color_sc,
     secondary_capture,
     ultrasound_image,
     ultrasound_multiframe,
+    video_endoscopic,
+    video_photographic,
 )
 from gateway.dicom.jpeg import JpegError
-from gateway.dicom.modules import Cine, ConversionType, Equipment, ImageInfo
+from gateway.dicom.modules import Cine, Code, ConversionType, Equipment, ImageInfo
 from gateway.dicom.part10 import to_parts
-from gateway.dicom.pixels import EncodedJpeg, FrameData, LossyHistory, PixelError, wrappable
+from gateway.dicom.pixels import (
+    EncodedJpeg,
+    Encoding,
+    FrameData,
+    LossyHistory,
+    PixelError,
+    Pixels,
+    wrappable,
+)
 from gateway.dicom.uids import new_uid
+from gateway.dicom.video import Codec, EncodedVideo, VideoEncoder
 from gateway.ops import clock
 from gateway.queue.model import NewObject, QueuedObject
 from gateway.queue.outbox import Outbox
@@ -47,7 +64,16 @@ CONVERSION_TYPES: dict[SourceKind, ConversionType] = {
     "synthetic": "SYN",
 }
 
-IOD = Literal["secondary-capture", "ultrasound"]
+IOD = Literal["secondary-capture", "ultrasound", "video-endoscopic", "video-photographic"]
+_CLIP_BUILDERS = {
+    "ultrasound": ultrasound_multiframe,
+    "video-endoscopic": video_endoscopic,
+    "video-photographic": video_photographic,
+    "secondary-capture": multiframe_true_color_sc,
+}
+# The rate a streamed recording's encoder is opened with before the frames'
+# own timestamps are known (the object's Frame Time comes from those).
+DEFAULT_CLIP_FPS = 30.0
 
 
 def choose_iod(config: GatewayConfig) -> IOD:
@@ -103,6 +129,71 @@ def clip_data(
     return [f.pixels for f in frames], history
 
 
+def frame_pixels(frame: Frame) -> Pixels:
+    """A frame's pixels; a ring-buffer frame kept as JPEG alone is decoded
+    here, one at a time (`FrameStream.clip(decode=False)`)."""
+    if frame.pixels.size or frame.jpeg is None:
+        return frame.pixels
+    try:
+        return imagecodec.decode_image(frame.jpeg, keep_jpeg=False).pixels
+    except imagecodec.ImageError as exc:
+        raise PixelError(f"frame {frame.index}: {exc}") from None
+
+
+def jpeg_history(frames: Sequence[Frame]) -> LossyHistory | None:
+    """The device's JPEG as the clip's earlier lossy step (the mean ratio)."""
+    ratios = [
+        LossyHistory.of_jpeg(len(f.jpeg), f.width or 1, f.height or 1, 3 if f.is_color else 1).ratio
+        for f in frames
+        if f.jpeg
+    ]
+    return LossyHistory(sum(ratios) / len(ratios), "ISO_10918_1") if ratios else None
+
+
+class ClipWriter:
+    """A clip encoded as its frames come (Record, `capture --clip`): only the
+    compressed stream is kept, one frame is in the encoder at a time."""
+
+    def __init__(self, codec: Codec, fps: float = DEFAULT_CLIP_FPS) -> None:
+        self.codec = codec
+        self.fps = fps
+        self.timestamps: list[float] = []
+        self.history: LossyHistory | None = None
+        self._ratios: list[float] = []
+        self._encoder: VideoEncoder | None = None
+
+    @property
+    def encoder(self) -> str:
+        return self._encoder.encoder if self._encoder is not None else ""
+
+    def add(self, frame: Frame) -> None:
+        pixels = frame_pixels(frame)
+        if self._encoder is None:
+            self._encoder = VideoEncoder(
+                int(pixels.shape[1]), int(pixels.shape[0]), self.fps, self.codec
+            )
+        if frame.jpeg:
+            h, w = pixels.shape[:2]
+            self._ratios.append(
+                LossyHistory.of_jpeg(len(frame.jpeg), w, h, 3 if pixels.ndim == 3 else 1).ratio
+            )
+        self._encoder.add(pixels)
+        self.timestamps.append(frame.timestamp)
+
+    def finish(self) -> EncodedVideo:
+        if self._encoder is None:
+            raise PixelError("the clip has no frames")
+        if self._ratios:
+            self._encoder.history = LossyHistory(
+                sum(self._ratios) / len(self._ratios), "ISO_10918_1"
+            )
+        return self._encoder.finish()
+
+    def close(self) -> None:
+        if self._encoder is not None:
+            self._encoder.close()
+
+
 class Capturer:
     """Builds and queues objects for an exam from frames of one source."""
 
@@ -112,6 +203,10 @@ class Capturer:
         self.conversion_type = CONVERSION_TYPES[source]
         self.equipment = equipment_from(config)
         self.iod = choose_iod(config)
+        region = config.station.anatomic_region
+        self.anatomic_region = (
+            Code(region.value, region.scheme, region.meaning) if region is not None else None
+        )
 
     def _image(self, exam: Exam, content_time: datetime) -> ImageInfo:
         with exam.lock:
@@ -136,13 +231,20 @@ class Capturer:
     def build_clip(
         self,
         exam: Exam,
-        frames: Iterable[FrameData],
+        frames: Clip,
         cine: Cine,
         content_time: datetime,
         history: LossyHistory | None = None,
     ) -> Dataset:
-        build = ultrasound_multiframe if self.iod == "ultrasound" else multiframe_true_color_sc
-        return build(frames, cine, self._header(exam, content_time), self._coding(history))
+        build = _CLIP_BUILDERS[self.iod]
+        coding = self._coding(history, clip=True)
+        return build(frames, cine, self._header(exam, content_time), coding)
+
+    @property
+    def clip_codec(self) -> Codec | None:
+        """H.264/HEVC when clips are encoded as video, else None."""
+        value = self.config.capture.clip_compression
+        return value if value in ("h264", "hevc") else None
 
     def _header(self, exam: Exam, content_time: datetime) -> Header:
         """What every IOD builder takes from the exam and the configuration."""
@@ -153,11 +255,15 @@ class Capturer:
             equipment=self.equipment,
             image=self._image(exam, content_time),
             order=exam.order,
+            anatomic_region=self.anatomic_region,
         )
 
-    def _coding(self, history: LossyHistory | None) -> Coding:
+    def _coding(self, history: LossyHistory | None, clip: bool = False) -> Coding:
         capture = self.config.capture
-        return Coding(capture.compression, capture.jpeg_quality, history)
+        encoding: Encoding = capture.compression
+        if clip and capture.clip_compression in ("none", "rle", "jpeg-baseline"):
+            encoding = capture.clip_compression
+        return Coding(encoding, capture.jpeg_quality, history)
 
     def queue(self, exam: Exam, ds: Dataset, hold: bool = False) -> QueuedObject:
         """Returns only once the object is durable; raises QueueError otherwise.
@@ -207,6 +313,42 @@ class Capturer:
             raise PixelError("the clip has no frames")
         cine = Cine.from_timestamps([f.timestamp for f in frames])
         content_time = datetime.fromtimestamp(frames[0].timestamp).astimezone()
-        data, history = clip_data(frames, colour_only=self.iod != "ultrasound")
+        codec = self.clip_codec
+        if codec is not None:
+            writer = ClipWriter(codec, 1000.0 / cine.frame_time_ms)
+            try:
+                for frame in frames:
+                    writer.add(frame)
+                video = writer.finish()
+            except BaseException:
+                writer.close()
+                raise
+            log.info(
+                "clip of %d frames encoded by %s: %d bytes", video.frames, video.encoder, video.size
+            )
+            return self.queue(exam, self.build_clip(exam, video, cine, content_time), hold)
+        colour_only = self.iod != "ultrasound"
+        data, history = clip_data([_decoded(f) for f in frames], colour_only)
         ds = self.build_clip(exam, data, cine, content_time, history)
         return self.queue(exam, ds, hold)
+
+    def queue_writer(self, exam: Exam, writer: ClipWriter, hold: bool = False) -> QueuedObject:
+        """A clip that was encoded while it was recorded."""
+        if not writer.timestamps:
+            raise PixelError("the clip has no frames")
+        video = writer.finish()
+        cine = Cine.from_timestamps(writer.timestamps)
+        content_time = datetime.fromtimestamp(writer.timestamps[0]).astimezone()
+        log.info(
+            "clip of %d frames encoded by %s: %d bytes", video.frames, video.encoder, video.size
+        )
+        return self.queue(exam, self.build_clip(exam, video, cine, content_time), hold)
+
+
+def _decoded(frame: Frame) -> Frame:
+    """A ring-buffer frame kept as JPEG alone gets its pixels back."""
+    if frame.pixels.size or frame.jpeg is None:
+        return frame
+    import dataclasses
+
+    return dataclasses.replace(frame, pixels=frame_pixels(frame))

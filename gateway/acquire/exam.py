@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from drivers.base import Frame
-from gateway.acquire.capture import Capturer
+from gateway.acquire.capture import Capturer, ClipWriter
 from gateway.config import GatewayConfig
 from gateway.dicom.modules import Order, Patient, Series, Study
 from gateway.dicom.uids import new_uid
@@ -154,6 +154,14 @@ class ExamService:
         if exam.state is not ExamState.IN_PROGRESS:
             raise ExamError(f"exam is {exam.state.value}; start a new exam to capture")
         image = self.capturer.capture_clip(exam, frames, hold=self.hold)
+        self._emit(ExamEvent("captured", exam, image))
+        return image
+
+    def capture_recorded(self, exam: Exam, writer: ClipWriter) -> QueuedObject:
+        """A clip encoded while it was recorded (`capture --clip`, Record)."""
+        if exam.state is not ExamState.IN_PROGRESS:
+            raise ExamError(f"exam is {exam.state.value}; start a new exam to capture")
+        image = self.capturer.queue_writer(exam, writer, hold=self.hold)
         self._emit(ExamEvent("captured", exam, image))
         return image
 

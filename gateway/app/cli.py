@@ -17,6 +17,7 @@ from gateway.ops.logs import setup_logging
 from gateway.paths import resolve_config_path
 
 if TYPE_CHECKING:  # the rest is imported by the commands that need it (see main)
+    from drivers.base import Driver, Frame
     from gateway.acquire.subject import Subject
     from gateway.config import GatewayConfig
     from gateway.queue.outbox import Outbox
@@ -27,6 +28,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # `capture` gives up on a device after this many unusable inputs in a row.
 MAX_REJECTED_IN_A_ROW = 5
+# `capture --clip`: as long as a recording on the screen may be (ui.max_record_seconds' cap).
+MAX_CLIP_SECONDS = 300.0
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -35,11 +38,20 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from drivers import DriverError
     from gateway.config import ConfigError
     from gateway.dicom.modules import ModuleError
+    from gateway.dicom.pixels import PixelError
     from gateway.net.association import PeerError
     from gateway.net.tls import TLSSetupError
     from gateway.queue.db import QueueError
 
-    return (ConfigError, DriverError, QueueError, TLSSetupError, PeerError, ModuleError)
+    return (
+        ConfigError,
+        DriverError,
+        QueueError,
+        TLSSetupError,
+        PeerError,
+        ModuleError,
+        PixelError,
+    )
 
 
 class CommandError(Exception):
@@ -248,6 +260,8 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
             raise CommandError(f"{exc} ({in_a_row} inputs in a row could not be used)")
         print(f"dicom-gateway: warning: {exc}; waiting for the next", file=sys.stderr, flush=True)
 
+    if args.clip is not None:
+        return _capture_clip(args, config, subject, driver, rejected)
     captured: list[dict[str, Any]] = []
     with _outbox(config) as outbox:
         outbox.check_space()
@@ -284,6 +298,75 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
                 },
                 indent=2,
             )
+        )
+    return 0
+
+
+def _capture_clip(
+    args: argparse.Namespace,
+    config: GatewayConfig,
+    subject: Subject,
+    driver: Driver,
+    rejected: Callable[[Exception], None],
+) -> int:
+    """`capture --clip SECONDS`: one clip of that long from the driver, as
+    `capture.clip_compression` says (H.264 encoded while it is read)."""
+    from gateway.acquire.capture import ClipWriter
+    from gateway.acquire.station import Station
+
+    with _outbox(config) as outbox:
+        outbox.check_space()
+        with (
+            Station(config, outbox, driver.source, review=False) as station,
+            station.exam(subject, "capture") as exam,
+            driver,
+        ):
+            codec = station.capturer.clip_codec
+            writer = ClipWriter(codec) if codec is not None else None
+            frames: list[Frame] = []
+            first: float | None = None
+            try:
+                for frame in driver.frames(None, rejected):
+                    first = frame.timestamp if first is None else first
+                    if frame.timestamp - first >= args.clip:
+                        break
+                    if writer is not None:
+                        writer.add(frame)
+                    else:
+                        frames.append(frame)
+                if writer is not None:
+                    queued = station.exams.capture_recorded(exam, writer)
+                else:
+                    queued = station.exams.capture_clip(exam, frames)
+            finally:
+                if writer is not None:
+                    writer.close()
+    count = len(writer.timestamps) if writer is not None else len(frames)
+    how = writer.encoder if writer is not None else config.capture.clip_compression
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "study_instance_uid": exam.study.instance_uid,
+                    "accession_number": exam.study.accession_number,
+                    "captured": [
+                        {
+                            "id": queued.id,
+                            "sop_instance_uid": queued.sop_instance_uid,
+                            "path": str(queued.path),
+                            "frames": count,
+                            "encoder": how,
+                        }
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"captured a clip of {count} frames ({how}): queue object {queued.id} "
+            f"({queued.sop_instance_uid})",
+            flush=True,
         )
     return 0
 
@@ -409,27 +492,35 @@ def _mpps_counts(config: GatewayConfig) -> tuple[str, dict[str, int]] | None:
 
 
 def _flush(args: argparse.Namespace, config: GatewayConfig, outbox: Outbox) -> int:
-    from gateway.queue.model import DeliveryState
+    """In this process; `main` first hands the flush to the running service."""
+    from gateway.app.control import flush_outcome
     from gateway.send.forwarder import Forwarder
 
     if not config.destinations:
         raise CommandError("no destinations configured: nothing to flush to")
     outbox.recover()
     forwarder = Forwarder.from_config(outbox, config)
-    report = forwarder.flush(timeout=args.timeout)
-    stats = outbox.stats()
-    pending = sum(s[DeliveryState.PENDING] + s[DeliveryState.IN_FLIGHT] for s in stats.values())
-    failed = sum(s[DeliveryState.FAILED] for s in stats.values())
-    summary = {"sent": report.sent, "pending": pending, "failed": failed, "error": report.error}
-    _emit(args, summary, lambda: f"sent {report.sent}, pending {pending}, failed {failed}")
-    if pending or failed:
-        reason = f"; last error: {report.error}" if report.error else ""
-        print(
-            f"dicom-gateway: not all delivered: {pending} pending, {failed} failed{reason}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    return 0
+    status, error = flush_outcome(forwarder.flush_summary(args.timeout), args.json)
+    if error:
+        print(f"dicom-gateway: {error}", file=sys.stderr)
+    return status
+
+
+def _flush_via_service(args: argparse.Namespace) -> int | None:
+    """The running service's forwarder sends (it has the stack loaded and the
+    association's peer warm); this process loads neither pydantic nor the
+    DICOM stack (tests/integration/test_flush_service.py)."""
+    from gateway.app.control import flush_via_service
+    from gateway.paths import queue_path_of
+
+    queue = queue_path_of(resolve_config_path(args.config))
+    handed = flush_via_service(queue, args.timeout, args.json)
+    if handed is None:
+        return None
+    status, error = handed
+    if error:
+        print(f"dicom-gateway: {error}", file=sys.stderr)
+    return status
 
 
 def cmd_run(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -523,7 +614,14 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--sex", help="unscheduled patient: M, F or O")
 
     p = sub.add_parser("capture", parents=[common, subject], help="headless capture into the queue")
-    p.add_argument("--frames", type=int, default=1)
+    how_many = p.add_mutually_exclusive_group()
+    how_many.add_argument("--frames", type=int, default=1, help="stills, one object each")
+    how_many.add_argument(
+        "--clip",
+        type=float,
+        metavar="SECONDS",
+        help="one clip this long (capture.clip_compression)",
+    )
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser(
@@ -579,9 +677,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setattr(args, name, default)
         if getattr(args, "frames", 1) < 1:
             raise CommandError("--frames must be at least 1", EXIT_USAGE)
+        clip = getattr(args, "clip", None)
+        if clip is not None and not 0 < clip <= MAX_CLIP_SECONDS:
+            raise CommandError(
+                f"--clip must be more than 0 and at most {MAX_CLIP_SECONDS:g} seconds", EXIT_USAGE
+            )
         setup_logging(args.verbose)
         if args.command == "import":
             handed = _import_via_service(args)
+            if handed is not None:
+                return handed
+        if args.command == "queue" and args.action == "flush":
+            handed = _flush_via_service(args)
             if handed is not None:
                 return handed
         from gateway.config import ConfigError, GatewayConfig, load_config

@@ -16,6 +16,12 @@ Wire format: one JSON line from the client ({"op": "import", "subject": …,
 "files": [{"name", "size", "mtime"}…]}), then the files' bytes back to back;
 the service answers with JSON lines: {"progress": [done, total, name]},
 {"note": text}, and finally {"ok": result} or {"error": text, "usage": bool}.
+
+`dicom-gateway queue flush` uses the same wire format on the forwarder's own
+socket, `forwarder.sock` (under systemd the forwarder is its own process,
+dicom-gateway-forwarder.service): {"op": "flush", "timeout": seconds}, then
+{"ok": {"sent", "pending", "failed", "error"}} once the service's forwarder
+has sent what it could. The command then loads no DICOM stack at all.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 SOCKET_NAME = "control.sock"
+# Served by the process that runs the forwarder (`run`, `run --only forwarder`).
+FORWARDER_SOCKET_NAME = "forwarder.sock"
 MAX_HEADER = 1 << 20
 MAX_FILES = 10_000
 # The longest a Unix socket path may be (sun_path), with its terminating NUL.
@@ -44,8 +52,32 @@ class ProtocolError(Exception):
     """The peer on the control socket sent something that is not the protocol."""
 
 
-def socket_path(queue_root: Path) -> Path:
-    return queue_root / SOCKET_NAME
+def socket_path(queue_root: Path, name: str = SOCKET_NAME) -> Path:
+    return queue_root / name
+
+
+def connect_service(queue_root: Path | None, name: str = SOCKET_NAME) -> socket.socket | None:
+    """A connection to the running service's socket `name`, or None when no
+    service is there to take it (no socket, a path too long for one, or a
+    socket left behind by a service that is gone)."""
+    if queue_root is None:
+        return None
+    path = socket_path(queue_root, name)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return None
+    try:
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            return None
+    except OSError:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    try:
+        sock.connect(os.fspath(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -107,7 +139,13 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        print("\n".join(f"{r['source']}: queue object {r['id']}" for r in result["imported"]))
+        print(
+            "\n".join(
+                f"{r['source']}: queue object {r['id']}"
+                + (f" ({r['note']})" if r.get("note") else "")
+                for r in result["imported"]
+            )
+        )
 
 
 # -- the client ----------------------------------------------------------------------
@@ -122,16 +160,6 @@ def import_via_service(
     """Hand the import to the running service. None when there is none to
     take it (or a file cannot be opened here: the in-process import then says
     why in its own words); else the exit status and the error line, if any."""
-    if queue_root is None:
-        return None
-    path = socket_path(queue_root)
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        return None
-    try:
-        if not stat.S_ISSOCK(path.stat().st_mode):
-            return None
-    except OSError:
-        return None
     with ExitStack() as stack:
         files: list[tuple[BinaryIO, dict[str, Any]]] = []
         for name in paths:
@@ -143,12 +171,10 @@ def import_via_service(
             if not stat.S_ISREG(st.st_mode):
                 return None
             files.append((f, {"name": name, "size": st.st_size, "mtime": st.st_mtime}))
-        sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
-        sock.settimeout(5.0)
-        try:
-            sock.connect(os.fspath(path))
-        except OSError:
-            return None  # a socket left behind by a service that is gone
+        connected = connect_service(queue_root)
+        if connected is None:
+            return None
+        sock = stack.enter_context(connected)
         # From here on the service has the import: never fall back (that
         # could queue the files twice).
         sock.settimeout(REPLY_TIMEOUT)
@@ -182,3 +208,52 @@ def _replies(reader: LineReader, as_json: bool) -> tuple[int, str | None]:
     except (OSError, ProtocolError) as exc:
         return 1, f"lost the running service during the import ({exc}); see `dicom-gateway queue`"
     return 1, "the running service stopped during the import; see `dicom-gateway queue`"
+
+
+# -- queue flush ---------------------------------------------------------------------
+
+# Beyond the flush's own time-out, how long the command waits for the
+# service's answer (a batch in flight finishes first).
+FLUSH_GRACE = 120.0
+SEE_QUEUE = "see `dicom-gateway queue`"
+
+
+def flush_outcome(summary: dict[str, Any], as_json: bool) -> tuple[int, str | None]:
+    """What `queue flush` prints and exits with, whichever process sent:
+    0 when everything was delivered, else 1 and the counts on stderr."""
+    sent, pending, failed = summary["sent"], summary["pending"], summary["failed"]
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(f"sent {sent}, pending {pending}, failed {failed}")
+    if pending or failed:
+        error = summary.get("error")
+        reason = f"; last error: {error}" if error else ""
+        return 1, f"not all delivered: {pending} pending, {failed} failed{reason}"
+    return 0, None
+
+
+def flush_via_service(
+    queue_root: Path | None, timeout: float, as_json: bool
+) -> tuple[int, str | None] | None:
+    """Ask the running service's forwarder to send everything now and wait
+    for its word. None when no forwarder is running (the command then sends
+    in-process); else the exit status and the error line, if any."""
+    sock = connect_service(queue_root, FORWARDER_SOCKET_NAME)
+    if sock is None:
+        return None
+    with sock:
+        sock.settimeout(timeout + FLUSH_GRACE)
+        try:
+            send_message(sock, {"op": "flush", "timeout": timeout})
+            reader = LineReader(sock)
+            while (message := reader.line()) is not None:
+                if "ok" in message and isinstance(message["ok"], dict):
+                    return flush_outcome(message["ok"], as_json)
+                if "error" in message:
+                    return (2 if message.get("usage") else 1), str(message["error"])
+        except TimeoutError:
+            return 1, f"the running service did not finish the flush in time; {SEE_QUEUE}"
+        except (OSError, ProtocolError, KeyError) as exc:
+            return 1, f"lost the running service during the flush ({exc}); {SEE_QUEUE}"
+    return 1, f"the running service stopped during the flush; {SEE_QUEUE}"

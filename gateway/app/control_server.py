@@ -1,6 +1,8 @@
-"""The service's side of the control socket (see gateway/control.py): takes
-an import from `dicom-gateway import`, stages the files it is sent in the
-queue directory, and runs the same import the command would run itself.
+"""The service's side of the control sockets (see gateway/app/control.py):
+takes an import from `dicom-gateway import`, stages the files it is sent in
+the queue directory, and runs the same import the command would run itself;
+in the forwarder's process, takes `dicom-gateway queue flush` and has the
+running forwarder do it.
 
 One connection at a time, every read bounded: a client that stalls or
 vanishes mid-upload costs a time-out and leaves nothing queued; the staged
@@ -22,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drivers.imagecodec import IMAGE_SUFFIXES
 from gateway.app.control import (
     MAX_FILES,
     MAX_SOCKET_PATH,
+    SOCKET_NAME,
     LineReader,
     ProtocolError,
     send_message,
@@ -58,14 +60,22 @@ class ControlServer:
         stop: threading.Event,
         heartbeat: Callable[[], None] = lambda: None,
         every: float = 1.0,
+        *,
+        name: str = SOCKET_NAME,
+        imports: bool = True,
+        flush: Callable[[float, Callable[[], None]], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
+        # What this socket takes: imports (the capture/UI process), flushes
+        # (the forwarder's process: `flush(timeout, heartbeat)` -> summary).
+        self.imports = imports
+        self.flush = flush
         self.every = every
         self.stop = stop
         # The service's health: beaten by the accept loop (every second) and
         # while an import makes progress (each chunk read, each file queued).
         self.heartbeat = heartbeat
-        self.path = socket_path(config.queue.path)
+        self.path = socket_path(config.queue.path, name)
         self.staging = config.queue.path / STAGING_DIR
         self.sock: socket.socket | None = None
         self.thread = threading.Thread(target=self._serve, name="control", daemon=True)
@@ -76,14 +86,14 @@ class ControlServer:
         if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
             log.warning("control socket not started: %s is too long a path", self.path)
             return None
-        shutil.rmtree(self.staging, ignore_errors=True)  # copies of an import cut short
-        # Loaded now, not on the first import's clock, and on this thread:
-        # imported on the server's own thread while `run` imports pynetdicom
-        # on the main one, pydicom's circular imports failed half-way
-        # ("partially initialized module") and `run --only capture,forwarder`
-        # with the inbound port died at start.
-        import gateway.acquire.importer  # noqa: F401
-
+        if self.imports:
+            shutil.rmtree(self.staging, ignore_errors=True)  # copies of an import cut short
+            # Loaded now, not on the first import's clock, and on this thread:
+            # imported on the server's own thread while `run` imports
+            # pynetdicom on the main one, pydicom's circular imports failed
+            # half-way ("partially initialized module") and `run --only
+            # capture,forwarder` with the inbound port died at start.
+            import gateway.acquire.importer  # noqa: F401
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -111,9 +121,11 @@ class ControlServer:
             self.thread.join(timeout=10)
 
     def _serve(self) -> None:
-        from gateway.queue.outbox import outbox_for
+        outbox = None
+        if self.imports:
+            from gateway.queue.outbox import outbox_for
 
-        outbox = outbox_for(self.config)
+            outbox = outbox_for(self.config)
         try:
             while not self.stop.is_set() and self.sock is not None:
                 self.heartbeat()
@@ -126,35 +138,62 @@ class ControlServer:
                 with conn:
                     self._handle(conn, outbox)
         finally:
-            outbox.close()
+            if outbox is not None:
+                outbox.close()
 
-    def _handle(self, conn: socket.socket, outbox: Outbox) -> None:
-        conn.settimeout(READ_TIMEOUT)
+    def _handle(self, conn: socket.socket, outbox: Outbox | None) -> None:
         uid, pid = _peer(conn)
         reply = _Replier(conn)
+        reader = LineReader(conn)
+        what = "request"
         try:
-            reply.send({"ok": self._import(conn, outbox, uid, pid, reply)})
+            conn.settimeout(HEADER_TIMEOUT)  # a request line is small: no trickling it
+            header = reader.line()
+            if header is None:
+                raise ProtocolError("the client sent nothing")
+            conn.settimeout(READ_TIMEOUT)
+            op = header.get("op")
+            what = "flush" if op == "flush" else "import"
+            if op == "import" and self.imports and outbox is not None:
+                reply.send({"ok": self._import(reader, header, outbox, uid, pid, reply)})
+            elif op == "flush" and self.flush is not None:
+                reply.send({"ok": self._flush(header, uid, pid)})
+            else:
+                raise RequestError(f"unknown request {op!r}")
         except RequestError as exc:
             reply.send({"error": str(exc), "usage": exc.usage})
         except (ProtocolError, OSError) as exc:  # the client broke off: nothing was queued
-            log.warning("import from uid %s pid %s abandoned: %s", uid, pid, exc)
+            log.warning("%s from uid %s pid %s abandoned: %s", what, uid, pid, exc)
         except Exception:  # never let one request take the service down
-            log.exception("import from uid %s pid %s failed", uid, pid)
-            reply.send({"error": "the service failed to import (see its log)"})
+            log.exception("%s from uid %s pid %s failed", what, uid, pid)
+            reply.send({"error": f"the service failed to {what} (see its log)"})
+
+    def _flush(self, header: dict[str, Any], uid: int, pid: int) -> dict[str, Any]:
+        from gateway.send.forwarder import ForwarderStopped
+
+        assert self.flush is not None
+        timeout = header.get("timeout")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise RequestError("malformed flush request (timeout)", usage=True)
+        log.info("queue flush handed over by uid %d (pid %d)", uid, pid)
+        try:
+            return self.flush(float(timeout), self.heartbeat)
+        except ForwarderStopped as exc:
+            raise RequestError(str(exc)) from None
 
     def _import(
-        self, conn: socket.socket, outbox: Outbox, uid: int, pid: int, reply: _Replier
+        self,
+        reader: LineReader,
+        header: dict[str, Any],
+        outbox: Outbox,
+        uid: int,
+        pid: int,
+        reply: _Replier,
     ) -> dict[str, Any]:
         from gateway.acquire.importer import ImportFileError, import_exam
         from gateway.acquire.subject import SubjectError, exam_subject
         from gateway.queue.db import QueueError
 
-        reader = LineReader(conn)
-        conn.settimeout(HEADER_TIMEOUT)  # a request line is small: no trickling it
-        header = reader.line()
-        if header is None:
-            raise ProtocolError("the client sent nothing")
-        conn.settimeout(READ_TIMEOUT)
         files, subject_args = _parse_header(header)
         try:
             subject = exam_subject(self.config, "import", **subject_args)
@@ -240,20 +279,20 @@ class _Replier:
             self.gone = True
 
 
-_STAGED_SUFFIXES = frozenset((*IMAGE_SUFFIXES, ".mp4", ".avi", ".mov", ".mkv", ".m4v"))
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 
 
 def _staged_name(index: int, name: str) -> str:
     """A staged file's name is ours: its index, and the suffix only when it
     is one of the formats we know (video decoders look at it); the client's
     name is kept apart, for the messages."""
+    from drivers.imagecodec import IMAGE_SUFFIXES  # OpenCV: only where imports run
+
     suffix = Path(name).suffix.lower()
-    return f"{index:05d}{suffix if suffix in _STAGED_SUFFIXES else ''}"
+    return f"{index:05d}{suffix if suffix in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES) else ''}"
 
 
 def _parse_header(header: dict[str, Any]) -> tuple[list[tuple[str, int, float]], dict[str, Any]]:
-    if header.get("op") != "import":
-        raise RequestError(f"unknown request {header.get('op')!r}")
     subject = header.get("subject")
     if not isinstance(subject, dict) or not set(subject) <= set(_SUBJECT_KEYS):
         raise RequestError("malformed import request (subject)")

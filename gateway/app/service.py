@@ -12,10 +12,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Literal
 
-from drivers import create_driver
-from drivers.stream import FrameStream
-
 if TYPE_CHECKING:
+    from drivers.stream import FrameStream
     from drivers.trigger import PedalTrigger
 from gateway.config import GatewayConfig
 from gateway.ops import appliance, audit, notify
@@ -59,6 +57,11 @@ def run(
     log.info("queue %s recovered: %s", config.queue.path, report)
     stream: FrameStream | None = None
     if "capture" in parts:
+        # Only the capture process loads the drivers (OpenCV, numpy): the
+        # forwarder's process stays small (docs/benchmarks.md, memory).
+        from drivers import create_driver
+        from drivers.stream import FrameStream
+
         capture = config.capture
         stream = FrameStream(
             create_driver(capture.driver, capture.options),
@@ -115,9 +118,26 @@ def run(
         from gateway.app.control_server import ControlServer
 
         control = ControlServer(config, stop, health.beater("control"), health.every).start()
+    flusher = None
+    if forwarder is not None:
+        # `dicom-gateway queue flush` hands its work to this forwarder.
+        from gateway.app.control import FORWARDER_SOCKET_NAME
+        from gateway.app.control_server import ControlServer
+
+        flusher = ControlServer(
+            config,
+            stop,
+            health.beater("flush"),
+            health.every,
+            name=FORWARDER_SOCKET_NAME,
+            imports=False,
+            flush=forwarder.flush_from_thread,
+        ).start()
     running = [t.name for t in threads] + (["capture"] if stream else [])
     if control is not None:
         running.append("control")
+    if flusher is not None:
+        running.append("flush")
     if "forwarder" in parts:
         from gateway.app.network_services import network_loops
 
@@ -169,6 +189,8 @@ def run(
         stop_service()
     if control is not None:
         control.close()
+    if flusher is not None:
+        flusher.close()
     outbox.close()
     return 0
 

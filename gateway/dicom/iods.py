@@ -1,9 +1,12 @@
 """IOD builders: each takes the modules its IOD requires, as typed arguments,
 and returns a complete dataset with file meta, ready to write.
 
-Four IODs, the ones a capture box can honestly claim: Secondary Capture
-(single frame and Multi-frame True Colour) for any device, Ultrasound (single
-frame and multi-frame cine) for an ultrasound scanner's video output.
+The IODs a capture box can honestly claim: Secondary Capture (single frame
+and Multi-frame True Colour) for any device, Ultrasound (single frame and
+multi-frame cine) for an ultrasound scanner's video output, and Video
+Endoscopic / Video Photographic Image for clips from an endoscope or a camera
+(`station.iod`). A clip's frames are either pixels stored as `Coding` says or
+an H.264/HEVC stream (`gateway.dicom.video.EncodedVideo`), wrapped as it is.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
+    VideoEndoscopicImageStorage,
+    VideoPhotographicImageStorage,
 )
 
 from gateway import __version__
 from gateway.dicom.modules import (
     Cine,
+    Code,
     Equipment,
     ImageInfo,
     ModuleError,
@@ -42,6 +48,7 @@ from gateway.dicom.pixels import (
     LossyHistory,
     set_pixels,
 )
+from gateway.dicom.video import EncodedVideo, set_video_pixels
 
 IMPLEMENTATION_VERSION = f"EDGEGW_{__version__}"[:16]
 UNICODE = "ISO_IR 192"
@@ -122,6 +129,14 @@ def _image_module(ds: Dataset, image: ImageInfo, image_type: list[str]) -> None:
     ds.BurnedInAnnotation = "YES"
 
 
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme
+    item.CodeMeaning = code.meaning
+    return item
+
+
 def _order_attributes(ds: Dataset, order: Order) -> None:
     """IHE Scheduled Workflow (RAD TF-2 4.8.4.1.3): what ties the image to the
     order, so the PACS files it under the right request."""
@@ -135,11 +150,7 @@ def _order_attributes(ds: Dataset, order: Order) -> None:
     if order.scheduled_protocol_codes:
         codes = []
         for code in order.scheduled_protocol_codes:
-            c = Dataset()
-            c.CodeValue = code.value
-            c.CodingSchemeDesignator = code.scheme
-            c.CodeMeaning = code.meaning
-            codes.append(c)
+            codes.append(_code_item(code))
         item.ScheduledProtocolCodeSequence = Sequence(codes)
     if order.accession_number:
         item.AccessionNumber = order.accession_number
@@ -209,6 +220,8 @@ class Header:
     equipment: Equipment
     image: ImageInfo
     order: Order | None = None
+    # Anatomic Region Sequence (VL IODs, where it is required).
+    anatomic_region: Code | None = None
 
     def __post_init__(self) -> None:
         order = self.order
@@ -263,6 +276,8 @@ class _Iod:
     secondary_capture: bool  # SC Equipment and SC Image modules
     colour_only: bool = False  # Multi-frame True Colour SC
     ultrasound: bool = False
+    modality: str | None = None  # the one Modality the IOD allows
+    acquisition_context: bool = False  # VL IODs: Acquisition Context module
 
 
 _SC = _Iod(SecondaryCaptureImageStorage, ("DERIVED", "SECONDARY"), True)
@@ -274,20 +289,54 @@ _MF_SC = _Iod(
 )
 _US = _Iod(UltrasoundImageStorage, ("DERIVED", "PRIMARY"), False, ultrasound=True)
 _US_MF = _Iod(UltrasoundMultiFrameImageStorage, ("DERIVED", "PRIMARY"), False, ultrasound=True)
+_VIDEO_ES = _Iod(
+    VideoEndoscopicImageStorage,
+    ("ORIGINAL", "PRIMARY"),
+    False,
+    colour_only=True,
+    modality="ES",
+    acquisition_context=True,
+)
+_VIDEO_XC = _Iod(
+    VideoPhotographicImageStorage,
+    ("ORIGINAL", "PRIMARY"),
+    False,
+    colour_only=True,
+    modality="XC",
+    acquisition_context=True,
+)
+
+Clip = Iterable[FrameData] | EncodedVideo
 
 
-def _build(
-    iod: _Iod, frames: Iterable[FrameData], header: Header, coding: Coding, cine: Cine | None
-) -> Dataset:
+def _build(iod: _Iod, frames: Clip, header: Header, coding: Coding, cine: Cine | None) -> Dataset:
     if iod.ultrasound and header.series.modality != "US":
         raise ModuleError(f"Modality: {header.series.modality!r}; an Ultrasound image must be US")
+    if iod.modality is not None and header.series.modality != iod.modality:
+        raise ModuleError(
+            f"Modality: {header.series.modality!r}; this IOD's objects must be {iod.modality}"
+        )
     ds = _dataset(iod.sop_class, header, list(iod.image_type))
     if iod.secondary_capture:
         ds.ConversionType = header.image.conversion_type  # SC Equipment module
         ds.DateOfSecondaryCapture = ds.ContentDate  # SC Image module
         ds.TimeOfSecondaryCapture = ds.ContentTime
+    if iod.acquisition_context:
+        # Type 2: the gateway records no acquisition conditions.
+        ds.AcquisitionContextSequence = Sequence([])
+        region = header.anatomic_region
+        if region is None:
+            raise ModuleError("Anatomic Region Sequence: required for this IOD (station config)")
+        ds.AnatomicRegionSequence = Sequence([_code_item(region)])
+        # Laterality (2C) only for a paired region; the configured one names
+        # the region, and a station's single region is taken as unpaired.
+        del ds.Laterality
     if cine is not None:
         _cine_module(ds, cine)
+    if isinstance(frames, EncodedVideo):
+        if cine is None:
+            raise ModuleError("a video stream is a multi-frame object")
+        return _finish(ds, set_video_pixels(ds, frames))
     ts = set_pixels(
         ds,
         frames,
@@ -306,7 +355,7 @@ def secondary_capture(pixels: FrameData, header: Header, coding: Coding = Coding
 
 
 def multiframe_true_color_sc(
-    frames: Iterable[FrameData], cine: Cine, header: Header, coding: Coding = Coding()
+    frames: Clip, cine: Cine, header: Header, coding: Coding = Coding()
 ) -> Dataset:
     """Multi-frame True Color Secondary Capture (PS3.3 A.8.5): a clip from any
     device, played back at its recorded rate. Monochrome frames become RGB,
@@ -320,7 +369,21 @@ def ultrasound_image(pixels: FrameData, header: Header, coding: Coding = Coding(
 
 
 def ultrasound_multiframe(
-    frames: Iterable[FrameData], cine: Cine, header: Header, coding: Coding = Coding()
+    frames: Clip, cine: Cine, header: Header, coding: Coding = Coding()
 ) -> Dataset:
     """Ultrasound Multi-frame Image (PS3.3 A.7): a cine loop."""
     return _build(_US_MF, frames, header, coding, cine)
+
+
+def video_endoscopic(
+    frames: Clip, cine: Cine, header: Header, coding: Coding = Coding()
+) -> Dataset:
+    """Video Endoscopic Image (PS3.3 A.32.5): an endoscope's clip, Modality ES."""
+    return _build(_VIDEO_ES, frames, header, coding, cine)
+
+
+def video_photographic(
+    frames: Clip, cine: Cine, header: Header, coding: Coding = Coding()
+) -> Dataset:
+    """Video Photographic Image (PS3.3 A.32.7): a camera's clip, Modality XC."""
+    return _build(_VIDEO_XC, frames, header, coding, cine)

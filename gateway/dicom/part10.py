@@ -85,6 +85,89 @@ def read_header(path: Path) -> Part10:
     return Part10(path, offset, size, ts, sop_class, sop_instance)
 
 
+_EXPLICIT_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_UNDEFINED = 0xFFFFFFFF
+# What the walk for one early element reads at most: the elements before
+# Pixel Data of any object we queue are a few KiB.
+_WALK_BYTES = 1 << 20
+
+
+class _Cut(Exception):
+    """The walk ran past the bytes read, or met damage."""
+
+
+def _element_end(buf: bytes, pos: int, explicit: bool, depth: int = 0) -> tuple[int, int, int]:
+    """(tag, value start, end) of the element at `pos`; undefined-length
+    sequences and items are walked to their delimiters."""
+    if pos + 8 > len(buf) or depth > 16:
+        raise _Cut
+    group, elem = struct.unpack_from("<HH", buf, pos)
+    tag = group << 16 | elem
+    if group == 0xFFFE:  # item / delimiters: never a VR
+        (length,), start = struct.unpack_from("<I", buf, pos + 4), pos + 8
+        vr = b"SQ" if tag == 0xFFFEE000 else b""
+    elif explicit and buf[pos + 4 : pos + 6] in _EXPLICIT_LONG_VRS:
+        if pos + 12 > len(buf):
+            raise _Cut
+        vr = buf[pos + 4 : pos + 6]
+        (length,), start = struct.unpack_from("<I", buf, pos + 8), pos + 12
+    elif explicit:
+        vr = buf[pos + 4 : pos + 6]
+        (length,), start = struct.unpack_from("<H", buf, pos + 6), pos + 8
+    else:
+        vr = b""
+        (length,), start = struct.unpack_from("<I", buf, pos + 4), pos + 8
+    if length != _UNDEFINED:
+        return tag, start, start + length
+    if vr not in (b"SQ", b"UN", b""):
+        raise _Cut
+    # An undefined length: a sequence (or an item) up to its delimiter.
+    closer = 0xFFFEE00D if tag == 0xFFFEE000 else 0xFFFEE0DD
+    inner = explicit and (vr != b"UN")
+    at = start
+    while True:
+        sub, _, at_end = _element_end(buf, at, inner if tag == 0xFFFEE000 else explicit, depth + 1)
+        if sub == closer:
+            return tag, start, at_end
+        at = at_end
+
+
+def read_top_level_value(header: Part10, wanted: int) -> bytes | None:
+    """The value of one top-level element before Pixel Data (say Patient ID),
+    read by walking element headers from the data set's start: no pydicom,
+    no reading of the pixels. None when the element is absent. Part10Error
+    when the walk meets what it cannot read (a deflated or big endian data
+    set, damage, more than 1 MiB of elements before it): the caller then
+    reads the file the thorough way."""
+    if header.transfer_syntax in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"):
+        raise Part10Error(f"{header.path.name}: not a Little Endian data set to walk")
+    explicit = header.transfer_syntax != IMPLICIT_VR_LE
+    try:
+        with open(header.path, "rb") as f:
+            f.seek(header.dataset_offset)
+            buf = f.read(_WALK_BYTES)
+    except OSError as exc:
+        raise Part10Error(f"cannot read {header.path}: {exc.strerror}") from None
+    pos = 0
+    try:
+        while pos < len(buf):
+            tag, start, end = _element_end(buf, pos, explicit)
+            if tag == wanted:
+                if end > len(buf):
+                    raise _Cut
+                return buf[start:end]
+            if tag > wanted:
+                return None
+            pos = end
+    except (_Cut, struct.error):
+        raise Part10Error(f"{header.path.name}: its first elements cannot be walked") from None
+    if header.dataset_offset + len(buf) < header.size:
+        raise Part10Error(f"{header.path.name}: its first elements cannot be walked")
+    return None
+
+
 def to_bytes(ds: Dataset) -> bytes:
     """The Part 10 file for a dataset built here, in one piece."""
     return b"".join(to_parts(ds))

@@ -21,19 +21,26 @@ need more than `memory_limit` bytes is refused with the reason (a poison
 object set aside, never a forwarder killed by the kernel). `plan` says what
 a conversion needs without doing it.
 
-The API for other conversions (a video stream to JPEG frames, issue 20):
-`plan(path, ts)` → `Plan`, `reencode(path, ts, workdir, memory_limit)` →
-the converted file's path; `TranscodeError` (cannot), `TooLarge` (would
-exceed the bound). Frames come from `_frames`, the one place that decodes.
+A video object (H.264/HEVC) goes to a PACS that does not take video as
+multi-frame JPEG Baseline: the stream is decoded frame by frame (PyAV), each
+frame JPEG-encoded and written at once, so memory holds one frame, the
+decoder's reference frames and one JPEG, never the clip. The history says
+both lossy steps (ISO_14496_10 then ISO_10918_1).
+
+The API: `plan(path, ts)` → `Plan`, `reencode(path, ts, workdir,
+memory_limit)` → the converted file's path; `TranscodeError` (cannot),
+`TooLarge` (would exceed the bound). Frames come from `_frames` (pixel
+codecs pydicom decodes) or `_video_frames` (a video stream).
 """
 
 from __future__ import annotations
 
+import copy
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -59,6 +66,17 @@ LOSSY = frozenset(
     }
 )
 _YBR = ("YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+VIDEO = frozenset(
+    {
+        "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+        "1.2.840.10008.1.2.4.104",  # … Level 4.2 for 2D video
+        "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
+    }
+)
+# An H.264/HEVC decoder keeps up to 16 reference frames (4:2:0: 1.5 bytes a
+# pixel) beside the one it hands over.
+DECODER_FRAMES = 16
 
 
 class TranscodeError(ValueError):
@@ -93,7 +111,13 @@ def _header(path: Path) -> Dataset:
 
 def plan(path: Path, ts: str, header: Dataset | None = None) -> Plan:
     ds = header if header is not None else _header(path)
-    if ts not in UNCOMPRESSED:
+    source_ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    video = source_ts in VIDEO
+    if video and ts not in (JPEG_BASELINE, *UNCOMPRESSED):
+        raise TranscodeError(
+            f"{path.name}: a video object is converted to JPEG Baseline or uncompressed, not {ts}"
+        )
+    if not video and ts not in UNCOMPRESSED:
         raise TranscodeError(f"{path.name}: converting to {ts} is not supported")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -112,6 +136,8 @@ def plan(path: Path, ts: str, header: Dataset | None = None) -> Plan:
     frame_bytes = rows * cols * samples * (bits // 8)
     fragment = path.stat().st_size // frames
     needed = FRAME_COPIES * frame_bytes + 2 * fragment + OVERHEAD
+    if video:
+        needed = FRAME_COPIES * frame_bytes + DECODER_FRAMES * rows * cols * 3 // 2 + OVERHEAD
     return Plan(source, ts, frames, frame_bytes, needed, sop_class, sop_instance)
 
 
@@ -142,7 +168,10 @@ def reencode(
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{path.stem}.{ts}.tmp"
     try:
-        _write(path, ds, p, out)
+        if p.source_ts in VIDEO and p.target_ts == JPEG_BASELINE:
+            _write_video_as_jpeg(path, ds, p, out)
+        else:
+            _write(path, ds, p, out)
         _check(out, ts, want)
     except TranscodeError:
         out.unlink(missing_ok=True)
@@ -168,7 +197,7 @@ def _write(path: Path, ds: Dataset, p: Plan, out: Path) -> None:
         header.PhotometricInterpretation = "RGB"  # the decoder hands RGB over
     if samples == 3:
         header.PlanarConfiguration = 0
-    if p.source_ts in LOSSY:
+    if p.source_ts in LOSSY or p.source_ts in VIDEO:
         # Once lossy, always lossy: the history (ratio, method) stays as queued.
         header.LossyImageCompression = "01"
     bits = int(header.BitsAllocated)
@@ -183,7 +212,12 @@ def _write(path: Path, ds: Dataset, p: Plan, out: Path) -> None:
             vr = b"OW" if bits > 8 else b"OB"
             f.write(tag + vr + b"\0\0" + struct.pack("<I", length + pad))
         written = 0
-        for frame in _frames(path, p, bits):
+        frames = (
+            (a.tobytes() for a in _video_frames(path))
+            if p.source_ts in VIDEO
+            else _frames(path, p, bits)
+        )
+        for frame in frames:
             if len(frame) != p.frame_bytes:
                 raise TranscodeError(
                     f"{path.name}: a frame decoded to {len(frame)} bytes, not {p.frame_bytes}"
@@ -194,6 +228,102 @@ def _write(path: Path, ds: Dataset, p: Plan, out: Path) -> None:
             raise TranscodeError(f"{path.name}: {written} frame(s) decoded of {p.frames}")
         if pad:
             f.write(b"\0")
+
+
+def _write_video_as_jpeg(path: Path, ds: Dataset, p: Plan, out: Path) -> None:
+    """Multi-frame JPEG Baseline from a video object, one frame at a time:
+    decoded, encoded, written (an empty Basic Offset Table: offsets are not
+    known before the frames are)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
+    from gateway.dicom.pixels import encode_jpeg
+
+    before = (
+        _values(ds.get("LossyImageCompressionRatio")),
+        _values(ds.get("LossyImageCompressionMethod")),
+    )
+    header = copy.deepcopy(ds)  # a header alone (read without Pixel Data)
+    header.file_meta = FileMetaDataset(ds.file_meta)
+    header.file_meta.TransferSyntaxUID = UID(JPEG_BASELINE)
+    for late in [e.tag for e in header if int(e.tag) >= PIXEL_DATA]:
+        del header[late]
+    header.PhotometricInterpretation = "YBR_FULL_422"
+    header.PlanarConfiguration = 0
+    item = struct.Struct("<HHI")
+    written = 0
+    total = 0
+    with open(out, "wb") as f:
+        # The history is written last (it needs the JPEG sizes): the header
+        # is rewritten in place then, its length unchanged (see below).
+        _lossy_history(header, before, 1.0)
+        header.save_as(f, enforce_file_format=True)
+        header_end = f.tell()
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+        f.write(item.pack(0xFFFE, 0xE000, 0))
+        for pixels in _video_frames(path):
+            data = encode_jpeg(pixels)
+            pad = len(data) % 2
+            f.write(item.pack(0xFFFE, 0xE000, len(data) + pad))
+            f.write(data)
+            if pad:
+                f.write(b"\0")
+            written += 1
+            total += len(data) + pad
+        f.write(item.pack(0xFFFE, 0xE0DD, 0))
+        if written != p.frames:
+            raise TranscodeError(f"{path.name}: {written} frame(s) decoded of {p.frames}")
+        ratio = p.frame_bytes * written / max(1, total)
+        _lossy_history(header, before, ratio)
+        f.seek(0)
+        header.save_as(f, enforce_file_format=True)
+        if f.tell() != header_end:  # pragma: no cover - fixed-width ratio below
+            raise TranscodeError("the converted header changed length")
+
+
+def _lossy_history(header: Dataset, before: tuple[list[Any], list[Any]], ratio: float) -> None:
+    """The video's own lossy steps, then this JPEG one (PS3.3 C.7.6.1.1.5).
+    The new ratio is written with a fixed width so the header's length does
+    not change when it is filled in after the frames."""
+    ratios, methods = before
+    header.LossyImageCompression = "01"
+    header.LossyImageCompressionRatio = [*(str(r) for r in ratios), f"{min(ratio, 9999999):010.2f}"]
+    header.LossyImageCompressionMethod = [*methods, "ISO_10918_1"]
+
+
+def _values(value: Any) -> list[Any]:
+    """An attribute's values as a list, whether it holds one or several."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _video_frames(path: Path) -> Iterator[Any]:
+    """A video object's frames as RGB, decoded from its fragments as they
+    are read (the stream is never held whole)."""
+    import av
+
+    from gateway.dicom.video import codec_of, stream_fragments
+
+    meta_ts = _header(path).file_meta.TransferSyntaxUID
+    codec = codec_of(str(meta_ts))
+    if codec is None:
+        raise TranscodeError(f"{path.name}: {meta_ts} is not a video transfer syntax")
+    decoder = av.CodecContext.create(codec, "r")
+    try:
+        for fragment in stream_fragments(path):
+            for packet in decoder.parse(fragment):
+                for frame in decoder.decode(packet):
+                    yield frame.to_ndarray(format="rgb24")
+        for packet in decoder.parse(None):
+            for frame in decoder.decode(packet):
+                yield frame.to_ndarray(format="rgb24")
+        for frame in decoder.decode(None):
+            yield frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as exc:
+        raise TranscodeError(f"{path.name}: the video stream does not decode ({exc})") from None
 
 
 def _frames(path: Path, p: Plan, bits: int) -> Iterator[bytes]:

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from drivers.stream import FrameStream
 from gateway.config import GatewayConfig
 from gateway.ops import audit, certalarm
 from gateway.ops.certalarm import CertStatus, check_certificates, log_alarms
@@ -24,6 +23,7 @@ from gateway.queue.outbox import Outbox
 from gateway.queue.schema import DB_NAME
 
 if TYPE_CHECKING:
+    from drivers.stream import FrameStream
     from gateway.send.forwarder import Forwarder
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,7 @@ from gateway.ops.audit_messages import (
     STUDY_INSTANCE_UID,
     SUCCESS,
     USER_AUTHENTICATION,
+    USER_SECURITY_ATTRIBUTES_CHANGED,
     AuditEvent,
     Code,
     Participant,
@@ -203,6 +204,22 @@ class AuditTrail:
             )
         )
 
+    def pin_lockout(self, seconds: int, failures: int, source: str | None = None) -> bytes:
+        """A client's wrong PINs reached the back-off: a Security Alert (User
+        Security Attributes Changed) naming the client's address and the wait."""
+        return self.record(
+            AuditEvent(
+                SECURITY_ALERT,
+                "E",
+                MINOR_FAILURE,
+                [Participant("settings-pin", True, network_access_point=source), self._me(False)],
+                event_type=USER_SECURITY_ATTRIBUTES_CHANGED,
+                outcome_description=(
+                    f"settings PIN locked for {seconds} s after {failures} wrong tries"
+                ),
+            )
+        )
+
     def security_alert(self, peer: str, peer_host: str, reason: str) -> bytes:
         return self.record(
             AuditEvent(
@@ -298,6 +315,17 @@ def _emit_transfer(
 
 
 def _patient_id(path: Path) -> str | None:
+    """Read by walking the file's first elements (the forwarder's process
+    loads no pydicom, and no numpy with it); pydicom only for a file that
+    walk cannot read (an undefined-length sequence before Patient ID)."""
+    from gateway.dicom.part10 import Part10Error, read_header, read_top_level_value
+
+    try:
+        value = read_top_level_value(read_header(path), 0x00100020)
+        text = value.decode("ascii", "replace").strip("\0 ") if value else ""
+        return text or None
+    except Part10Error:
+        pass
     try:
         import pydicom
 

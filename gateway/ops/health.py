@@ -12,10 +12,20 @@ after `limit` seconds the pings stop.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+# Test hook (tests/image): with this variable naming a directory, a loop whose
+# `kill-NAME` file appears there holding this process's PID ends its thread at
+# its next beat, as a crash in that loop would, so a test can show systemd's
+# watchdog restarting the service (the restarted process, another PID, lives
+# on). Unset (always, in the shipped units) it costs nothing.
+KILL_HOOK_ENV = "DICOM_GATEWAY_TEST_KILL_DIR"
 
 
 @dataclass
@@ -41,7 +51,22 @@ class Health:
         """The heartbeat a loop calls (registered now, so a loop that never
         gets to its first beat is caught too)."""
         self.beat(name)
-        return lambda: self.beat(name)
+        hook = os.environ.get(KILL_HOOK_ENV)
+        if not hook:
+            return lambda: self.beat(name)
+        kill = Path(hook) / f"kill-{name}"
+
+        def beat_or_die() -> None:
+            try:
+                doomed = kill.read_text().strip() == str(os.getpid())
+            except OSError:
+                doomed = False
+            if doomed:
+                logging.getLogger(__name__).error("test hook: loop %s killed", name)
+                raise SystemExit(f"test hook: loop {name} killed")
+            self.beat(name)
+
+        return beat_or_die
 
     def stale(self) -> list[str]:
         now = time.monotonic()

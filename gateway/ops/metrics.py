@@ -18,18 +18,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from drivers.stream import StreamStats
 from gateway import __version__
+from gateway.dicom.video import clips_encoded
 from gateway.ops.certalarm import CertStatus
 from gateway.ops.clock import ClockStatus, clock_status, flagged_objects
 from gateway.queue.alarms import open_alarms
 from gateway.queue.stats import read_queue_stats
+
+if TYPE_CHECKING:
+    # Capture's types only: the forwarder's process never loads OpenCV or numpy.
+    from drivers.stream import StreamStats
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,14 @@ class GatewayCollector(Collector):
             )
             connected.add_metric([], 1 if stats.connected else 0)
             yield connected
+        encoded = CounterMetricFamily(
+            "dicom_gateway_video_clips_encoded",
+            "Clips encoded as H.264/HEVC by this process, by encoder (h264_v4l2m2m: hardware)",
+            labels=["encoder"],
+        )
+        for encoder, count in sorted(clips_encoded().items()):
+            encoded.add_metric([encoder], count)
+        yield encoded
         certs = GaugeMetricFamily(
             "dicom_gateway_certificate_expiry_days",
             "Days until a certificate expires (negative: expired)",

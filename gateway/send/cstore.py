@@ -4,9 +4,12 @@ later / give up."""
 
 from __future__ import annotations
 
+import os
+import queue
 import struct
-from collections.abc import Callable
-from io import FileIO
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.dicom.part10 import Part10, Part10Error, read_header
@@ -95,97 +98,253 @@ def check_queued_file(obj: QueuedObject) -> Part10:
     return sop
 
 
-def send_dataset(
+# Room kept in front of each read-ahead buffer for the C-STORE-RQ command PDU,
+# so the command and the first data PDUs leave in one write (one TLS flight).
+HEADROOM = 512
+_IOV_MAX = 1024
+# A P-DATA-TF PDU with one PDV: type, reserved, PDU length, PDV length, context, control.
+PDV_HEADER = ">BBIIBB"
+
+
+class ReadAhead:
+    """Reads queued files into PDU-framed buffers on its own thread, ahead of
+    the sender: while the connection's thread encrypts and writes one buffer
+    (the GIL released inside OpenSSL and the kernel), the next is read; and
+    the next object's first buffers are read while the sender waits for the
+    current object's C-STORE-RSP.
+
+    Each buffer holds up to `per_write` P-DATA-TF PDUs of one data set, their
+    headers `pack_into`-ed in place and their values filled by one `preadv`
+    straight from the file (no copy in Python); the sender gives each buffer
+    to one `sendall`. A few buffers of ~1 MiB circulate, so memory stays flat
+    whatever the object's size (the forwarder's budget is 64 MiB)."""
+
+    def __init__(self, fragment: int) -> None:
+        self.fragment = fragment
+        # One preadv per buffer: at most IOV_MAX slices (a peer with tiny PDUs).
+        self.per_write = max(1, min(WRITE_BYTES // (fragment + 12), _IOV_MAX))
+        size = HEADROOM + (fragment + 12) * self.per_write
+        depth = 3 if size <= 2 * WRITE_BYTES else 2
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(depth):
+            self._free.put(bytearray(size))
+        self._jobs: queue.SimpleQueue[_ReadJob | None] = queue.SimpleQueue()
+        self._open: list[_ReadJob] = []
+        self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: Path, offset: int, length: int, context_id: int, name: str) -> _ReadJob:
+        """Start reading `length` bytes of `path` from `offset` as data PDVs
+        of presentation context `context_id`. OSError if it cannot be opened."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        job = _ReadJob(fd, offset, length, context_id, name)
+        self._open.append(job)
+        self._jobs.put(job)
+        return job
+
+    def chunks(self, job: _ReadJob, timeout: float) -> Iterator[tuple[bytearray, int]]:
+        """The job's buffers in order: (buffer, bytes used after HEADROOM).
+        Each buffer goes back to the pool when the caller asks for the next."""
+        while True:
+            try:
+                item = job.out.get(timeout=timeout)
+            except queue.Empty:
+                raise FileProblem(f"{job.name}: reading the file stalled") from None
+            if item is None:
+                self._open.remove(job)
+                return
+            if isinstance(item, FileProblem):
+                self.cancel(job)
+                raise item
+            try:
+                yield item
+            finally:
+                self._free.put(item[0])
+
+    def cancel(self, job: _ReadJob) -> None:
+        """Stop a job and take its buffers back (it is drained to its end)."""
+        if job not in self._open:
+            return
+        job.cancelled = True
+        while (item := job.out.get()) is not None:
+            if not isinstance(item, FileProblem):
+                self._free.put(item[0])
+        self._open.remove(job)
+
+    def close(self) -> None:
+        for job in list(self._open):
+            self.cancel(job)
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._read(job)
+            except FileProblem as exc:
+                job.out.put(exc)
+            except OSError as exc:
+                job.out.put(FileProblem(f"{job.name}: {exc.strerror or exc}"))
+            finally:
+                os.close(job.fd)
+                job.out.put(None)
+
+    def _read(self, job: _ReadJob) -> None:
+        fragment, pos, remaining = self.fragment, job.offset, job.length
+        while remaining > 0 and not job.cancelled:
+            buf = self._free.get()
+            if job.cancelled:
+                self._free.put(buf)
+                return
+            view = memoryview(buf)
+            used, slots = 0, []
+            for _ in range(self.per_write):
+                if remaining <= 0:
+                    break
+                n = min(fragment, remaining)
+                last = 2 if n == remaining else 0
+                at = HEADROOM + used
+                struct.pack_into(
+                    ">BBIIBB", buf, at, P_DATA_TF, 0, 6 + n, 2 + n, job.context_id, last
+                )
+                slots.append(view[at + 12 : at + 12 + n])
+                used += 12 + n
+                remaining -= n
+            want = sum(len(v) for v in slots)
+            got = os.preadv(job.fd, slots, pos)
+            while got < want:  # a short read: only at an end the file should not have
+                rest = _after(slots, got)
+                more = os.preadv(job.fd, rest, pos + got)
+                if more <= 0:
+                    self._free.put(buf)
+                    raise FileProblem(f"{job.name} shrank while being sent")
+                got += more
+            pos += want
+            job.out.put((buf, used))
+
+
+def _after(slots: list[memoryview], skip: int) -> list[memoryview]:
+    """The parts of `slots` after the first `skip` bytes."""
+    out = []
+    for v in slots:
+        if skip >= len(v):
+            skip -= len(v)
+            continue
+        out.append(v[skip:])
+        skip = 0
+    return out
+
+
+@dataclass
+class _ReadJob:
+    fd: int
+    offset: int
+    length: int
+    context_id: int
+    name: str
+    cancelled: bool = False
+    out: queue.SimpleQueue[tuple[bytearray, int] | FileProblem | None] = field(
+        default_factory=queue.SimpleQueue
+    )
+
+
+def write_store(
     conn: ULConnection,
-    context_id: int,
-    source: FileIO,
-    length: int,
+    reader: ReadAhead,
+    job: _ReadJob,
     sop: Part10,
     progress: Callable[[], None] = lambda: None,
-) -> int | None:
-    """One C-STORE: the command, then `length` bytes from `source` as data
-    PDVs, then the response's status (None if the answer made no sense).
-
-    PDUs are filled in place in one reused buffer: header `pack_into`, file
-    `readinto` straight behind it, one `sendall` per ~1 MiB."""
+) -> int:
+    """The C-STORE-RQ and the data set `job` reads, in one `sendall` per
+    buffer (the command rides in front of the first); returns the Message ID
+    whose response `read_store_response` then waits for."""
     message_id = conn.next_message_id()
-    fragment = conn.max_fragment
-    per_write = max(1, WRITE_BYTES // (fragment + 12))
-    conn.send_message(context_id, c_store_rq(message_id, sop.sop_class, sop.sop_instance))
+    command = c_store_rq(message_id, sop.sop_class, sop.sop_instance)
+    head = struct.pack(
+        ">BBIIBB", P_DATA_TF, 0, 6 + len(command), 2 + len(command), job.context_id, 3
+    )
+    head += command
+    if len(head) > HEADROOM:
+        conn.sock.sendall(head)
+        head = b""
+    sock, first = conn.sock, True
     try:
-        _send_data(conn, context_id, source, length, sop, fragment, per_write, progress)
+        for buf, used in reader.chunks(job, conn.timeouts.network):
+            start = HEADROOM
+            if first and head:
+                start -= len(head)
+                buf[start:HEADROOM] = head
+            first = False
+            sock.sendall(memoryview(buf)[start : HEADROOM + used])
+            progress()
     except FileProblem:
         conn.abort()  # half a data set was sent: only an abort ends it cleanly
         raise
+    except BaseException:
+        reader.cancel(job)
+        raise
+    return message_id
+
+
+def read_store_response(conn: ULConnection, message_id: int) -> int | None:
+    """The C-STORE-RSP's status (None when it carries none)."""
     response = conn.read_command(conn.timeouts.dimse)
     if command_us(response, 0x0100) != 0x8001 or command_us(response, 0x0120) != message_id:
         raise ULError("peer answered with a response that does not match our C-STORE")
     return command_us(response, 0x0900)
 
 
-def _send_data(
-    conn: ULConnection,
-    context_id: int,
-    source: FileIO,
-    length: int,
-    sop: Part10,
-    fragment: int,
-    per_write: int,
-    progress: Callable[[], None],
-) -> None:
-    size = (fragment + 12) * per_write
-    if len(conn.buffer) != size:
-        conn.buffer = bytearray(size)
-    buf = conn.buffer
-    view = memoryview(buf)
-    sock = conn.sock
-    remaining = length
-    while remaining > 0:
-        used = 0
-        for _ in range(per_write):
-            if remaining <= 0:
-                break
-            n = min(fragment, remaining)
-            last = n == remaining
-            struct.pack_into(
-                ">BBIIBB", buf, used, P_DATA_TF, 0, 6 + n, 2 + n, context_id, 2 if last else 0
-            )
-            start = used + 12
-            got = 0
-            while got < n:
-                r = source.readinto(view[start + got : start + n])
-                if not r:
-                    raise FileProblem(f"{sop.path.name} shrank while being sent")
-                got += r
-            used = start + n
-            remaining -= n
-        sock.sendall(view[:used])
-        progress()
+@dataclass
+class Prepared:
+    """An object checked and its data set already being read ahead: what
+    `DimseSender` holds while the previous object's response is awaited."""
+
+    sop: Part10
+    context_id: int
+    job: _ReadJob | None  # None: it must be converted first (not read ahead)
+    transfer_syntax: str
 
 
-def store_file(
+def prepare_store(reader: ReadAhead, sop: Part10, context_id: int, ts: str) -> Prepared:
+    """Start reading the object ahead when it goes as it is (its own syntax
+    was accepted); a conversion waits until it is its turn."""
+    if ts != sop.transfer_syntax:
+        return Prepared(sop, context_id, None, ts)
+    try:
+        job = reader.submit(
+            sop.path, sop.dataset_offset, sop.size - sop.dataset_offset, context_id, sop.path.name
+        )
+    except OSError as exc:
+        raise FileProblem(f"cannot read {sop.path}: {exc.strerror}") from None
+    return Prepared(sop, context_id, job, ts)
+
+
+def store_prepared(
     conn: ULConnection,
-    sop: Part10,
-    context_id: int,
-    ts: str,
+    reader: ReadAhead,
+    prepared: Prepared,
     workdir: Path,
     progress: Callable[[], None] = lambda: None,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     converting: Callable[[bool], None] = lambda started: None,
-) -> int | None:
-    """Send as it is when its own transfer syntax was accepted; else re-encode
-    once (frame by frame, within `memory_limit`) to the accepted uncompressed
-    syntax in a temporary file, checked to carry the command's UIDs.
+) -> int:
+    """Write the C-STORE of a prepared object; returns its Message ID. An
+    object whose syntax was refused is re-encoded once (frame by frame,
+    within `memory_limit`) to the accepted uncompressed syntax in a temporary
+    file, checked to carry the command's UIDs, and sent from there.
     `converting(True/False)` brackets the conversion (the forwarder records
     it durably, so an object that kills the process is known after)."""
-    if ts == sop.transfer_syntax:
-        with open(sop.path, "rb", buffering=0) as f:
-            f.seek(sop.dataset_offset)
-            return send_dataset(conn, context_id, f, sop.size - sop.dataset_offset, sop, progress)
+    sop = prepared.sop
+    if prepared.job is not None:
+        return write_store(conn, reader, prepared.job, sop, progress)
     converting(True)
     try:
         converted = reencode(
-            sop.path, ts, workdir, memory_limit, expect=(sop.sop_class, sop.sop_instance)
+            sop.path,
+            prepared.transfer_syntax,
+            workdir,
+            memory_limit,
+            expect=(sop.sop_class, sop.sop_instance),
         )
     except TranscodeError as exc:
         raise FileProblem(str(exc)) from None
@@ -193,8 +352,16 @@ def store_file(
         converting(False)
     try:
         conv = read_part10_header(converted)
-        with open(converted, "rb", buffering=0) as f:
-            f.seek(conv.dataset_offset)
-            return send_dataset(conn, context_id, f, conv.size - conv.dataset_offset, sop, progress)
+        try:  # the open file stays readable after the unlink below
+            job = reader.submit(
+                converted,
+                conv.dataset_offset,
+                conv.size - conv.dataset_offset,
+                prepared.context_id,
+                sop.path.name,
+            )
+        except OSError as exc:
+            raise FileProblem(f"cannot read the converted copy: {exc.strerror}") from None
+        return write_store(conn, reader, job, sop, progress)
     finally:
         converted.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from gateway.config import Destination, GatewayConfig
 from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.ul import Timeouts
 from gateway.queue.db import QueueError
+from gateway.queue.model import DeliveryState
 from gateway.queue.outbox import Outbox
 from gateway.queue.report import SendReport
 from gateway.send.destination import LinkDown, Outcome, Result, Sender
@@ -61,6 +62,22 @@ class _Round:
 
 
 @dataclass
+class _FlushJob:
+    """A `queue flush` handed over by another thread (the forwarder's control
+    socket): done by the loop's own thread, which owns the senders and the
+    queue connection, so a flush never races the loop for a claim."""
+
+    timeout: float
+    done: threading.Event = field(default_factory=threading.Event)
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class ForwarderStopped(Exception):
+    """The forwarder's loop ended before it could do what was asked."""
+
+
+@dataclass
 class Forwarder:
     outbox: Outbox
     destinations: list[Destination]
@@ -78,7 +95,12 @@ class Forwarder:
     # after every object and while a large one is being written.
     heartbeat: Callable[[], None] = lambda: None
     memory_limit: int = DEFAULT_MEMORY_LIMIT  # of one conversion (forwarding.convert_memory_mb)
+    convert_video: bool = True  # forwarding.convert_video
     _queue_problem: str | None = None
+    _jobs: list[_FlushJob] = field(default_factory=list)
+    _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _looping: bool = False
 
     @classmethod
     def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
@@ -96,6 +118,7 @@ class Forwarder:
             retry_base=f.retry_base_s,
             retry_cap=f.retry_cap_s,
             memory_limit=f.convert_memory_mb << 20,
+            convert_video=f.convert_video,
         )
 
     def __post_init__(self) -> None:
@@ -111,6 +134,7 @@ class Forwarder:
                     progress=self._beat,
                     memory_limit=self.memory_limit,
                     converting=self._converting(dest.name),
+                    convert_video=self.convert_video,
                 ),
             )
 
@@ -233,6 +257,50 @@ class Forwarder:
                 time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
         return total
 
+    def flush_summary(self, timeout: float) -> dict[str, Any]:
+        """`queue flush`: send everything now, then what is left in the queue
+        (pending and failed over every destination) and the last error."""
+        report = self.flush(timeout)
+        stats = self.outbox.stats()
+        pending = sum(s[DeliveryState.PENDING] + s[DeliveryState.IN_FLIGHT] for s in stats.values())
+        failed = sum(s[DeliveryState.FAILED] for s in stats.values())
+        return {"sent": report.sent, "pending": pending, "failed": failed, "error": report.error}
+
+    def flush_from_thread(
+        self, timeout: float, waiting: Callable[[], None] = lambda: None
+    ) -> dict[str, Any]:
+        """`flush_summary`, asked from another thread while `run` loops: the
+        loop does it at its next turn (woken now, not after its idle wait).
+        `waiting` is called about every second meanwhile (a heartbeat).
+        Raises ForwarderStopped when the loop is not (or no longer) running."""
+        job = _FlushJob(timeout)
+        with self._jobs_lock:
+            if not self._looping:
+                raise ForwarderStopped("the forwarder is not running")
+            self._jobs.append(job)
+        self._wake.set()
+        while not job.done.wait(1.0):
+            waiting()
+            if not self._looping:
+                raise ForwarderStopped("the forwarder stopped before the flush was done")
+        if job.summary is None:
+            raise ForwarderStopped(job.error or "the forwarder stopped before the flush was done")
+        return job.summary
+
+    def _run_jobs(self) -> None:
+        with self._jobs_lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            try:
+                job.summary = self.flush_summary(job.timeout)
+            except (sqlite3.Error, QueueError, OSError) as exc:
+                job.error = f"cannot update the queue ({exc})"
+            except Exception as exc:  # the loop must outlive a failed flush
+                log.exception("flush handed to the forwarder failed unexpectedly")
+                job.error = f"the flush failed ({type(exc).__name__}: {exc}); see the service's log"
+            finally:
+                job.done.set()
+
     def run(
         self, stop: threading.Event, heartbeat: Callable[[], None] | None = None, idle: float = 1.0
     ) -> None:
@@ -241,8 +309,22 @@ class Forwarder:
         if heartbeat is not None:
             self.heartbeat = heartbeat
         next_reset = time.monotonic() + CLAIMS_CHECK_S
+        with self._jobs_lock:
+            self._looping = True
+        try:
+            self._loop(stop, next_reset, idle)
+        finally:
+            with self._jobs_lock:
+                self._looping = False
+                jobs, self._jobs = self._jobs, []
+            for job in jobs:  # asked for as the loop ended: the asker says so
+                job.done.set()
+
+    def _loop(self, stop: threading.Event, next_reset: float, idle: float) -> None:
         while not stop.is_set():
             self._beat()
+            if self._jobs:
+                self._run_jobs()
             if time.monotonic() >= next_reset:
                 # A claim whose holder died or whose lease ran out since our
                 # start (another forwarder, a `queue flush`) goes back to pending.
@@ -269,4 +351,6 @@ class Forwarder:
                 busy = busy or report.sent > 0
             self._beat()
             if not busy:
-                stop.wait(idle)
+                # Woken early by a flush handed over (flush_from_thread).
+                self._wake.wait(idle)
+                self._wake.clear()

@@ -26,6 +26,7 @@ def sender_for(
     progress: Callable[[], None] = lambda: None,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     converting: Callable[[int, bool], None] = lambda object_id, started: None,
+    convert_video: bool = True,
 ) -> Sender:
     """The sender for a destination's protocol. For C-STORE: `progress` is
     called while it writes (the forwarder's heartbeat: a long object on a slow
@@ -44,6 +45,7 @@ def sender_for(
         progress=progress,
         memory_limit=memory_limit,
         converting=converting,
+        convert_video=convert_video,
     )
 
 

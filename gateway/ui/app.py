@@ -50,9 +50,14 @@ MAX_BODY = 16 * 1024
 
 
 class BodyLimit:
-    """Request bodies are capped before they are read: a Content-Length over
-    the limit is refused at once, and a body that grows past it while
-    streaming is cut off, so no client can make the box buffer megabytes."""
+    """Request bodies are capped before the application reads them: a
+    Content-Length over the limit is refused from the headers alone, and a
+    body without one (chunked) is taken in here, at most `max_bytes` of it,
+    and refused the moment it grows past that; only a body within the limit
+    is handed on (it is small: 16 KiB). Raising into the application instead
+    would be swallowed by FastAPI's body parsing as a 400 while the server
+    went on reading whatever the client sent; refusing here ends the request,
+    and uvicorn closes a connection whose body was not read to the end."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -63,25 +68,40 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(send, int(value))
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await self._refuse(send, f"request body is {value.decode('latin-1')} bytes")
                 return
+        parts: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(413, f"request body over {self.max_bytes} bytes")
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            part = message.get("body", b"")
+            seen += len(part)
+            if seen > self.max_bytes:
+                await self._refuse(send, "request body is longer")
+                return
+            parts.append(part)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        replayed = False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # http.disconnect, for streaming responses
 
-    async def _refuse(self, send: Send, size: int) -> None:
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send, what: str) -> None:
+        # Connection: close, or uvicorn would go on reading (and dropping)
+        # whatever the client still sends, for as long as it sends.
         body = JSONResponse(
-            {"error": f"request body is {size} bytes; at most {self.max_bytes}"}, 413
+            {"error": f"{what}; at most {self.max_bytes}"}, 413, headers={"connection": "close"}
         )
         await send(
             {
@@ -162,6 +182,7 @@ def create_app(ctx: UIContext) -> FastAPI:
         login_required=ctx.login_required
         if ctx.login_required is not None
         else not is_loopback_host(host),
+        https=config.ui.tls is not None,
     )
 
     @contextlib.asynccontextmanager

@@ -24,7 +24,16 @@ from gateway.ris.model import WorklistEntry, WorklistQuery, WorklistResult
 from gateway.ris.worklist import LinkState
 from gateway.ui.desk import ExamDesk
 from gateway.ui.live import Broadcaster, PreviewEncoder
-from gateway.ui.security import CSRF_HEADER, SESSION_COOKIE, PinLimiter, Session, Sessions
+from gateway.ui.security import (
+    CSRF_HEADER,
+    PRELOGIN_COOKIE,
+    SESSION_COOKIE,
+    PinGuard,
+    PreLogin,
+    Session,
+    Sessions,
+    client_key,
+)
 from gateway.ui.settings import SettingsStore
 from gateway.ui.status import ForwarderStatus, StatusBoard
 
@@ -91,8 +100,10 @@ class UIState:
     events: Broadcaster
     preview: PreviewEncoder = field(default_factory=PreviewEncoder)
     sessions: Sessions = field(default_factory=Sessions)
-    pins: PinLimiter = field(default_factory=PinLimiter)
+    pins: PinGuard = field(default_factory=PinGuard)
+    prelogin: PreLogin = field(default_factory=PreLogin)
     login_required: bool = False
+    https: bool = False  # cookies are then Secure
     worklist_entries: OrderedDict[str, WorklistEntry] = field(default_factory=OrderedDict)
     # Set when the server is asked to stop, so open streams end by themselves.
     closing: threading.Event = field(default_factory=threading.Event)
@@ -117,6 +128,43 @@ def is_loopback_host(host: str) -> bool:
 
 def client_is_loopback(request: Request) -> bool:
     return request.client is not None and is_loopback_host(request.client.host)
+
+
+def pin_client(request: Request) -> str:
+    """The key of this request's PIN back-off (see `security.client_key`)."""
+    host = request.client.host if request.client is not None else None
+    return client_key(host, client_is_loopback(request))
+
+
+def client_host(request: Request) -> str | None:
+    """The client's address, for the audit trail's network access point."""
+    return request.client.host if request.client is not None else None
+
+
+def who(request: Request) -> str:
+    """Who did it, as the audit trail says: the box's screen or a LAN client."""
+    return "touchscreen" if client_is_loopback(request) else f"ui-client {client_host(request)}"
+
+
+def anonymous_remote(request: Request) -> bool:
+    """A client beyond loopback that has not logged in: it gets no session."""
+    state = ui_state(request)
+    if not state.login_required or client_is_loopback(request):
+        return False
+    session = current_session(request)
+    return not (session and session.logged_in)
+
+
+def require_login_csrf(request: Request) -> Session | None:
+    """The login's CSRF: a session's token, or the pre-login token of an
+    anonymous remote client (no session is kept for it)."""
+    session = current_session(request)
+    token = request.headers.get(CSRF_HEADER)
+    if session is not None and session.check_csrf(token):
+        return session
+    if ui_state(request).prelogin.check(request.cookies.get(PRELOGIN_COOKIE), token):
+        return None
+    raise ApiError(403, CSRF_REFUSAL, code="csrf")
 
 
 def ui_state(request: Request) -> UIState:

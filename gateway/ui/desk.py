@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,11 @@ import numpy.typing as npt
 
 from drivers.base import Frame
 from drivers.stream import FrameStream
+from gateway.acquire.capture import ClipWriter, frame_pixels
 from gateway.acquire.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
 from gateway.acquire.station import failure_reason
 from gateway.dicom.modules import Cine, ModuleError, Order, Patient
+from gateway.dicom.video import codec_of
 from gateway.queue.db import QueueError
 from gateway.queue.model import QueuedObject, QueueFull
 from gateway.ui.live import THUMB_WIDTH, Broadcaster, encode_jpeg
@@ -76,6 +79,8 @@ class Shot:
     full: bytes
     seconds: float | None = None  # a clip's length as the PACS plays it
     previews: list[bytes] = field(default_factory=list)
+    # An H.264 clip's queued file: played by the browser itself (remuxed to MP4).
+    video_path: Path | None = None
 
     def as_json(self, exam_id: str) -> dict[str, Any]:
         base = f"/api/exams/{exam_id}/objects/{self.object_id}"
@@ -87,6 +92,7 @@ class Shot:
             "image_url": f"{base}/image.jpg",
             "seconds": None if self.seconds is None else round(self.seconds, 2),
             "preview_urls": [f"{base}/frames/{i}.jpg" for i in range(len(self.previews))],
+            "video_url": f"{base}/clip.mp4" if self.video_path is not None else None,
         }
 
 
@@ -119,11 +125,20 @@ class Recorder:
         max_seconds: float,
         max_bytes: int = RECORD_MAX_BYTES,
         on_limit: Callable[[], None] | None = None,
+        writer: ClipWriter | None = None,
     ) -> None:
         self.stream = stream
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
         self.on_limit = on_limit
+        # With a writer (H.264 clips) frames are encoded as they come, taken
+        # from the ring so none is skipped, and only a few are kept for the
+        # review strip (every `stride`-th, at most 2 × PREVIEW_FRAMES).
+        self.writer = writer
+        self.count = 0
+        self.span: tuple[int, int] | None = None  # first and last frame index encoded
+        self.stride = 1
+        self.error: Exception | None = None
         self.frames: list[Frame] = []
         self.bytes = 0
         self.started = time.monotonic()
@@ -146,9 +161,31 @@ class Recorder:
             frame = self.stream.wait_frame(last, timeout=0.5)
             if frame is None:
                 continue
-            last = frame.index
+            if self.writer is None:
+                last = frame.index
+                self.frames.append(frame)
+                self.bytes += frame.pixels.nbytes
+                continue
+            for taken in self.stream.clip(decode=False):
+                if last is not None and taken.index <= last:
+                    continue
+                last = taken.index
+                try:
+                    self._encode(taken)
+                except Exception as exc:  # the encoder failed: stop, say why on stop()
+                    self.error = exc
+                    return
+
+    def _encode(self, frame: Frame) -> None:
+        assert self.writer is not None
+        self.writer.add(frame)
+        self.span = (self.span[0] if self.span else frame.index, frame.index)
+        if self.count % self.stride == 0:
             self.frames.append(frame)
-            self.bytes += frame.pixels.nbytes
+            if len(self.frames) >= 2 * PREVIEW_FRAMES:
+                self.frames = self.frames[::2]
+                self.stride *= 2
+        self.count += 1
 
     @property
     def running(self) -> bool:
@@ -376,22 +413,33 @@ class ExamDesk:
             self.waiting.pop(0)
             self._add_shot(exam, queued, "image", [frame])
 
-    def _add_shot(self, exam: Exam, queued: QueuedObject, kind: str, frames: list[Frame]) -> Shot:
+    def _add_shot(
+        self,
+        exam: Exam,
+        queued: QueuedObject,
+        kind: str,
+        frames: list[Frame],
+        recorded: tuple[int, float] | None = None,
+    ) -> Shot:
+        """`recorded`: (frames, seconds) of a clip encoded while recorded,
+        whose `frames` are only the few kept for the review."""
         key = frames[len(frames) // 2] if kind == "clip" else frames[0]
         clip = kind == "clip"
+        key_pixels = frame_pixels(key)
         shot = Shot(
             queued.id,
             kind,
-            len(frames),
-            encode_jpeg(key.pixels, (THUMB_WIDTH, THUMB_WIDTH), quality=75),
-            encode_jpeg(key.pixels, (1280, 800), quality=85),
-            clip_seconds(frames) if clip else None,
+            recorded[0] if recorded else len(frames),
+            encode_jpeg(key_pixels, (THUMB_WIDTH, THUMB_WIDTH), quality=75),
+            encode_jpeg(key_pixels, (1280, 800), quality=85),
+            (recorded[1] if recorded else clip_seconds(frames)) if clip else None,
             [
-                encode_jpeg(frames[i].pixels, PREVIEW_SIZE, quality=70)
+                encode_jpeg(frame_pixels(frames[i]), PREVIEW_SIZE, quality=70)
                 for i in _spread(len(frames), PREVIEW_FRAMES)
             ]
             if clip
             else [],
+            queued.path if clip and codec_of(queued.transfer_syntax_uid) == "h264" else None,
         )
         self.shots.setdefault(exam.id, []).append(shot)
         self.events.publish({"type": "object", "exam": exam.id, "object": shot.as_json(exam.id)})
@@ -404,6 +452,26 @@ class ExamDesk:
             queued = self._queue_call(lambda: self.exams.capture_clip(exam, frames))
             return self._add_shot(exam, queued, "clip", frames)
 
+    def _capture_recorded(self, exam: Exam, recorder: Recorder) -> Shot:
+        """A recording: encoded already when it was an H.264 one."""
+        frames = recorder.stop()
+        writer = recorder.writer
+        if writer is None:
+            return self._capture_clip(exam, frames)
+        try:
+            if recorder.error is not None:
+                raise DeskError(500, f"the clip could not be encoded: {recorder.error}")
+            if not frames:
+                raise DeskError(409, "no frames were recorded (is the video connected?)")
+            seconds = len(writer.timestamps) * Cine.from_timestamps(writer.timestamps).frame_time_ms
+            with self._lock:
+                queued = self._queue_call(lambda: self.exams.capture_recorded(exam, writer))
+                return self._add_shot(
+                    exam, queued, "clip", frames, (len(writer.timestamps), seconds / 1000.0)
+                )
+        finally:
+            writer.close()
+
     def record_start(self, exam: Exam) -> None:
         self._require_open(exam)
         if self.stream is None:
@@ -412,10 +480,12 @@ class ExamDesk:
             if self.recorder is not None:
                 raise DeskError(409, "already recording")
             exam_id = exam.id
+            codec = self.exams.capturer.clip_codec
             self.recorder = Recorder(
                 self.stream,
                 self.max_record_seconds,
                 on_limit=lambda: self.events.publish({"type": "record_limit", "exam": exam_id}),
+                writer=ClipWriter(codec) if codec is not None else None,
             )
         self.events.publish({"type": "recording", "exam": exam.id, "on": True})
 
@@ -426,7 +496,7 @@ class ExamDesk:
         if recorder is None:
             raise DeskError(409, "not recording")
         self.events.publish({"type": "recording", "exam": exam.id, "on": False})
-        return self._capture_clip(exam, recorder.stop())
+        return self._capture_recorded(exam, recorder)
 
     @property
     def save_last_seconds(self) -> float:
@@ -441,7 +511,10 @@ class ExamDesk:
         self._require_open(exam)
         if self.stream is None:
             raise DeskError(503, "no video source in this process")
-        frames = self.stream.clip(seconds or self.save_last_seconds, since=exam.started.timestamp())
+        # Undecoded: an H.264 clip decodes ring frames kept as JPEG one at a time.
+        frames = self.stream.clip(
+            seconds or self.save_last_seconds, decode=False, since=exam.started.timestamp()
+        )
         if not frames:
             raise DeskError(409, "no video since this exam started yet; try again in a moment")
         return self._capture_clip(exam, frames)
@@ -462,9 +535,10 @@ class ExamDesk:
         with self._lock:
             if exam is self.current and self.recorder is not None:
                 recorder, self.recorder = self.recorder, None
-                frames = recorder.stop()
-                if frames:
-                    self._capture_clip(exam, frames)  # recorded is acknowledged: keep it
+                if recorder.frames:
+                    self._capture_recorded(exam, recorder)  # recorded is acknowledged: keep it
+                else:
+                    recorder.stop()
             try:
                 released = action()
             except ExamError as exc:

@@ -137,6 +137,7 @@ class SessionInfo(_Out):
 
 class LoggedIn(_Out):
     logged_in: bool
+    csrf: str | None = None  # the new session's token (login rotates it)
 
 
 class Unlocked(_Out):
@@ -157,6 +158,8 @@ class ShotView(_Out):
     # A clip: its length as the PACS plays it, and frames to play on screen.
     seconds: float | None = None
     preview_urls: list[str] = []
+    # An H.264 clip: the same stream as fragmented MP4 for the page's <video>.
+    video_url: str | None = None
 
 
 class PatientView(_Out):

@@ -98,6 +98,9 @@ class UIServer:
             )
         )
         host, _, port = config.ui.listen.rpartition(":")
+        # HTTPS with the station's certificate (required beyond loopback by
+        # the configuration); Python's server context refuses below TLS 1.2.
+        tls = config.ui.tls
         uv_config = uvicorn.Config(
             self.app,
             host=host.strip("[]"),
@@ -107,9 +110,9 @@ class UIServer:
             timeout_graceful_shutdown=3,
             lifespan="on",
             log_config=None,  # our logging set-up (journald), not uvicorn's
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )
-        # The PIN provisioned through LoadCredential=pin, hashed into the state file.
-        app_state(self.app).settings.provision_pin(pin_credential_path())
         for exam in self.station.restored:
             app_state(self.app).desk.adopt(exam)
         self.server = _Server(uv_config, stop, app_state(self.app).closing, heartbeat)
@@ -132,6 +135,9 @@ class UIServer:
                 log.error("image from the device not kept: %s", exc.message)
 
     def _serve(self) -> None:
+        # The PIN provisioned through LoadCredential=pin, hashed into the state
+        # file before the first page (here: the service's audit trail is up).
+        app_state(self.app).settings.provision_pin(pin_credential_path())
         if self.stream is not None and self.stream.driver.source == "digital":
             threading.Thread(
                 target=self._receive_device_images, name="ui-device-images", daemon=True

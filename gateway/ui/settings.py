@@ -37,6 +37,7 @@ from gateway.config import (
     read_settings,
     settings_with_change,
 )
+from gateway.ops import audit
 from gateway.paths import PIN_HASH_NAME
 from gateway.queue.files import write_atomic
 from gateway.ui.security import PinError, check_pin_format, hash_pin, verify_pin
@@ -308,11 +309,12 @@ class SettingsStore:
         with self._lock:
             if self.pin_file is None:
                 self._memory_pin = hash_pin(pin)
-                return True
+                return True  # nothing kept: taken again at every start, no audit
             line = self._provisioned_line()
             if line is not None and verify_pin(pin, line.removeprefix(_PROVISIONED)):
                 return False  # already taken; the screen may have changed it since
             digest = hash_pin(pin)
             self._write_pin(digest, _PROVISIONED + digest)
-            log.info("provisioned PIN taken into %s", self.pin_file)
-            return True
+        log.info("provisioned PIN taken into %s", self.pin_file)
+        audit.emit(lambda t: t.settings_changed("provisioning", "settings PIN provisioned"))
+        return True

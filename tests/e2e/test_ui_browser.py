@@ -61,6 +61,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory, pki: PKI, chromium: Any) -> It
         capture={
             "driver": "testpattern",
             "compression": "none",
+            # Clips lossless too: these tests read frame counters from the pixels
+            # (H.264 clips in the review: tests/e2e/test_video_review.py).
+            "clip_compression": "none",
             "options": {"width": WIDTH, "height": HEIGHT, "fps": 25},
         },
         ui={"listen": f"127.0.0.1:{port}", "pin_hash": hash_pin(PIN)},

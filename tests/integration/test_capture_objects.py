@@ -28,7 +28,11 @@ def service(tmp_path: Path, station: dict[str, Any] | None = None, **capture: An
     config = parse_config(
         {
             "station": {"station_name": "ROOM-1", "institution_name": "Clinic", **(station or {})},
-            "capture": {"compression": "none", **capture},
+            "capture": {
+                "compression": "none",
+                "clip_compression": capture.get("compression", "none"),
+                **capture,
+            },
             "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
         }
     )

@@ -56,7 +56,7 @@ def config(tmp_path: Path) -> Path:
         tmp_path / "gateway.toml",
         {
             "station": {"modality": "US"},
-            "capture": {"compression": "rle"},
+            "capture": {"compression": "rle", "clip_compression": "rle"},
             "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "localhost", "port": 1}],
             "queue": {"path": str(tmp_path / "queue"), "min_free_mb": 0},
         },

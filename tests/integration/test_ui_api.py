@@ -96,7 +96,8 @@ def _make_app(
         )
     )
     try:
-        with TestClient(app, client=client_addr, base_url="http://127.0.0.1") as client:
+        scheme = "https" if "tls" in ui else "http"  # Secure cookies travel only then
+        with TestClient(app, client=client_addr, base_url=f"{scheme}://127.0.0.1") as client:
             csrf = client.get("/api/session").json()["csrf"]
             yield Rig(client, csrf, wl, path, outbox)
     finally:

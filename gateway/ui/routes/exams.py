@@ -193,6 +193,25 @@ def api_object_frame(request: Request, exam_id: str, object_id: str, number: str
     )
 
 
+@router.get("/exams/{exam_id}/objects/{object_id}/clip.mp4", response_class=Response)
+def api_object_clip(request: Request, exam_id: str, object_id: str) -> Response:
+    """An H.264 clip as MP4 (`video_url`): the queued stream remuxed, not
+    re-encoded, for the browser's own video player."""
+    from gateway.dicom.video import VideoError, to_mp4
+
+    exam = _exam(request, exam_id)
+    shot = ui_state(request).desk.shot(exam.id, _object_id(object_id))
+    if shot.video_path is None:
+        raise ApiError(404, "the object is not an H.264 clip")
+    try:
+        data = to_mp4(shot.video_path)
+    except (VideoError, OSError) as exc:
+        raise ApiError(404, f"the clip cannot be played here: {exc}") from None
+    return Response(
+        data, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
 @router.post("/exams/{exam_id}/finish", response_model=m.Ended)
 def api_finish(request: Request, exam_id: str) -> m.Ended:
     """Finish: the objects are released to the queue and sent."""

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from gateway.ui.deps import client_is_loopback, current_session, ui_state
+from gateway.ui.deps import anonymous_remote, ui_state
 from gateway.ui.desk import DeskError
-from gateway.ui.routes.session import set_cookie
+from gateway.ui.routes.session import issue_csrf
 
 HERE = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -20,22 +20,14 @@ router = APIRouter(include_in_schema=False)
 
 def _page(request: Request, name: str, **context: Any) -> Response:
     state = ui_state(request)
-    session = current_session(request)
-    fresh = session is None
-    if session is None:
-        session = state.sessions.new()
-    locked_out = state.login_required and not client_is_loopback(request)
-    if locked_out and not session.logged_in and name != "login.html":
-        response: Response = RedirectResponse("/login", 303)
-        set_cookie(response, session)
-        return response
+    if anonymous_remote(request) and name != "login.html":
+        return RedirectResponse("/login", 303)
+    cookies = Response()  # the token is needed to render the page; its cookie goes along
+    csrf, _ = issue_csrf(request, cookies)
     response = templates.TemplateResponse(
-        request,
-        name,
-        {"csrf": session.csrf, "station": state.config.station.station_name, **context},
+        request, name, {"csrf": csrf, "station": state.config.station.station_name, **context}
     )
-    if fresh:
-        set_cookie(response, session)
+    response.raw_headers.extend(h for h in cookies.raw_headers if h[0] == b"set-cookie")
     return response
 
 

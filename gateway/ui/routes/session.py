@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from gateway.ops import audit
 from gateway.ui import models as m
 from gateway.ui.deps import (
     ApiError,
     CurrentSession,
-    UIState,
+    anonymous_remote,
+    client_host,
     client_is_loopback,
     current_session,
+    pin_client,
     require_csrf,
     require_login,
+    require_login_csrf,
     ui_state,
+    who,
 )
 from gateway.ui.security import (
+    PRELOGIN_COOKIE,
     SESSION_COOKIE,
     UNLOCK_SECONDS,
     PinError,
@@ -28,54 +35,94 @@ from gateway.ui.security import (
 router = APIRouter(prefix="/api", tags=["session"])
 
 
-def set_cookie(response: Response, session: Session) -> None:
-    response.set_cookie(SESSION_COOKIE, session.token, httponly=True, samesite="strict", path="/")
+def set_cookie(response: Response, session: Session, secure: bool = False) -> None:
+    response.set_cookie(
+        SESSION_COOKIE, session.token, httponly=True, samesite="strict", path="/", secure=secure
+    )
+
+
+def issue_csrf(request: Request, response: Response) -> tuple[str, Session | None]:
+    """This client's CSRF token: its session's; for the box's own screen a
+    new session when it has none; for an anonymous remote client a pre-login
+    token only, nothing kept on the server."""
+    state = ui_state(request)
+    session = current_session(request)
+    if session is not None:
+        set_cookie(response, session, state.https)
+        return session.csrf, session
+    if anonymous_remote(request):
+        cookie = request.cookies.get(PRELOGIN_COOKIE)
+        if not cookie or len(cookie) > 64:
+            cookie = state.prelogin.new_cookie()
+        response.set_cookie(
+            PRELOGIN_COOKIE, cookie, httponly=True, samesite="strict", path="/", secure=state.https
+        )
+        return state.prelogin.token(cookie), None
+    session = state.sessions.new(local=client_is_loopback(request))
+    set_cookie(response, session, state.https)
+    return session.csrf, session
 
 
 @router.get("/session", response_model=m.SessionInfo)
 def api_session(request: Request, response: Response) -> m.SessionInfo:
-    """The CSRF token for this client (creates the session cookie)."""
+    """The CSRF token for this client (creates the session cookie; an
+    anonymous remote client gets a pre-login token and no session)."""
     state = ui_state(request)
-    session = current_session(request) or state.sessions.new()
-    set_cookie(response, session)
+    csrf, session = issue_csrf(request, response)
+    logged_in = bool(session and session.logged_in)
     return m.SessionInfo(
-        csrf=session.csrf,
-        logged_in=session.logged_in or not state.login_required or client_is_loopback(request),
+        csrf=csrf,
+        logged_in=logged_in or not state.login_required or client_is_loopback(request),
         login_required=state.login_required,
-        settings_unlocked=session.settings_unlocked,
+        settings_unlocked=bool(session and session.settings_unlocked),
         pin_set=bool(state.settings.pin_hash),
         pin_min_length=state.config.ui.pin_min_length,
     )
 
 
-def check_pin(state: UIState, pin: str) -> None:
-    # The screen counts the wait down and says the tries left (wait_seconds, tries_left).
-    wait = state.pins.wait_seconds()
-    if wait:
-        raise ApiError(
-            429, f"too many wrong PINs; try again in {wait} s", extra={"wait_seconds": wait}
-        )
+def check_pin(request: Request, pin: str) -> None:
+    """The PIN, under the guard's lock and this client's back-off. The
+    screen counts the wait down and says the tries left (wait_seconds, tries_left)."""
+    state = ui_state(request)
     stored = state.settings.pin_hash
     if not stored:
         raise ApiError(409, "no PIN is set; set one in Settings on the box itself")
-    if not verify_pin(pin, stored):
-        state.pins.failed()
-        wait = state.pins.wait_seconds()
-        left = max(0, state.pins.free - state.pins.failures)
+    verdict = state.pins.attempt(pin_client(request), lambda: verify_pin(pin, stored))
+    if verdict.ok:
+        return
+    wait = verdict.wait_seconds
+    source = client_host(request)
+    if verdict.tries_left is not None:  # checked and wrong (not refused unchecked)
+        audit.emit(lambda t: t.pin_failure(source))
+    if verdict.locked_now:
+        audit.emit(lambda t: t.pin_lockout(wait, verdict.failures, source))
+    if verdict.tries_left is None:
         raise ApiError(
-            403,
-            "wrong PIN" + (f"; locked for {wait} s" if wait else ""),
-            extra={"wait_seconds": wait, "tries_left": left},
+            429, f"too many wrong PINs; try again in {wait} s", extra={"wait_seconds": wait}
         )
-    state.pins.succeeded()
+    raise ApiError(
+        403,
+        "wrong PIN" + (f"; locked for {wait} s" if wait else ""),
+        extra={"wait_seconds": wait, "tries_left": verdict.tries_left},
+    )
 
 
-@router.post("/login", response_model=m.LoggedIn, dependencies=[Depends(require_csrf)])
-def api_login(request: Request, body: m.PinBody, session: CurrentSession) -> m.LoggedIn:
-    """Log in with the PIN (needed only when the UI listens beyond localhost)."""
-    check_pin(ui_state(request), body.pin)
+@router.post("/login", response_model=m.LoggedIn)
+def api_login(
+    request: Request,
+    response: Response,
+    body: m.PinBody,
+    old: Annotated[Session | None, Depends(require_login_csrf)],
+) -> m.LoggedIn:
+    """Log in with the PIN (needed only when the UI listens beyond localhost).
+    The session token is always a new one."""
+    state = ui_state(request)
+    check_pin(request, body.pin)
+    session = state.sessions.rotate(old, local=client_is_loopback(request))
     session.logged_in = True
-    return m.LoggedIn(logged_in=True)
+    set_cookie(response, session, state.https)
+    response.delete_cookie(PRELOGIN_COOKIE, path="/")
+    return m.LoggedIn(logged_in=True, csrf=session.csrf)
 
 
 _guarded = [Depends(require_login), Depends(require_csrf)]
@@ -84,7 +131,7 @@ _guarded = [Depends(require_login), Depends(require_csrf)]
 @router.post("/pin/unlock", response_model=m.Unlocked, dependencies=_guarded)
 def api_unlock(request: Request, body: m.PinBody, session: CurrentSession) -> m.Unlocked:
     """Unlock the settings for five minutes with the PIN."""
-    check_pin(ui_state(request), body.pin)
+    check_pin(request, body.pin)
     session.unlocked_until = time.monotonic() + UNLOCK_SECONDS
     return m.Unlocked(unlocked=True, seconds=UNLOCK_SECONDS)
 
@@ -110,5 +157,6 @@ def api_pin_setup(request: Request, body: m.PinBody, session: CurrentSession) ->
     except PinError as exc:
         raise ApiError(422, str(exc)) from None
     state.settings.set_pin(body.pin)
+    audit.emit(lambda t: t.settings_changed(who(request), "settings PIN set", client_host(request)))
     session.unlocked_until = time.monotonic() + UNLOCK_SECONDS
     return m.PinSet(pin_set=True)

@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from gateway.ops import audit
 from gateway.send.protocols import echo_destination
 from gateway.ui import models as m
-from gateway.ui.deps import GUARDS, ApiError, require_unlocked, ui_state
+from gateway.ui.deps import GUARDS, ApiError, client_host, require_unlocked, ui_state, who
 
 router = APIRouter(
     prefix="/api/settings", tags=["settings"], dependencies=[*GUARDS, Depends(require_unlocked)]
@@ -31,6 +32,8 @@ def api_settings_update(request: Request, body: m.SettingsUpdate) -> dict[str, A
     if not changes:
         raise ApiError(422, "nothing to change")
     state.settings.update(changes)
+    what = "settings changed: " + ", ".join(sorted(changes))
+    audit.emit(lambda t: t.settings_changed(who(request), what, client_host(request)))
     return {"saved": True, "restart_needed": True, **state.settings.view()}
 
 

@@ -539,6 +539,33 @@ function mmss(seconds) {
    H.264 clip with a playable URL) goes in front of the frame strip. */
 const CLIP_VIEWS = [
   {
+    /* An H.264 clip plays in the browser's own player (the queued stream,
+       remuxed to MP4 by the server); a browser that cannot play it, or a
+       stream that fails to load, falls back to the frame strip. */
+    name: "video",
+    fits: obj => !!obj.video_url && !!document.createElement("video").canPlayType('video/mp4; codecs="avc1.640029"'),
+    render(obj, box) {
+      const v = el("video", "clip-video");
+      v.setAttribute("aria-label", "Clip");
+      Object.assign(v, { controls: true, autoplay: true, loop: true, muted: true, playsInline: true });
+      let cleanup = () => { v.pause(); v.removeAttribute("src"); v.load(); };
+      v.addEventListener("error", () => {
+        cleanup();
+        box.replaceChildren();
+        const frames = CLIP_VIEWS.find(x => x.name === "frames");
+        cleanup = frames.fits(obj) ? frames.render(obj, box) : CLIP_VIEWS[CLIP_VIEWS.length - 1].render(obj, box);
+      }, { once: true });
+      const seconds = obj.seconds || 0;
+      const where = el("p", "clip-time");
+      const paint = () => { where.textContent = `${Math.min(v.currentTime || 0, seconds).toFixed(1)} s / ${seconds.toFixed(1)} s · ${obj.frames} frames`; };
+      v.addEventListener("timeupdate", paint);
+      v.src = obj.video_url;
+      paint();
+      box.append(v, where);
+      return () => cleanup();
+    },
+  },
+  {
     name: "frames",
     fits: obj => obj.preview_urls && obj.preview_urls.length > 0,
     render(obj, box) {
