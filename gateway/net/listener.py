@@ -220,19 +220,26 @@ class Gate:
             while not self.stopping.is_set():
                 if self.heartbeat is not None:
                     self.heartbeat()
-                events = self.selector.select(timeout=0.5)
-                # Those already waiting first: a flood of new connections
-                # must not starve a request that has arrived.
-                for key, _ in events:
-                    if key.data is not None and key.fd in self.pending:
-                        self._step(key.data)
-                if any(key.data is None for key, _ in events):
-                    self._accept()
-                self._expire()
+                try:
+                    self._round()
+                except Exception:  # the port must outlive any one connection
+                    log.exception("listener gate: unexpected error; serving on")
+                    time.sleep(0.1)
         finally:
             for p in list(self.pending.values()):
                 self._drop(p)
             self.selector.close()
+
+    def _round(self) -> None:
+        events = self.selector.select(timeout=0.5)
+        # Those already waiting first: a flood of new connections must not
+        # starve a request that has arrived.
+        for key, _ in events:
+            if key.data is not None and key.fd in self.pending:
+                self._step(key.data)
+        if any(key.data is None for key, _ in events):
+            self._accept()
+        self._expire()
 
     def _accept(self) -> None:
         for _ in range(64):  # a burst, without starving the pending ones
@@ -409,7 +416,15 @@ class Gate:
         )
         with self.active_lock:
             self.active.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: refuse, keep the slot count right
+            with self.active_lock:
+                self.active.discard(thread)
+            self.slots.release()
+            with contextlib.suppress(OSError):
+                p.sock.close()
+            log.error("association from %s:%d dropped: no thread could be started", *p.address[:2])
 
     def _serve(self, sock: GuardedSocket, address: tuple[str, int]) -> None:
         try:
