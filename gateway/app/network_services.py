@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
-from gateway.net.listener import Throttle
+from gateway.net.listener import Throttle, throttle_key
 from gateway.net.ul import Timeouts
 from gateway.ops import audit
 from gateway.ops.health import Health
@@ -25,20 +25,21 @@ def audit_refusals(port: str) -> Callable[[str, str, str], None]:
     """A refused association, object, UID or commitment report as a
     Security Alert (PS3.15 A.5.3.11) in the audit trail. Each audit message
     is itself queued on disk, so a flood is summarised: at most one record
-    per address and 60 s, and 120 a minute in all; the rest are counted
-    and the count is in the next record."""
+    per address, kind of refusal and 60 s, and 120 a minute in all; the
+    rest are counted and the count is in the next record."""
     lock = threading.Lock()
     per_address = Throttle(60.0)
     window: list[float] = []
 
     def record(ae_title: str, address: str, reason: str) -> None:
         now = time.monotonic()
+        key = throttle_key(address, reason)
         with lock:
             window[:] = [t for t in window if now - t < 60]
             if len(window) >= 120:
-                per_address.skipped[address] = per_address.skipped.get(address, 0) + 1
+                per_address.skipped[key] = per_address.skipped.get(key, 0) + 1
                 return
-            more = per_address.allow(address)
+            more = per_address.allow(key)
             if more is None:
                 return
             window.append(now)

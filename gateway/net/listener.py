@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import re
 import selectors
 import socket
 import ssl
@@ -135,9 +136,17 @@ def certificate_cn(sock: socket.socket) -> str | None:
     return None
 
 
+def throttle_key(address: str, reason: str) -> str:
+    """Refusals counted together: one address, one kind of reason (its
+    words, without the numbers and names that vary), so a port probe
+    cannot hide the forged report that follows it."""
+    kind = re.sub(r"'[^']*'|\S*\d\S*", "", reason)[:40]
+    return f"{address} {kind}"
+
+
 class Throttle:
-    """One log line per address and `every` seconds (a flood of refused
-    connections must not flood the journal); the rest are counted."""
+    """One line per key and `every` seconds (a flood of refused connections
+    must not flood the journal or the audit trail); the rest are counted."""
 
     def __init__(self, every: float = 60.0) -> None:
         self.every = every
@@ -376,7 +385,7 @@ class Gate:
         reject: tuple[int, int, int] | None = None,
     ) -> None:
         host, port = p.address[:2]
-        more = self.quiet.allow(host)
+        more = self.quiet.allow(throttle_key(host, reason))
         if more is not None:
             log.warning(
                 "association from %s at %s:%d refused: %s%s",

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,77 @@ def test_a_flood_is_summarised() -> None:
     from_one = [s for s in seen if s[1] == "10.0.0.1"]
     assert len(from_one) == 1  # one per address and minute
     assert len(seen) == 120  # and 120 a minute in all
+
+
+def test_forged_commitment_report_reaches_the_audit_trail(
+    tmp_path: Path, syslog: socket.socket, pki: Any
+) -> None:
+    """Through `start_network_services`: a report naming a Transaction UID
+    we never issued, from the allowed PACS over mutual TLS, is refused and
+    becomes a Security Alert; nothing is committed."""
+    import ssl
+
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.presentation import build_role
+
+    from gateway.dicom.uids import new_uid
+    from gateway.send.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE
+
+    listen = free_port()
+    tls = {"ca": str(pki.ca.cert), "cert": str(pki.client.cert), "key": str(pki.client.key)}
+    config = parse_config(
+        {
+            "station": {"ae_title": "EDGE1"},
+            "destinations": [
+                {
+                    "name": "pacs",
+                    "ae_title": "PACS",
+                    "host": "localhost",
+                    "port": free_port(),
+                    "storage_commitment": True,
+                    "tls": tls,
+                }
+            ],
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+            "commitment": {"listen": f"127.0.0.1:{listen}", "tls": tls, "interval_s": 3600},
+        }
+    )
+    trail = AuditTrail(config, tmp_path / "q")
+    audit.install(trail)
+    stop = threading.Event()
+    stoppers = start_network_services(config, stop)
+    try:
+        wait_for_port(listen)
+        ds = Dataset()
+        ds.TransactionUID = new_uid()
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(PUSH_MODEL)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(pki.ca.cert)
+        ctx.load_cert_chain(pki.server.cert, pki.server.key)
+        assoc = ae.associate(
+            "127.0.0.1",
+            listen,
+            ae_title="EDGE1",
+            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
+            tls_args=(ctx, "localhost"),
+        )
+        assert assoc.is_established
+        status, _ = assoc.send_n_event_report(ds, 1, PUSH_MODEL, PUSH_MODEL_INSTANCE)
+        assoc.release()
+        assert int(status.Status) != 0
+        text = ""
+        while "Transaction" not in text:  # the service's own events may come first
+            _, xml = parse_frame(syslog.recv(65536))
+            outcome = xml.find("EventIdentification/EventOutcomeDescription")
+            text = str(outcome.text) if outcome is not None else ""
+        assert event_code(xml) == ("110113", "110126")
+        assert text == "Storage Commitment: unknown Transaction UID (not one we issued)"
+        assert ds.TransactionUID not in text
+    finally:
+        stop.set()
+        for s in stoppers:
+            s()
+        audit.install(None)
+        trail.close()
