@@ -6,6 +6,7 @@ allowed modality (DCMTK storescu) stores. Each asserts what was written
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
@@ -409,6 +410,10 @@ def test_crowd_of_drippers_and_idle_connections_leaves_the_modality_storing(
         assert len(listener_threads) <= 3 * 8
     finally:
         crowd.stop()
+    print(
+        f"storescu under the crowd: {', '.join(f'{t:.2f}' for t in took)} s;"
+        f" crowd connects {crowd.connects}, closed by the listener {crowd.closed_by_listener}"
+    )
     assert len(inbound.outbox.objects()) == 5
     assert max(took) < 15, took
     assert crowd.closed_by_listener > 0  # the crowd was cut off, not served
@@ -416,6 +421,11 @@ def test_crowd_of_drippers_and_idle_connections_leaves_the_modality_storing(
 
 
 ONLY = "capture,forwarder"
+
+
+def _usage(pid: int) -> tuple[int, int]:
+    """Open file descriptors and threads of the process."""
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
 
 
 def _frames(metrics_port: int) -> float:
@@ -439,7 +449,6 @@ def test_whole_service_keeps_capturing_and_storing_under_the_crowd(
     where capture is a process of its own): under the crowd, the modality's
     5 C-STOREs succeed and reach the PACS, and the test pattern's frame
     rate stays within 20% of what it was before."""
-    import os
     import signal
     import sys
 
@@ -474,6 +483,7 @@ def test_whole_service_keeps_capturing_and_storing_under_the_crowd(
         start, t0 = _frames(metrics), time.monotonic()
         time.sleep(6)
         calm = (_frames(metrics) - start) / (time.monotonic() - t0)
+        fds, threads = _usage(proc.pid)
         crowd = Crowd(port).start()
         time.sleep(3)
         start, t0 = _frames(metrics), time.monotonic()
@@ -482,7 +492,15 @@ def test_whole_service_keeps_capturing_and_storing_under_the_crowd(
             assert result.returncode == 0, result.stderr
         time.sleep(max(0.0, 6 - (time.monotonic() - t0)))
         under = (_frames(metrics) - start) / (time.monotonic() - t0)
-        print(f"capture: {calm:.1f} frames/s calm, {under:.1f} under the crowd")
+        fds_under, threads_under = _usage(proc.pid)
+        print(
+            f"capture: {calm:.1f} frames/s calm, {under:.1f} under the crowd;"
+            f" fds {fds} -> {fds_under}, threads {threads} -> {threads_under}"
+        )
+        # Bounded by the limits (64 waiting, 8 associations of 3 threads),
+        # not by the crowd's 330 connections.
+        assert fds_under <= fds + 64 + 8 + 16, (fds, fds_under)
+        assert threads_under <= threads + 3 * 8 + 4, (threads, threads_under)
         assert under >= 0.8 * calm, (calm, under)
         deadline = time.monotonic() + 30
         while len(storescp.received()) < 5 and time.monotonic() < deadline:
