@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import ListenerLimitsConfig, PeerAllowed
-from gateway.net.guarded import GuardedSocket, StreamLimits, reject_pdu
+from gateway.net.guarded import Breach, GuardedSocket, StreamLimits, abort_pdu, reject_pdu
 from gateway.net.tls import describe_tls_failure
 
 log = logging.getLogger(__name__)
@@ -383,6 +383,8 @@ class Gate:
         ae_title: str,
         reason: str,
         reject: tuple[int, int, int] | None = None,
+        *,
+        abort: bool = False,
     ) -> None:
         host, port = p.address[:2]
         more = self.quiet.allow(throttle_key(host, reason))
@@ -395,11 +397,11 @@ class Gate:
                 reason,
                 f" (and {more} more from {host} since the last line)" if more else "",
             )
-        if reject is not None:
+        if reject is not None or abort:
             with contextlib.suppress(OSError, ValueError):
                 p.sock.setblocking(True)
                 p.sock.settimeout(1.0)
-                p.sock.sendall(reject_pdu(*reject))
+                p.sock.sendall(abort_pdu() if reject is None else reject_pdu(*reject))
         self._drop(p)
         if self.refused is not None:
             try:
@@ -410,13 +412,18 @@ class Gate:
     def _hand_over(self, p: _Pending, prefix: bytes) -> None:
         p.sock.setblocking(True)
         lim = self.limits
-        guarded = GuardedSocket(
-            p.sock,
-            prefix,
-            StreamLimits(lim.max_pdu, lim.max_dataset),
-            lim.idle_timeout_s,
-            time.monotonic() + lim.deadline_s,
-        )
+        try:
+            guarded = GuardedSocket(
+                p.sock,
+                prefix,
+                StreamLimits(lim.max_pdu, lim.max_dataset),
+                lim.idle_timeout_s,
+                time.monotonic() + lim.deadline_s,
+            )
+        except Breach as exc:  # what came right behind the request breaks a limit
+            self.slots.release()
+            self._refuse(p, "", f"association aborted: {exc}", abort=True)
+            return
         thread = threading.Thread(
             target=self._serve,
             args=(guarded, p.address),

@@ -256,6 +256,29 @@ def test_pdu_announcing_a_gigabyte_aborts_the_association(inbound: Running) -> N
     assert inbound.refused_with("PDU of 1073741824 bytes")
 
 
+def test_request_and_a_gigabyte_pdu_in_one_write_is_aborted(tmp_path: Path) -> None:
+    """The request and an oversized P-DATA header arriving together (read
+    by the gate at once) abort the association and free its slot."""
+    running = Running(tmp_path, max_associations=1)
+    try:
+        for _ in range(3):  # the one slot is free again each time
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+                rq = associate_rq("MODALITY", "EDGE1", [(SECONDARY_CAPTURE, [EXPLICIT_LE])])
+                sock.sendall(rq + pdu_header(0x04, 1 << 30))
+                answer = read_pdu(sock)
+                assert answer is not None and answer[0] == 0x07  # A-ABORT
+        assert running.refused_with("PDU of 1073741824 bytes")
+        assert pynetdicom_store(running.port, _small(tmp_path)) == 0
+    finally:
+        running.close()
+
+
+def _small(tmp_path: Path) -> Path:
+    path = tmp_path / "small.dcm"
+    path.write_bytes(small_object()[1])
+    return path
+
+
 def test_oversized_association_request_is_closed_unread(inbound: Running) -> None:
     """A 4 GiB A-ASSOCIATE-RQ is refused on its header: nothing is read."""
     with socket.create_connection(("127.0.0.1", inbound.port), timeout=10) as sock:
