@@ -67,6 +67,7 @@ def test_whole_service_keeps_feeding_the_watchdog_while_idle(
         "commitment",
         "commitment-listener",
         "inbound",
+        "flush",
         "control",
     }, loops
     assert all(loops.values()), loops
