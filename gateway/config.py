@@ -439,8 +439,10 @@ class ListenerLimitsConfig(_Model):
     idle_timeout_s: float = Field(default=30.0, gt=0)
     association_deadline_s: float = Field(default=3600.0, gt=0)
     max_pdu_mb: float = Field(default=4.0, ge=1, le=64)
-    # One received data set; a larger one aborts the association.
-    max_object_mb: float = Field(default=1024.0, gt=0)
+    # One received data set; a larger one aborts the association. pynetdicom
+    # holds a data set in memory while it arrives (and once more while it is
+    # queued): max_associations × max_object_mb × 2 is the port's memory bound.
+    max_object_mb: float = Field(default=512.0, gt=0)
 
 
 class PeerAllowed(_Model):
@@ -469,8 +471,9 @@ class CommitmentConfig(_Model):
     allowed: list[PeerAllowed] = Field(default_factory=list)
     # References one report may carry (we ask for one study at a time).
     max_references: int = Field(default=10000, ge=1)
+    # A report is small (10,000 references are ~1.5 MB): no need to take more.
     limits: ListenerLimitsConfig = Field(
-        default_factory=lambda: ListenerLimitsConfig(max_associations=4)
+        default_factory=lambda: ListenerLimitsConfig(max_associations=4, max_object_mb=16)
     )
 
     @model_validator(mode="after")
