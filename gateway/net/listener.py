@@ -299,9 +299,11 @@ class Gate:
                     p.sock.do_handshake()
                 except ssl.SSLWantReadError:
                     return
-                except ssl.SSLWantWriteError:
+                except ssl.SSLWantWriteError:  # our send buffer is full: wait to write
+                    self.selector.modify(p.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, p)
                     return
                 p.handshaken = True
+                self.selector.modify(p.sock, selectors.EVENT_READ, p)
             while True:
                 try:
                     chunk = p.sock.recv(MAX_REQUEST_PDU + 6 - len(p.data))
