@@ -19,7 +19,8 @@ from gateway.config import parse_config
 from gateway.ops import audit
 from gateway.ops.audit import AuditTrail
 from tests.support.audit import event_code, parse_frame
-from tests.support.hostile import associate_rq, read_pdu
+from tests.support.commitment_pacs import associate_as_pacs
+from tests.support.hostile import associate_rq, inbound_config, read_pdu
 from tests.support.process import free_port, require_tool, wait_for_port
 
 
@@ -33,18 +34,7 @@ def _alert(frame: bytes) -> str:
 
 def test_refused_association_reaches_the_audit_trail(tmp_path: Path, syslog: socket.socket) -> None:
     port = free_port()
-    config = parse_config(
-        {
-            "station": {"ae_title": "EDGE1"},
-            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
-            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
-            "inbound": {
-                "enabled": True,
-                "listen": f"127.0.0.1:{port}",
-                "allowed": [{"ae_title": "MODALITY", "address": "127.0.0.1"}],
-            },
-        }
-    )
+    config = inbound_config(tmp_path, port)
     trail = AuditTrail(config, tmp_path / "q")
     audit.install(trail)
     stop = threading.Event()
@@ -102,11 +92,7 @@ def test_forged_commitment_report_reaches_the_audit_trail(
     """Through `start_network_services`: a report naming a Transaction UID
     we never issued, from the allowed PACS over mutual TLS, is refused and
     becomes a Security Alert; nothing is committed."""
-    import ssl
-
     from pydicom.dataset import Dataset
-    from pynetdicom import AE
-    from pynetdicom.presentation import build_role
 
     from gateway.dicom.uids import new_uid
     from gateway.send.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE
@@ -138,18 +124,7 @@ def test_forged_commitment_report_reaches_the_audit_trail(
         wait_for_port(listen)
         ds = Dataset()
         ds.TransactionUID = new_uid()
-        ae = AE(ae_title="PACS")
-        ae.add_requested_context(PUSH_MODEL)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(pki.ca.cert)
-        ctx.load_cert_chain(pki.server.cert, pki.server.key)
-        assoc = ae.associate(
-            "127.0.0.1",
-            listen,
-            ae_title="EDGE1",
-            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
-            tls_args=(ctx, "localhost"),
-        )
+        assoc = associate_as_pacs(pki, listen)
         assert assoc.is_established
         status, _ = assoc.send_n_event_report(ds, 1, PUSH_MODEL, PUSH_MODEL_INSTANCE)
         assoc.release()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from gateway.dicom.uids import new_uid
 from gateway.net.ul import Timeouts
 from gateway.queue.outbox import Outbox
 from gateway.send.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, CommitmentService
+from tests.support.commitment_pacs import associate_as_pacs
 from tests.support.hostile import associate_rq, read_pdu, refused_with
 from tests.support.peers import SC, queue_objects
 from tests.support.pki import PKI
@@ -77,9 +77,6 @@ class Port:
     def report(self, tx: str, *, aet: str = "PACS", refs: int | None = None) -> int | None:
         """A pynetdicom PACS with a certificate from our CA sends a report;
         the status it gets, or None when it could not associate."""
-        from pynetdicom import AE
-        from pynetdicom.presentation import build_role
-
         ds = Dataset()
         ds.TransactionUID = tx
         items = []
@@ -89,19 +86,7 @@ class Port:
             item.ReferencedSOPInstanceUID = obj.sop_instance_uid
             items.append(item)
         ds.ReferencedSOPSequence = items
-        ae = AE(ae_title=aet)
-        ae.acse_timeout = ae.dimse_timeout = 10
-        ae.add_requested_context(PUSH_MODEL)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(self.pki.ca.cert)
-        ctx.load_cert_chain(self.pki.server.cert, self.pki.server.key)
-        assoc = ae.associate(
-            "127.0.0.1",
-            self.port,
-            ae_title="EDGE1",
-            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
-            tls_args=(ctx, "localhost"),
-        )
+        assoc = associate_as_pacs(self.pki, self.port, aet)
         if not assoc.is_established:
             return None
         try:

@@ -23,13 +23,14 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from gateway.acquire.inbound import InboundService
-from gateway.config import parse_config
 from gateway.queue.outbox import Outbox
 from tests.support.hostile import (
+    ALLOWED,
     EXPLICIT_LE,
     SECONDARY_CAPTURE,
     Crowd,
     associate_rq,
+    inbound_config,
     pdu_header,
     read_pdu,
     refused_with,
@@ -38,30 +39,11 @@ from tests.support.peers import SC, small_object
 from tests.support.process import free_port, require_tool, wait_for_port
 from tests.support.queue import new_outbox
 
-ALLOWED = [{"ae_title": "MODALITY", "address": "127.0.0.1"}]
-
-
-def make_config(tmp_path: Path, port: int, **limits: Any) -> Any:
-    return parse_config(
-        {
-            "station": {"ae_title": "EDGE1"},
-            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
-            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
-            "inbound": {
-                "enabled": True,
-                "listen": f"127.0.0.1:{port}",
-                "allowed": ALLOWED,
-                "handshake_timeout_s": 2,
-                "limits": limits,
-            },
-        }
-    )
-
 
 class Running:
     def __init__(self, tmp_path: Path, **limits: Any) -> None:
         self.port = free_port()
-        self.config = make_config(tmp_path, self.port, **limits)
+        self.config = inbound_config(tmp_path, self.port, **limits)
         self.outbox: Outbox = new_outbox(self.config.queue.path, ["pacs"])
         self.refusals: list[tuple[str, str, str]] = []
         self.service = InboundService(
