@@ -6,9 +6,11 @@ address is summarised, not written once per connection."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,23 @@ from tests.support.hostile import associate_rq, inbound_config, read_pdu
 from tests.support.process import free_port, require_tool, wait_for_port
 
 
+@contextlib.contextmanager
+def services(config: Any, tmp_path: Path) -> Iterator[None]:
+    """`run`'s network services with the audit trail installed."""
+    trail = AuditTrail(config, tmp_path / "q")
+    audit.install(trail)
+    stop = threading.Event()
+    stoppers = start_network_services(config, stop)
+    try:
+        yield
+    finally:
+        stop.set()
+        for s in stoppers:
+            s()
+        audit.install(None)
+        trail.close()
+
+
 def _alert(frame: bytes) -> str:
     _, xml = parse_frame(frame)
     assert event_code(xml) == ("110113", "110126")
@@ -35,11 +54,7 @@ def _alert(frame: bytes) -> str:
 def test_refused_association_reaches_the_audit_trail(tmp_path: Path, syslog: socket.socket) -> None:
     port = free_port()
     config = inbound_config(tmp_path, port)
-    trail = AuditTrail(config, tmp_path / "q")
-    audit.install(trail)
-    stop = threading.Event()
-    stoppers = start_network_services(config, stop)
-    try:
+    with services(config, tmp_path):
         wait_for_port(port)
         echo = subprocess.run(
             [require_tool("echoscu"), "-aet", "STRANGER", "-aec", "EDGE1", "127.0.0.1", str(port)],
@@ -57,12 +72,6 @@ def test_refused_association_reaches_the_audit_trail(tmp_path: Path, syslog: soc
         syslog.settimeout(1)
         with pytest.raises(TimeoutError):
             syslog.recv(65536)
-    finally:
-        stop.set()
-        for s in stoppers:
-            s()
-        audit.install(None)
-        trail.close()
 
 
 def test_a_flood_is_summarised() -> None:
@@ -116,11 +125,7 @@ def test_forged_commitment_report_reaches_the_audit_trail(
             "commitment": {"listen": f"127.0.0.1:{listen}", "tls": tls, "interval_s": 3600},
         }
     )
-    trail = AuditTrail(config, tmp_path / "q")
-    audit.install(trail)
-    stop = threading.Event()
-    stoppers = start_network_services(config, stop)
-    try:
+    with services(config, tmp_path):
         wait_for_port(listen)
         ds = Dataset()
         ds.TransactionUID = new_uid()
@@ -137,9 +142,3 @@ def test_forged_commitment_report_reaches_the_audit_trail(
         assert event_code(xml) == ("110113", "110126")
         assert text == "Storage Commitment: unknown Transaction UID (not one we issued)"
         assert ds.TransactionUID not in text
-    finally:
-        stop.set()
-        for s in stoppers:
-            s()
-        audit.install(None)
-        trail.close()

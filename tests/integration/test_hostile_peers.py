@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -70,22 +69,17 @@ def inbound(tmp_path: Path) -> Any:
     running.close()
 
 
-def part10(command_uid: str, dataset_uid: str, study: str = "1.2.3.4") -> bytes:
+def part10(command_uid: str, dataset_uid: str) -> bytes:
     """A Part 10 file whose File Meta (what pynetdicom's C-STORE takes its
     command from) may name another SOP Instance UID than its data set."""
+    from pydicom import dcmread
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pydicom_config.disable_value_validation():
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = SC
+            ds = dcmread(DicomBytesIO(small_object()[1]))
             ds.file_meta.MediaStorageSOPInstanceUID = command_uid
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.SOPClassUID, ds.SOPInstanceUID = SC, dataset_uid
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, "1.2.3.4.1"
-            ds.PatientName, ds.PatientID, ds.Modality = "Hostile^Test", "H1", "OT"
-            ds.file_meta.ImplementationClassUID = "1.2.3.4.5"
-            ds.preamble = bytes(128)
+            ds.SOPInstanceUID = dataset_uid
             out = DicomBytesIO()
             # As given: pydicom would otherwise copy the data set's UID into the meta.
             ds.save_as(out, enforce_file_format=False, implicit_vr=False, little_endian=True)
