@@ -269,6 +269,7 @@ def test_unknown_peer_is_refused_at_the_request(inbound: Running) -> None:
         answer = read_pdu(sock)
         assert answer is not None and answer[0] == 0x03  # A-ASSOCIATE-RJ
         assert answer[1][1:4] == bytes([1, 1, 3])  # permanent, calling AE not recognised
+    assert inbound.refused_with("'INTRUDER' is not on the allow-list")  # reported after the RJ
     assert inbound.refusals[-1][:2] == ("INTRUDER", "127.0.0.1")
 
 
@@ -304,7 +305,7 @@ def test_association_count_is_bounded_and_freed(tmp_path: Path) -> None:
         assert all(a.is_established for a in held)
         third = ae.associate("127.0.0.1", running.port, ae_title="EDGE1")
         assert third.is_rejected
-        assert "slots are busy" in running.refusals[-1][2]
+        assert running.refused_with("slots are busy")
         for a in held:
             a.release()
         deadline = time.monotonic() + 10
