@@ -59,6 +59,11 @@ class Frame:
     index: int
     timestamp: float = field(default_factory=time.time)
     jpeg: bytes | None = None
+    # A device that encodes H.264 itself (UVC cameras): its access unit as it
+    # sent it, Annex B, and whether it is a key frame (IDR, parameter sets in
+    # front); `pixels` is the decoded view. Recorded without re-encoding.
+    h264: bytes | None = None
+    keyframe: bool = False
 
     @property
     def height(self) -> int:

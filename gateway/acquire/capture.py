@@ -45,13 +45,22 @@ from gateway.dicom.pixels import (
     wrappable,
 )
 from gateway.dicom.uids import new_uid
-from gateway.dicom.video import Codec, EncodedVideo, VideoEncoder
+from gateway.dicom.video import (
+    Codec,
+    EncodedVideo,
+    Fragments,
+    StreamParams,
+    VideoEncoder,
+    stream_params,
+    transfer_syntax,
+)
 from gateway.ops import clock
 from gateway.queue.model import NewObject, QueuedObject
 from gateway.queue.outbox import Outbox
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+    from pydicom.uid import UID
 
     from gateway.acquire.exam import Exam
 
@@ -71,6 +80,8 @@ _CLIP_BUILDERS = {
     "video-photographic": video_photographic,
     "secondary-capture": multiframe_true_color_sc,
 }
+# How long frames of a device's own H.264 are held waiting for a key frame.
+KEYFRAME_WAIT_S = 2.0
 # The rate a streamed recording's encoder is opened with before the frames'
 # own timestamps are known (the object's Frame Time comes from those).
 DEFAULT_CLIP_FPS = 30.0
@@ -152,7 +163,13 @@ def jpeg_history(frames: Sequence[Frame]) -> LossyHistory | None:
 
 class ClipWriter:
     """A clip encoded as its frames come (Record, `capture --clip`): only the
-    compressed stream is kept, one frame is in the encoder at a time."""
+    compressed stream is kept, one frame is in the encoder at a time.
+
+    Frames that carry the device's own H.264 (`Frame.h264`) are wrapped as
+    they are when the stream fits a DICOM syntax: a stream starts at a key
+    frame, so frames before the first one are held (at most
+    `KEYFRAME_WAIT_S`) and left out; with no key frame by then, or a stream
+    that fits no syntax, the clip is encoded from the pixels instead."""
 
     def __init__(self, codec: Codec, fps: float = DEFAULT_CLIP_FPS) -> None:
         self.codec = codec
@@ -161,12 +178,55 @@ class ClipWriter:
         self.history: LossyHistory | None = None
         self._ratios: list[float] = []
         self._encoder: VideoEncoder | None = None
+        self._held: list[Frame] = []
+        self._device: Fragments | None = None
+        self._device_stream: tuple[StreamParams, UID, int, int] | None = None
 
     @property
     def encoder(self) -> str:
+        if self._device is not None:
+            return "passthrough"
         return self._encoder.encoder if self._encoder is not None else ""
 
     def add(self, frame: Frame) -> None:
+        if self._device is not None:
+            if frame.h264 is None:
+                raise PixelError(f"frame {frame.index}: pixels among the device's H.264 frames")
+            self._device.add(frame.h264)
+            self.timestamps.append(frame.timestamp)
+            return
+        if self._encoder is None and frame.h264 is not None:
+            if frame.keyframe:
+                fits = self._fits(frame)
+                if fits is not None:
+                    self._held = []  # before the first key frame: not decodable, left out
+                    self._device_stream = fits
+                    self._device = Fragments()
+                    self.add(frame)
+                    return
+            else:
+                self._held.append(frame)
+                if frame.timestamp - self._held[0].timestamp >= KEYFRAME_WAIT_S:
+                    self._encode_held()  # no key frame in time: encoded, none lost
+                return
+        self._encode_held()
+        self._encode(frame)
+
+    def _fits(self, frame: Frame) -> tuple[StreamParams, UID, int, int] | None:
+        assert frame.h264 is not None
+        try:
+            params = stream_params(frame.h264[:4096], "h264")
+        except PixelError:
+            return None
+        ts = transfer_syntax(params, frame.width, frame.height, self.fps)
+        return None if ts is None else (params, ts, frame.width, frame.height)
+
+    def _encode_held(self) -> None:
+        held, self._held = self._held, []
+        for frame in held:
+            self._encode(frame)
+
+    def _encode(self, frame: Frame) -> None:
         pixels = frame_pixels(frame)
         if self._encoder is None:
             self._encoder = VideoEncoder(
@@ -181,6 +241,20 @@ class ClipWriter:
         self.timestamps.append(frame.timestamp)
 
     def finish(self) -> EncodedVideo:
+        if self._device is not None and self._device_stream is not None:
+            params, ts, width, height = self._device_stream
+            fragments = self._device.close()
+            return EncodedVideo(
+                fragments,
+                params,
+                ts,
+                width,
+                height,
+                len(self.timestamps),
+                self.fps,
+                "passthrough",
+            )
+        self._encode_held()
         if self._encoder is None:
             raise PixelError("the clip has no frames")
         if self._ratios:
@@ -319,14 +393,9 @@ class Capturer:
             try:
                 for frame in frames:
                     writer.add(frame)
-                video = writer.finish()
-            except BaseException:
+                return self.queue_writer(exam, writer, hold)
+            finally:
                 writer.close()
-                raise
-            log.info(
-                "clip of %d frames encoded by %s: %d bytes", video.frames, video.encoder, video.size
-            )
-            return self.queue(exam, self.build_clip(exam, video, cine, content_time), hold)
         colour_only = self.iod != "ultrasound"
         data, history = clip_data([_decoded(f) for f in frames], colour_only)
         ds = self.build_clip(exam, data, cine, content_time, history)

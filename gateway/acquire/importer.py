@@ -113,15 +113,23 @@ class Caps:
     megapixels: float = imagecodec.DEFAULT_MAX_MEGAPIXELS
     video_seconds: float = 600.0
     video_mb: int = 2048
+    # Clips stored as H.264/HEVC (capture.clip_compression): a video is wrapped
+    # as it is or streamed through the encoder, never held decoded, so
+    # max_video_mb bounds the file itself (what the object holds), not its
+    # decoded size.
+    encoded: bool = False
 
     @classmethod
     def of(cls, config: GatewayConfig) -> Caps:
         c = config.capture
-        return cls(c.max_image_megapixels, c.max_video_seconds, c.max_video_mb)
+        encoded = c.clip_compression in ("h264", "hevc")
+        return cls(c.max_image_megapixels, c.max_video_seconds, c.max_video_mb, encoded)
 
     def max_frames(self, fps: float, width: int, height: int) -> int:
         """The most frames a video of this rate and size may decode to."""
         by_time = self.video_seconds * (fps if 0 < fps <= 1000 else DEFAULT_FPS)
+        if self.encoded:
+            return max(1, int(by_time))
         by_size = self.video_mb * 1024 * 1024 / max(1, width * height * 3)
         return max(1, int(min(by_time, by_size)))
 
@@ -162,6 +170,14 @@ def _check_video(path: Path, cap: cv2.VideoCapture, caps: Caps) -> None:
             f"{path}: the video is {frames / rate:.1f} s long ({frames} frames), over the "
             f"{caps.video_seconds:g} s cap (capture.max_video_seconds); refused without decoding"
         )
+    if caps.encoded:
+        file_mb = path.stat().st_size / (1024 * 1024)
+        if file_mb > caps.video_mb:
+            raise ImportFileError(
+                f"{path}: the video file is {file_mb:.0f} MB, over the {caps.video_mb} MB "
+                "cap (capture.max_video_mb); refused"
+            )
+        return
     decoded_mb = frames * width * height * 3 / (1024 * 1024)
     if decoded_mb > caps.video_mb:
         raise ImportFileError(

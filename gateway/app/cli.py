@@ -311,7 +311,7 @@ def _capture_clip(
 ) -> int:
     """`capture --clip SECONDS`: one clip of that long from the driver, as
     `capture.clip_compression` says (H.264 encoded while it is read)."""
-    from gateway.acquire.capture import ClipWriter
+    from gateway.acquire.capture import DEFAULT_CLIP_FPS, ClipWriter
     from gateway.acquire.station import Station
 
     with _outbox(config) as outbox:
@@ -322,7 +322,9 @@ def _capture_clip(
             driver,
         ):
             codec = station.capturer.clip_codec
-            writer = ClipWriter(codec) if codec is not None else None
+            # The driver's rate where it has one (the H.264 level depends on it).
+            fps = getattr(driver.options, "fps", None) or DEFAULT_CLIP_FPS
+            writer = ClipWriter(codec, float(fps)) if codec is not None else None
             frames: list[Frame] = []
             first: float | None = None
             try:

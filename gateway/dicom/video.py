@@ -172,7 +172,7 @@ def level_for(width: int, height: int, fps: float) -> tuple[str, UID] | None:
 # -- the encoded stream --------------------------------------------------------------
 
 
-class _Fragments:
+class Fragments:
     """Stream bytes cut into even-sized fragments as they arrive (one copy)."""
 
     def __init__(self) -> None:
@@ -231,7 +231,7 @@ def wrap_stream(
 ) -> EncodedVideo:
     """An existing elementary stream (one packet per frame, Annex B), as it
     is; VideoError when no transfer syntax allows it."""
-    frags = _Fragments()
+    frags = Fragments()
     frames = 0
     for packet in packets:
         frags.add(packet)
@@ -363,7 +363,7 @@ class VideoEncoder:
         self.rate = rate
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-convert")
         self._pending: deque[Future[Any]] = deque()
-        self._frags = _Fragments()
+        self._frags = Fragments()
         self._packets = 0
         log.info("video encoder %s for %d×%d at %s frames/s", name, self.width, self.height, rate)
 

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from drivers.base import Frame
 from drivers.stream import FrameStream
-from gateway.acquire.capture import ClipWriter, frame_pixels
+from gateway.acquire.capture import DEFAULT_CLIP_FPS, ClipWriter, frame_pixels
 from gateway.acquire.exam import Exam, ExamError, ExamEvent, ExamService, ExamState
 from gateway.acquire.station import failure_reason
 from gateway.dicom.modules import Cine, ModuleError, Order, Patient
@@ -199,6 +199,16 @@ class Recorder:
         self._stop.set()
         self._thread.join(timeout=5)
         return self.frames
+
+
+def _ring_fps(stream: FrameStream) -> float:
+    """The device's rate as the ring of recent frames shows it: a recording's
+    encoder is opened at it (the H.264 level depends on it; the object's
+    Frame Time comes from the recorded frames' own times)."""
+    stats = stream.stats()
+    if stats.buffered > 1 and stats.buffered_seconds > 0:
+        return min(240.0, (stats.buffered - 1) / stats.buffered_seconds)
+    return DEFAULT_CLIP_FPS
 
 
 def _as_uint8(pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
@@ -485,7 +495,7 @@ class ExamDesk:
                 self.stream,
                 self.max_record_seconds,
                 on_limit=lambda: self.events.publish({"type": "record_limit", "exam": exam_id}),
-                writer=ClipWriter(codec) if codec is not None else None,
+                writer=ClipWriter(codec, _ring_fps(self.stream)) if codec is not None else None,
             )
         self.events.publish({"type": "recording", "exam": exam.id, "on": True})
 

@@ -196,7 +196,13 @@ def test_metrics_health_and_audit_of_a_forwarding_service(
         health = json.loads(body)
         assert status == 200 and health["status"] == "degraded", health
         assert any("certificate pacs/own expires in" in w for w in health["warnings"]), health
-        assert health["loops"] == {"capture": True, "forwarder": True, "ui": True, "control": True}
+        assert health["loops"] == {
+            "capture": True,
+            "forwarder": True,
+            "ui": True,
+            "control": True,
+            "flush": True,
+        }
         assert health["queue"]["pacs"]["sent"] == 2
         assert health["clock"]["trusted"] is True
         proc.send_signal(signal.SIGTERM)

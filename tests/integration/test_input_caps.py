@@ -136,9 +136,15 @@ def test_a_long_video_is_refused_before_decoding(tmp_path: Path) -> None:
     assert f"{video}: the video is 12.0 s long (360 frames), over the 10 s cap" in line, line
     assert "(capture.max_video_seconds)" in line
     assert _queued(config) == []
-    config = _config(tmp_path, max_video_mb=1)  # 360 × 64×48×3 = 3.2 MB decoded
+    # Clips stored as decoded frames: the cap bounds the decoded size.
+    config = _config(tmp_path, max_video_mb=1, clip_compression="none")  # 3.2 MB decoded
     line = assert_one_line_error(Gateway(config)(*args))
     assert "decodes to 3 MB (360 frames of 64×48), over the 1 MB cap" in line, line
+    # H.264 clips (the default) are never held decoded: the cap bounds the file.
+    assert video.stat().st_size < 1 << 20
+    config = _config(tmp_path, max_video_mb=1, max_video_seconds=20)
+    assert Gateway(config)(*args).returncode == 0
+    (tmp_path / "queue").rename(tmp_path / "queue-h264")
     config = _config(tmp_path, max_video_seconds=20)
     assert Gateway(config)(*args).returncode == 0
     assert len(_queued(config)) == 1

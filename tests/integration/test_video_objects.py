@@ -211,3 +211,16 @@ def test_the_encoder_is_named_and_falls_back_to_libx264() -> None:
     assert stream.encoder in ("libx264", video.HARDWARE_H264)
     if not Path("/dev/video0").exists():
         assert stream.encoder == "libx264"
+
+
+@pytest.mark.parametrize("encoding", ["none", "rle", "jpeg-baseline"])
+@pytest.mark.parametrize("kind", ["video-endoscopic", "video-photographic"])
+def test_video_iods_hold_frame_encodings_too(kind: str, encoding: str, tmp_path: Path) -> None:
+    """`station.iod = video-…` with `clip_compression` other than h264/hevc."""
+    builder, modality = KINDS[kind]
+    ds = builder(pattern(3, 96, 64), Cine.from_fps(25), header(modality), iods.Coding(encoding))  # type: ignore[arg-type]
+    path = tmp_path / "clip.dcm"
+    path.write_bytes(part10.to_bytes(ds))
+    errors, warnings = dciodvfy(path)
+    assert errors == [] and warnings == [], "\n".join(errors + warnings)
+    assert int(pydicom.dcmread(path).NumberOfFrames) == 3

@@ -43,7 +43,10 @@ def test_whole_service_keeps_feeding_the_watchdog_while_idle(
             text=True,
         )
         try:
-            assert notify.wait_for("READY=1", 60), notify.messages
+            if not notify.wait_for("READY=1", 60):
+                stop_process(proc)
+                err = proc.stderr.read() if proc.stderr else ""
+                raise AssertionError(f"no READY=1 in 60 s: {notify.messages}\n{err[-3000:]}")
             t0 = time.monotonic()
             time.sleep(IDLE_FOR)
             t1 = time.monotonic()
@@ -67,8 +70,8 @@ def test_whole_service_keeps_feeding_the_watchdog_while_idle(
         "commitment",
         "commitment-listener",
         "inbound",
-        "flush",
         "control",
+        "flush",  # the forwarder's socket for `queue flush`
     }, loops
     assert all(loops.values()), loops
     # A ping every 0.75 s (a quarter of the deadline, under half of the 2 s

@@ -96,10 +96,10 @@ def whole_service_config(
     metrics; the watchdog's deadline scaled to `stale_after` seconds."""
     data = gateway_config(tmp_path, pki, pacs_port)
     data["destinations"][0]["storage_commitment"] = True
-    # TLS is required on the commitment port (a report makes the queue forget).
     data["commitment"] = {
         "listen": f"127.0.0.1:{free_port()}",
-        "tls": {"ca": str(pki.ca.cert), "cert": str(pki.client.cert), "key": str(pki.client.key)},
+        # A listening commitment port takes reports over TLS only.
+        "tls": dict(data["destinations"][0]["tls"]),
     }
     data["mpps"] = {"ae_title": "RIS", "host": "127.0.0.1", "port": free_port()}
     data["inbound"] = {
