@@ -260,8 +260,14 @@ class Gate:
                 log.warning("listener could not accept a connection: %s", exc.strerror)
                 return
             if len(self.pending) >= self.limits.max_pending:
-                # The oldest that has sent nothing goes first: a peer that
-                # is sending its request is the one we want to hear.
+                # Full: first hear those whose bytes have arrived (a modality's
+                # request is in the kernel's buffer, not yet read by us)...
+                for key, _ in self.selector.select(timeout=0):
+                    if key.data is not None and key.fd in self.pending:
+                        self._step(key.data)
+            if len(self.pending) >= self.limits.max_pending:
+                # ...then the oldest that has sent nothing goes first: a peer
+                # that is sending its request is the one we want to hear.
                 oldest = min(self.pending.values(), key=lambda p: (bool(p.data), p.since))
                 self._refuse(
                     oldest,
