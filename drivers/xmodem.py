@@ -5,15 +5,22 @@
 is not an image raises FrameRejected: nothing is captured, and the port is
 already purged and waiting for the next transfer. XMODEM or YMODEM is told
 apart by the sender's first block (YMODEM starts with block 0).
+
+Receiving and decoding run on threads of their own, out of the capture
+loop's way: the line is listened to again while the last image is decoded
+(after its size was checked against `max_megapixels` from the header), and
+the capture thread only hands finished frames on. One file waits between the
+two at most, so a sender faster than the decoder is held back by the
+protocol, not by memory.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
+import queue
 import threading
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import serial
 from pydantic import Field
@@ -45,6 +52,11 @@ class XmodemOptions(DriverOptions):
 
 
 _PARITY = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD}
+_WAIT = 0.5  # seconds between the capture thread's "still waiting" beats
+# What the receiving thread passes on: a file, or why there is none.
+_Received: TypeAlias = ReceivedFile | DriverError
+# What the decoding thread passes on, in the order the files came.
+_Result: TypeAlias = tuple[Frame, ReceivedFile] | DriverError
 
 
 class XmodemDriver(Driver):
@@ -58,9 +70,12 @@ class XmodemDriver(Driver):
         self._opts = options
         self._port: serial.SerialBase | None = None
         self._receiver: Receiver | None = None
-        self._pending: collections.deque[ReceivedFile] = collections.deque()
         self._index = 0
         self._interrupt = threading.Event()
+        self._closing = threading.Event()
+        self._files: queue.Queue[_Received] = queue.Queue(maxsize=1)
+        self._results: queue.Queue[_Result] = queue.Queue(maxsize=1)
+        self._threads: list[threading.Thread] = []
         self.last_file: ReceivedFile | None = None
 
     @property
@@ -93,14 +108,31 @@ class XmodemDriver(Driver):
             max_bytes=o.max_file_mb * 1024 * 1024,
         )
         self._interrupt.clear()
+        self._closing.clear()
+        self._files = queue.Queue(maxsize=1)
+        self._results = queue.Queue(maxsize=1)
         self._port = port
-        self._receiver = Receiver(
+        receiver = Receiver(
             port, timing, crc=o.crc, interrupted=self._interrupt.is_set, alive=self.alive
         )
+        self._receiver = receiver
+        self._threads = [
+            threading.Thread(
+                target=self._receive_loop, args=(receiver,), name="xmodem-receive", daemon=True
+            ),
+            threading.Thread(target=self._decode_loop, name="xmodem-decode", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
+        self._closing.set()
+        self._interrupt.set()  # a receive in progress gives up within a character timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(10)
+        self._threads = []
         port, self._port, self._receiver = self._port, None, None
-        self._pending.clear()
         if port is not None:
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
@@ -108,26 +140,44 @@ class XmodemDriver(Driver):
     def interrupt(self) -> None:
         self._interrupt.set()
 
-    def _next_file(self) -> ReceivedFile:
-        if self._pending:
-            return self._pending.popleft()
-        if self._receiver is None:
-            raise DriverError(f"serial port {self._opts.device} is not open")
-        try:
-            files = self._receiver.receive()
-        except Interrupted:
-            raise DriverError(f"serial port {self._opts.device}: reading interrupted") from None
-        except TransferError as exc:
-            raise FrameRejected(f"transfer on {self._opts.device} failed: {exc}") from None
-        except (serial.SerialException, OSError) as exc:
-            self.close()
-            raise DriverError(f"serial port {self._opts.device} lost: {_reason(exc)}") from None
-        self._pending.extend(files[1:])
-        return files[0]
+    def _put(self, box: queue.Queue[_Received] | queue.Queue[_Result], item: object) -> bool:
+        """Hand `item` on, waiting while the other side is busy; False when closing."""
+        while not self._closing.is_set():
+            try:
+                box.put(item, timeout=_WAIT)  # type: ignore[arg-type]
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    def read(self) -> Frame:
-        received = self._next_file()
-        self.last_file = received
+    def _receive_loop(self, receiver: Receiver) -> None:
+        device = self._opts.device
+        while not self._closing.is_set():
+            try:
+                files: list[_Received] = list(receiver.receive())
+            except Interrupted:
+                self._put(self._files, DriverError(f"serial port {device}: reading interrupted"))
+                return
+            except TransferError as exc:
+                files = [FrameRejected(f"transfer on {device} failed: {exc}")]
+            except (serial.SerialException, OSError) as exc:
+                self._put(self._files, DriverError(f"serial port {device} lost: {_reason(exc)}"))
+                return
+            for item in files:
+                if not self._put(self._files, item):
+                    return
+
+    def _decode_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                item = self._files.get(timeout=_WAIT)
+            except queue.Empty:
+                continue
+            result: _Result = item if isinstance(item, DriverError) else self._decode(item)
+            if not self._put(self._results, result):
+                return
+
+    def _decode(self, received: ReceivedFile) -> _Result:
         label = received.name or f"{received.protocol} transfer"
         try:
             decoded = decode_image(
@@ -136,7 +186,7 @@ class XmodemDriver(Driver):
                 cap_key="capture.options.max_megapixels",
             )
         except ImageError as exc:
-            raise FrameRejected(f"{label} ({len(received.data)} bytes): {exc}") from None
+            return FrameRejected(f"{label} ({len(received.data)} bytes): {exc}")
         log.info(
             "received %s image by %s: %d bytes, %d×%d",
             decoded.format,
@@ -145,9 +195,30 @@ class XmodemDriver(Driver):
             decoded.pixels.shape[1],
             decoded.pixels.shape[0],
         )
+        return Frame(pixels=decoded.pixels, index=-1, jpeg=decoded.jpeg), received
+
+    def read(self) -> Frame:
+        if self._port is None:
+            raise DriverError(f"serial port {self._opts.device} is not open")
+        while True:
+            try:
+                result = self._results.get(timeout=_WAIT)
+                break
+            except queue.Empty:
+                self.alive()  # waiting for a person at the instrument is healthy
+                if not any(t.is_alive() for t in self._threads) and self._results.empty():
+                    raise DriverError(f"serial port {self._opts.device}: not receiving") from None
+        if isinstance(result, FrameRejected):
+            raise result
+        if isinstance(result, DriverError):
+            if " lost: " in str(result):
+                self.close()
+            raise result
+        frame, received = result
+        self.last_file = received
         index = self._index
         self._index += 1
-        return Frame(pixels=decoded.pixels, index=index, jpeg=decoded.jpeg)
+        return Frame(pixels=frame.pixels, index=index, jpeg=frame.jpeg)
 
 
 def _reason(exc: BaseException) -> str:

@@ -442,8 +442,10 @@ class ListenerLimitsConfig(_Model):
     idle_timeout_s: float = Field(default=30.0, gt=0)
     association_deadline_s: float = Field(default=3600.0, gt=0)
     max_pdu_mb: float = Field(default=4.0, ge=1, le=64)
-    # One received data set; a larger one aborts the association.
-    max_object_mb: float = Field(default=1024.0, gt=0)
+    # One received data set; a larger one aborts the association. pynetdicom
+    # holds a data set in memory while it arrives (and once more while it is
+    # queued): max_associations × max_object_mb × 2 is the port's memory bound.
+    max_object_mb: float = Field(default=512.0, gt=0)
 
 
 class PeerAllowed(_Model):
@@ -472,8 +474,9 @@ class CommitmentConfig(_Model):
     allowed: list[PeerAllowed] = Field(default_factory=list)
     # References one report may carry (we ask for one study at a time).
     max_references: int = Field(default=10000, ge=1)
+    # A report is small (10,000 references are ~1.5 MB): no need to take more.
     limits: ListenerLimitsConfig = Field(
-        default_factory=lambda: ListenerLimitsConfig(max_associations=4)
+        default_factory=lambda: ListenerLimitsConfig(max_associations=4, max_object_mb=16)
     )
 
     @model_validator(mode="after")
@@ -512,17 +515,22 @@ class UITLSConfig(_Model):
         return _readable_file(value, "certificate file")
 
 
-def listen_is_loopback(listen: str) -> bool:
-    """Whether HOST:PORT binds loopback only (the kiosk's own screen)."""
+def is_loopback_host(host: str) -> bool:
+    """Whether a host (an address, "[::1]", or "localhost") is loopback."""
     import ipaddress
 
-    host = listen.rpartition(":")[0].strip("[]")
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def listen_is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT binds loopback only (the kiosk's own screen)."""
+    return is_loopback_host(listen.rpartition(":")[0])
 
 
 class UIConfig(_Model):
@@ -536,6 +544,9 @@ class UIConfig(_Model):
     # HTTPS; required whenever `listen` is beyond loopback (PIN and cookie
     # must never cross a network in clear).
     tls: UITLSConfig | None = None
+    # With `listen` beyond loopback (HTTPS), the box's own screen may keep a
+    # plain-HTTP address on loopback (the kiosk unit's http://127.0.0.1:8080).
+    kiosk_listen: str = ""
     # A recording stops by itself after this long, bounding memory.
     max_record_seconds: float = Field(default=30.0, gt=0, le=300)
 
@@ -547,6 +558,18 @@ class UIConfig(_Model):
             raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
         return value
 
+    @field_validator("kiosk_listen")
+    @classmethod
+    def _kiosk_listen(cls, value: str) -> str:
+        if not value:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
+        if not listen_is_loopback(value):
+            raise ValueError(f"{value!r} is not a loopback address (plain HTTP stays on the box)")
+        return value
+
     @model_validator(mode="after")
     def _tls_beyond_loopback(self) -> UIConfig:
         if self.tls is None and not listen_is_loopback(self.listen):
@@ -554,15 +577,24 @@ class UIConfig(_Model):
                 f"listen {self.listen!r} is beyond loopback: add [ui.tls] cert and key "
                 "(HTTPS), or listen on 127.0.0.1"
             )
+        if self.kiosk_listen and listen_is_loopback(self.listen):
+            raise ValueError("kiosk_listen is only for a listen address beyond loopback")
         return self
 
 
 class MetricsConfig(_Model):
-    """Prometheus `/metrics` and `/health`; empty `listen` (the default) turns them off."""
+    """Prometheus `/metrics` and `/health`; empty `listen` (the default) turns them off.
+
+    The appliance runs two services from one configuration: `listen` is
+    served by the process that captures (or by `run` whole), and the
+    forwarder's own process (`run --only forwarder`) serves
+    `forwarder_listen` when set — else the two would race for one port at
+    every boot and the loser would log a bind error."""
 
     listen: str = ""
+    forwarder_listen: str = ""
 
-    @field_validator("listen")
+    @field_validator("listen", "forwarder_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         if not value:

@@ -130,7 +130,8 @@ def start(
         target=extras._refresh_certificates, name="certificates", daemon=True
     )
     extras._cert_thread.start()
-    if config.metrics.listen:
+    listen = metrics_listen(config, running)
+    if listen:
         sources = Sources(
             queue_root=outbox.root,
             destinations=[d.name for d in config.destinations],
@@ -141,7 +142,15 @@ def start(
             clock=extras.clock,
         )
         try:
-            extras.metrics = MetricsServer(config.metrics.listen, sources).start()
+            extras.metrics = MetricsServer(listen, sources).start()
         except OSError as exc:  # a busy port must not stop capture
-            log.error("metrics endpoint %s not started: %s", config.metrics.listen, exc.strerror)
+            log.error("metrics endpoint %s not started: %s", listen, exc.strerror)
     return extras
+
+
+def metrics_listen(config: GatewayConfig, running: list[str]) -> str:
+    """The address this process serves metrics on: the forwarder's own
+    process (no capture, no screen) has `forwarder_listen`, every other
+    `run` has `listen` (empty: none)."""
+    forwarder_alone = "forwarder" in running and not {"capture", "ui"} & set(running)
+    return config.metrics.forwarder_listen if forwarder_alone else config.metrics.listen

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
+from gateway.config import listen_is_loopback
 from gateway.dicom.modules import ModuleError
 from gateway.paths import resolve_settings_path
 from gateway.ui import models as m
@@ -33,7 +34,6 @@ from gateway.ui.deps import (
     UIContext,
     UIState,
     WorklistSource,
-    is_loopback_host,
 )
 from gateway.ui.desk import DeskError, ExamDesk
 from gateway.ui.live import Broadcaster
@@ -166,7 +166,6 @@ def create_app(ctx: UIContext) -> FastAPI:
     config = ctx.config
     events = Broadcaster()
     desk = ExamDesk(ctx.exams, ctx.stream, events, config.ui.max_record_seconds)
-    host = config.ui.listen.rpartition(":")[0]
     state = UIState(
         ctx=ctx,
         desk=desk,
@@ -181,8 +180,7 @@ def create_app(ctx: UIContext) -> FastAPI:
         events=events,
         login_required=ctx.login_required
         if ctx.login_required is not None
-        else not is_loopback_host(host),
-        https=config.ui.tls is not None,
+        else not listen_is_loopback(config.ui.listen),
     )
 
     @contextlib.asynccontextmanager

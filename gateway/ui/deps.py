@@ -6,7 +6,6 @@ settings. A refusal is an `ApiError`, answered as one line of JSON."""
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import threading
 from collections import OrderedDict
@@ -18,7 +17,7 @@ from fastapi import Depends, Request
 
 from drivers.stream import FrameStream
 from gateway.acquire.exam import ExamService
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, is_loopback_host
 from gateway.queue.outbox import Outbox
 from gateway.ris.model import WorklistEntry, WorklistQuery, WorklistResult
 from gateway.ris.worklist import LinkState
@@ -103,7 +102,6 @@ class UIState:
     pins: PinGuard = field(default_factory=PinGuard)
     prelogin: PreLogin = field(default_factory=PreLogin)
     login_required: bool = False
-    https: bool = False  # cookies are then Secure
     worklist_entries: OrderedDict[str, WorklistEntry] = field(default_factory=OrderedDict)
     # Set when the server is asked to stop, so open streams end by themselves.
     closing: threading.Event = field(default_factory=threading.Event)
@@ -114,16 +112,6 @@ class UIState:
     @property
     def config(self) -> GatewayConfig:
         return self.settings.config
-
-
-def is_loopback_host(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def client_is_loopback(request: Request) -> bool:

@@ -3,6 +3,7 @@ thread, stopped with the rest of the service."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -116,6 +117,24 @@ class UIServer:
         for exam in self.station.restored:
             app_state(self.app).desk.adopt(exam)
         self.server = _Server(uv_config, stop, app_state(self.app).closing, heartbeat)
+        # The kiosk's plain-HTTP loopback listener beside the HTTPS one (the
+        # same application; one lifespan, the main server's).
+        self.kiosk_server: _Server | None = None
+        if config.ui.kiosk_listen:
+            khost, _, kport = config.ui.kiosk_listen.rpartition(":")
+            kiosk_config = uvicorn.Config(
+                self.app,
+                host=khost.strip("[]"),
+                port=int(kport),
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=3,
+                lifespan="off",
+                log_config=None,
+            )
+            self.kiosk_server = _Server(
+                kiosk_config, stop, app_state(self.app).closing, lambda: None
+            )
         self.thread = threading.Thread(target=self._serve, name="ui", daemon=True)
 
     def _receive_device_images(self) -> None:
@@ -143,7 +162,10 @@ class UIServer:
                 target=self._receive_device_images, name="ui-device-images", daemon=True
             ).start()
         try:
-            self.server.run()
+            if self.kiosk_server is None:
+                self.server.run()
+            else:
+                asyncio.run(self._serve_both(self.kiosk_server))
         finally:
             if self.worklist is not None:
                 self.worklist.close()
@@ -151,13 +173,24 @@ class UIServer:
             self.outbox.close()
             self.status_outbox.close()
 
+    async def _serve_both(self, kiosk: _Server) -> None:
+        """Both listeners on the one event loop; either ending ends the UI."""
+        tasks = [asyncio.ensure_future(s.serve()) for s in (self.server, kiosk)]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in (self.server, kiosk):
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # a failure to bind is the UI's failure
+
     def start(self) -> UIServer:
         self.thread.start()
         return self
 
     @property
     def started(self) -> bool:
-        return bool(self.server.started)
+        servers = [self.server] + ([self.kiosk_server] if self.kiosk_server else [])
+        return all(s.started for s in servers)
 
     def wait_listening(self, timeout: float) -> bool:
         """Block until uvicorn has bound its socket, so the service's READY=1

@@ -289,14 +289,12 @@ def test_pin_and_settings_work_on_the_installed_layout(staged: Staged) -> None:
         "forwarder", staged.forwarder, {"gateway.key": staged.etc / "tls/gateway.key"}
     )
     env = staged.env(fcreds, state=False)
-    shown = subprocess.run(
-        staged.as_user(staged.forwarder, str(staged.gateway), "config", "show"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-    )
+
+    def as_forwarder(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = staged.as_user(staged.forwarder, str(staged.gateway), *args)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd="/")
+
+    shown = as_forwarder("config", "show")
     assert shown.returncode == 0, shown.stderr
     dest = json.loads(shown.stdout)["destinations"][0]
     assert (dest["ae_title"], dest["port"]) == ("PACS2", 11113)
@@ -304,15 +302,8 @@ def test_pin_and_settings_work_on_the_installed_layout(staged: Staged) -> None:
         staged.as_user(staged.forwarder, "/bin/cat", str(pin_hash)), capture_output=True, timeout=10
     )
     assert peek.returncode != 0 and b"scrypt" not in peek.stdout
-    stats = subprocess.run(  # a write to the shared queue database, as the forwarder
-        staged.as_user(staged.forwarder, str(staged.gateway), "queue", "retry", "--all"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-    )
-    assert stats.returncode == 0, stats.stderr
+    retried = as_forwarder("queue", "retry", "--all")  # a write to the shared database
+    assert retried.returncode == 0, retried.stderr
 
     service = Service(staged, port, creds).start()
     try:

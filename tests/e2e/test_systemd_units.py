@@ -98,6 +98,23 @@ def test_units_run_the_split_parts_and_hand_keys_as_credentials() -> None:
     assert "DeviceAllow" not in forwarder and "PrivateDevices=yes" in forwarder
 
 
+def test_capture_and_forwarder_are_separate_users_sharing_only_the_queue_group() -> None:
+    units = {p.name: p.read_text() for p in SERVICES}
+    capture, forwarder = units["dicom-gateway.service"], units["dicom-gateway-forwarder.service"]
+    assert "User=dicom-capture" in capture and "User=dicom-forwarder" in forwarder
+    for text in (capture, forwarder):
+        assert "Group=dicom-gateway" in text and "UMask=0007" in text
+        assert "ReadWritePaths=/var/lib/dicom-gateway\n" in text
+        # The shared queue is no StateDirectory= (systemd would chown it to
+        # whichever unit started last); only the capture unit has one, its own.
+        assert not re.search(r"^StateDirectory=dicom-gateway$", text, re.M)
+        assert "DICOM_GATEWAY_SETTINGS=/var/lib/dicom-gateway-ui/settings.toml" in text
+    assert re.search(r"^StateDirectory=dicom-gateway-ui$", capture, re.M)
+    assert "SupplementaryGroups=video dialout" in capture
+    assert "SupplementaryGroups" not in forwarder
+    assert "LoadCredential=pin:" in capture and "LoadCredential=pin:" not in forwarder
+
+
 def test_sysusers_and_tmpfiles_are_accepted(tmp_path: Path) -> None:
     """systemd-sysusers and systemd-tmpfiles apply our entries to a scratch root."""
     sysusers = require_tool("systemd-sysusers")

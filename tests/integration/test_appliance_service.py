@@ -309,3 +309,51 @@ def test_tls_failure_to_a_peer_is_audited_as_a_security_alert(tmp_path: Path, pk
     finally:
         impostor.stop()
     assert impostor.received() == []
+
+
+def test_the_two_services_each_serve_their_own_metrics_port(
+    tmp_path: Path, pki: PKI, storescp: StoreSCP
+) -> None:
+    """The units run capture+UI and the forwarder as two processes from one
+    configuration: each serves its own port, neither logs a bind error."""
+    storescp.start()
+    ports = {"capture,ui": free_port(), "forwarder": free_port()}
+    data = gateway_config(
+        tmp_path,
+        pki,
+        storescp.port,
+        metrics={
+            "listen": f"127.0.0.1:{ports['capture,ui']}",
+            "forwarder_listen": f"127.0.0.1:{ports['forwarder']}",
+        },
+    )
+    config = write_config(tmp_path / "gateway.toml", data)
+    procs = {
+        only: subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--config", str(config), "run", "--only", only],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for only in ports
+    }
+    try:
+        loops = {}
+        for only, port in ports.items():
+            wait_for_port(port, procs[only], timeout=60)
+            deadline = time.monotonic() + 30
+            while True:
+                _, body = _get(f"http://127.0.0.1:{port}/health")
+                loops[only] = set(json.loads(body)["loops"])
+                if "forwarder" in loops[only] or "capture" in loops[only]:
+                    break
+                assert time.monotonic() < deadline, loops
+                time.sleep(0.2)
+        assert "capture" in loops["capture,ui"] and "forwarder" not in loops["capture,ui"]
+        assert "forwarder" in loops["forwarder"] and "capture" not in loops["forwarder"]
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        errs = {only: proc.communicate(timeout=30)[1] for only, proc in procs.items()}
+    for only, err in errs.items():
+        assert "not started" not in err and "Traceback" not in err, (only, err[-2000:])

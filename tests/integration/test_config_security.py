@@ -26,6 +26,22 @@ def test_ui_beyond_loopback_needs_tls(tmp_path: Path, pki: PKI) -> None:
     assert ok.returncode == 0, ok.stderr
 
 
+def test_the_kiosk_listener_stays_on_loopback(tmp_path: Path, pki: PKI) -> None:
+    tls = {"cert": str(pki.server.cert), "key": str(pki.server.key)}
+    data = gateway_config(
+        tmp_path,
+        pki,
+        11112,
+        ui={"listen": "0.0.0.0:8443", "tls": tls, "kiosk_listen": "0.0.0.0:8080"},
+    )
+    path = write_config(tmp_path / "gateway.toml", data)
+    line = assert_one_line_error(Gateway(path)("config", "check"))
+    assert "ui.kiosk_listen: '0.0.0.0:8080' is not a loopback address" in line, line
+    data["ui"]["kiosk_listen"] = "127.0.0.1:8080"
+    write_config(path, data)
+    assert Gateway(path)("config", "check").returncode == 0
+
+
 def test_warns_when_patient_data_travels_in_clear(tmp_path: Path, pki: PKI) -> None:
     data = gateway_config(tmp_path, pki, 11112)
     data["destinations"].append(

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from gateway.app.cli import main
-from tests.support.gateway import Gateway, assert_one_line_error, write_config
+from tests.support.gateway import Gateway, assert_one_line_error, queue_rows, write_config
 from tests.support.process import GATEWAY, REPO, require_tool
 
 
@@ -61,17 +61,6 @@ def config(tmp_path: Path) -> Path:
             "queue": {"path": str(tmp_path / "queue"), "min_free_mb": 0},
         },
     )
-
-
-def _queue(config: Path) -> list[dict[str, object]]:
-    out = subprocess.run(
-        [*GATEWAY, "--config", str(config), "queue", "list", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
 def test_import_wraps_every_supported_file(
@@ -124,7 +113,7 @@ def test_import_wraps_every_supported_file(
     jpeg_obj = pydicom.dcmread(imported[0]["path"])
     assert jpeg_obj.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
     assert files["photo.jpg"].read_bytes() in jpeg_obj.PixelData
-    assert len(_queue(config)) == len(names)
+    assert len(queue_rows(config)) == len(names)
     # Decoded from a lossy video, stored losslessly: still says it was lossy.
     mp4 = pydicom.dcmread(imported[names.index("loop.mp4")]["path"])
     assert mp4.LossyImageCompression == "01"

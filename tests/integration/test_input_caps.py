@@ -6,20 +6,21 @@ still works."""
 
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from drivers import FrameRejected, create_driver
+from drivers import FrameRejected, create_driver, xmodem
 from drivers.xmodem import XmodemDriver
-from tests.support.gateway import Gateway, assert_one_line_error, write_config
+from tests.support.gateway import Gateway, assert_one_line_error, queue_rows, write_config
 from tests.support.process import GATEWAY, REPO, launched, require_tool
 from tests.support.serial_line import SerialLine, finish
 
@@ -70,17 +71,6 @@ def _config(tmp_path: Path, **capture: object) -> Path:
     )
 
 
-def _queued(config: Path) -> list[object]:
-    out = subprocess.run(
-        [*GATEWAY, "--config", str(config), "queue", "list", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
 def test_a_png_bomb_is_refused_from_its_header(tmp_path: Path, bomb: Path) -> None:
     config = _config(tmp_path)
     usage = tmp_path / "rusage"
@@ -106,7 +96,7 @@ def test_a_png_bomb_is_refused_from_its_header(tmp_path: Path, bomb: Path) -> No
     # Decoding would take 3 GB and many seconds; the header check takes neither.
     assert peak_mib < 400, peak_mib
     assert seconds < 60, seconds
-    assert _queued(config) == []
+    assert queue_rows(config) == []
 
 
 def test_the_cap_is_configurable(tmp_path: Path) -> None:
@@ -118,7 +108,7 @@ def test_the_cap_is_configurable(tmp_path: Path) -> None:
     assert "1200×1000 pixels (1.2 MP), over the 1 MP cap (capture.max_image_megapixels)" in line
     config = _config(tmp_path, max_image_megapixels=2.0)
     assert Gateway(config)(*args).returncode == 0
-    assert len(_queued(config)) == 1
+    assert len(queue_rows(config)) == 1
 
 
 def test_a_long_video_is_refused_before_decoding(tmp_path: Path) -> None:
@@ -135,7 +125,7 @@ def test_a_long_video_is_refused_before_decoding(tmp_path: Path) -> None:
     line = assert_one_line_error(Gateway(config)(*args))
     assert f"{video}: the video is 12.0 s long (360 frames), over the 10 s cap" in line, line
     assert "(capture.max_video_seconds)" in line
-    assert _queued(config) == []
+    assert queue_rows(config) == []
     # Clips stored as decoded frames: the cap bounds the decoded size.
     config = _config(tmp_path, max_video_mb=1, clip_compression="none")  # 3.2 MB decoded
     line = assert_one_line_error(Gateway(config)(*args))
@@ -147,12 +137,21 @@ def test_a_long_video_is_refused_before_decoding(tmp_path: Path) -> None:
     (tmp_path / "queue").rename(tmp_path / "queue-h264")
     config = _config(tmp_path, max_video_seconds=20)
     assert Gateway(config)(*args).returncode == 0
-    assert len(_queued(config)) == 1
+    assert len(queue_rows(config)) == 1
 
 
-def test_a_huge_image_over_ymodem_is_refused_and_the_next_arrives(tmp_path: Path) -> None:
-    for tool in ("sb",):
-        require_tool(tool)
+def test_a_huge_image_over_ymodem_is_refused_and_the_next_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_tool("sb")
+    decoded_on: list[str] = []
+    real = xmodem.decode_image
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        decoded_on.append(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(xmodem, "decode_image", spy)
     huge = png_bomb(tmp_path / "huge.png", 32_000)  # 1.0 gigapixel, ~1 MB on the wire
     small = tmp_path / "scan.png"
     assert cv2.imwrite(str(small), np.full((48, 64, 3), 120, np.uint8))
@@ -176,5 +175,7 @@ def test_a_huge_image_over_ymodem_is_refused_and_the_next_arrives(tmp_path: Path
             frame = driver.read()
             assert finish(sender)[0] == 0
             assert frame.pixels.shape == (48, 64, 3)
+            # Both decoded (or refused) off the thread that called read().
+            assert decoded_on == ["xmodem-decode", "xmodem-decode"]
         finally:
             driver.close()

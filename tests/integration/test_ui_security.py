@@ -1,9 +1,8 @@
 """The touchscreen UI against hostile LAN clients, on the real server: the
 `dicom-gateway run --only ui` process (uvicorn) listening on 0.0.0.0 with
-HTTPS, inside a network namespace of its own (only `lo`, carrying
-127.0.0.1 for the kiosk and 198.51.100.7 for "a client on the LAN"; nothing
-reaches or leaves the host's network). The test's clients enter that
-namespace on threads of their own (setns(2)).
+HTTPS (and the kiosk's plain-HTTP listener on loopback), inside a network
+namespace of its own (`tests.support.netns`: nothing reaches or leaves the
+host's network).
 
 Checked: guesses sent at once cannot overlap the back-off, and a remote
 guesser never locks the kiosk out; anonymous remote clients get no session
@@ -14,153 +13,25 @@ ones included."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import socket
 import ssl
-import subprocess
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from gateway.ui.security import hash_pin
-from tests.support.audit import event_code, parse_frame
-from tests.support.gateway import gateway_config, write_config
+from tests.support.netns import KIOSK_PORT, LAN, PIN, PORT, Namespaced, csrf_of, namespaced_ui
 from tests.support.pki import PKI
-from tests.support.process import GATEWAY, REPO, require_tool, stop_process
-
-PIN = "583021"
-LAN = "198.51.100.7"  # TEST-NET-2, on the namespace's lo only
-PORT = 8443
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
-
-
-@dataclass
-class Namespaced:
-    """The UI service in its own network namespace, and a way in; `syslog`
-    receives its audit messages (a Unix socket: reachable from any network
-    namespace)."""
-
-    proc: subprocess.Popen[bytes]
-    ca: Path
-    log: Path
-    syslog: socket.socket
-
-    def audit(self, count: int) -> list[tuple[tuple[str, str | None], Any]]:
-        """The next `count` audit messages: (event ID, type) codes and the XML."""
-        out = []
-        for _ in range(count):
-            _, xml = parse_frame(self.syslog.recv(65536))
-            out.append((event_code(xml), xml))
-        return out
-
-    def run(self, fn: Callable[[], T]) -> T:
-        """`fn()` on a thread that joined the service's network namespace
-        (threads it starts are in it too)."""
-        out: list[Any] = []
-
-        def body() -> None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/proc/{self.proc.pid}/ns/net", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    out.append(OSError(ctypes.get_errno(), "setns"))
-                    return
-            finally:
-                os.close(fd)
-            try:
-                out.append(fn())
-            except BaseException as exc:  # re-raised on the test's thread
-                out.append(exc)
-
-        thread = threading.Thread(target=body)
-        thread.start()
-        thread.join(300)
-        assert out, "namespace thread did not finish"
-        if isinstance(out[0], BaseException):
-            raise out[0]
-        return out[0]  # type: ignore[no-any-return]
-
-    def client(self, host: str, **kw: Any) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"https://{host}:{PORT}", verify=self._trust(), timeout=30, **kw
-        )
-
-    def async_client(self, host: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=f"https://{host}:{PORT}", verify=self._trust(), timeout=60
-        )
-
-    def _trust(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-
-def _csrf(client: httpx.Client) -> str:
-    r = client.get("/api/session")
-    assert r.status_code == 200, r.text
-    return str(r.json()["csrf"])
 
 
 @pytest.fixture
 def ui(tmp_path: Path, pki: PKI) -> Iterator[Namespaced]:
-    require_tool("unshare")
-    require_tool("ip")
-    cert = pki.ca.issue(tmp_path, "ui", hosts=("localhost", "127.0.0.1", LAN))
-    data = gateway_config(
-        tmp_path,
-        pki,
-        None,
-        ui={
-            "listen": f"0.0.0.0:{PORT}",
-            "pin_hash": hash_pin(PIN),
-            "tls": {"cert": str(cert.cert), "key": str(cert.key)},
-        },
-    )
-    config = write_config(tmp_path / "gateway.toml", data)
-    log = tmp_path / "ui.log"
-    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    syslog.bind(str(tmp_path / "dev-log"))
-    syslog.settimeout(20)
-    script = (
-        f"ip link set lo up && ip addr add {LAN}/32 dev lo && "
-        f'exec "$@" --config {config} run --only ui'
-    )
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            ["unshare", "--net", "--", "sh", "-c", script, "sh", *GATEWAY],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            env={**os.environ, "DICOM_GATEWAY_AUDIT_SOCKET": str(tmp_path / "dev-log")},
-        )
-    ns = Namespaced(proc, pki.ca.cert, log, syslog)
-    try:
-        deadline = time.monotonic() + 60
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", PORT), timeout=0.5).close()
-                return True
-            except OSError:
-                return False
-
-        while not ns.run(listening):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "UI did not listen"
-            time.sleep(0.2)
-        yield ns
-    finally:
-        stop_process(proc, timeout=20)
-        syslog.close()
-    assert "Traceback" not in log.read_text(errors="replace")
+    with namespaced_ui(tmp_path, pki) as namespaced:
+        yield namespaced
 
 
 def test_concurrent_guesses_cannot_overlap_the_backoff(ui: Namespaced) -> None:
@@ -192,10 +63,10 @@ def test_concurrent_guesses_cannot_overlap_the_backoff(ui: Namespaced) -> None:
 
     def after() -> tuple[int, int, int]:
         with ui.client(LAN) as remote:
-            csrf = _csrf(remote)
+            csrf = csrf_of(remote)
             right = remote.post("/api/login", json={"pin": PIN}, headers={"x-csrf-token": csrf})
         with ui.client("127.0.0.1") as kiosk:
-            csrf = _csrf(kiosk)
+            csrf = csrf_of(kiosk)
             unlock = kiosk.post(
                 "/api/pin/unlock", json={"pin": PIN}, headers={"x-csrf-token": csrf}
             )
@@ -221,7 +92,7 @@ def test_concurrent_guesses_cannot_overlap_the_backoff(ui: Namespaced) -> None:
 
     def change() -> int:
         with ui.client("127.0.0.1") as kiosk:
-            headers = {"x-csrf-token": _csrf(kiosk)}
+            headers = {"x-csrf-token": csrf_of(kiosk)}
             kiosk.post("/api/pin/unlock", json={"pin": PIN}, headers=headers)
             r = kiosk.put("/api/settings", json={"worklist": None}, headers=headers)
             return r.status_code
@@ -237,7 +108,7 @@ def test_concurrent_guesses_cannot_overlap_the_backoff(ui: Namespaced) -> None:
 def test_anonymous_remote_clients_get_no_session(ui: Namespaced) -> None:
     def flood() -> dict[str, Any]:
         with ui.client("127.0.0.1") as kiosk:
-            csrf = _csrf(kiosk)
+            csrf = csrf_of(kiosk)
             kiosk_cookie = kiosk.cookies.get("gw_session")
             set_cookies: set[str] = set()
             for _ in range(300):  # more than either pool of sessions holds
@@ -308,6 +179,28 @@ def test_https_only_secure_cookies_and_a_new_token_at_login(ui: Namespaced) -> N
     assert out["old_token"] == 401, out  # the token from before the last login is dead
 
 
+def test_the_kiosk_keeps_plain_http_on_loopback_only(ui: Namespaced) -> None:
+    def probe() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{KIOSK_PORT}", timeout=10) as kiosk:
+            r = kiosk.get("/api/session")
+            out["session"] = r.json()
+            out["cookie"] = r.headers.get("set-cookie", "")
+            out["page"] = kiosk.get("/").status_code
+            out["status"] = kiosk.get("/api/status").status_code
+        try:
+            socket.create_connection((LAN, KIOSK_PORT), timeout=5).close()
+            out["lan"] = "connected"
+        except OSError as exc:
+            out["lan"] = type(exc).__name__
+        return out
+
+    out = ui.run(probe)
+    assert out["session"]["logged_in"] and out["page"] == 200 and out["status"] == 200, out
+    assert "gw_session=" in out["cookie"] and "Secure" not in out["cookie"], out
+    assert out["lan"] == "ConnectionRefusedError", out  # plain HTTP never beyond loopback
+
+
 def test_request_bodies_are_capped_before_they_are_read(ui: Namespaced) -> None:
     def probe() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -335,7 +228,7 @@ def test_request_bodies_are_capped_before_they_are_read(ui: Namespaced) -> None:
                 yield chunk
 
         with ui.client("127.0.0.1") as kiosk:
-            csrf = _csrf(kiosk)
+            csrf = csrf_of(kiosk)
             started = time.monotonic()
             try:
                 r = kiosk.post(

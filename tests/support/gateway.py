@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -80,6 +81,19 @@ class Gateway:
         if check and result.returncode != 0:
             raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
         return result
+
+
+def queue_rows(config: Path) -> list[dict[str, Any]]:
+    """`queue list --json` for a configuration, as a script would read it."""
+    out = subprocess.run(
+        [*GATEWAY, "--config", str(config), "queue", "list", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -36,9 +36,15 @@ router = APIRouter(prefix="/api", tags=["session"])
 
 
 def set_cookie(response: Response, session: Session, secure: bool = False) -> None:
+    """The session cookie; `secure` on HTTPS (the kiosk's plain loopback
+    listener, when there is one, gets cookies it can keep)."""
     response.set_cookie(
         SESSION_COOKIE, session.token, httponly=True, samesite="strict", path="/", secure=secure
     )
+
+
+def https(request: Request) -> bool:
+    return request.url.scheme == "https"
 
 
 def issue_csrf(request: Request, response: Response) -> tuple[str, Session | None]:
@@ -48,18 +54,23 @@ def issue_csrf(request: Request, response: Response) -> tuple[str, Session | Non
     state = ui_state(request)
     session = current_session(request)
     if session is not None:
-        set_cookie(response, session, state.https)
+        set_cookie(response, session, https(request))
         return session.csrf, session
     if anonymous_remote(request):
         cookie = request.cookies.get(PRELOGIN_COOKIE)
         if not cookie or len(cookie) > 64:
             cookie = state.prelogin.new_cookie()
         response.set_cookie(
-            PRELOGIN_COOKIE, cookie, httponly=True, samesite="strict", path="/", secure=state.https
+            PRELOGIN_COOKIE,
+            cookie,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=https(request),
         )
         return state.prelogin.token(cookie), None
     session = state.sessions.new(local=client_is_loopback(request))
-    set_cookie(response, session, state.https)
+    set_cookie(response, session, https(request))
     return session.csrf, session
 
 
@@ -120,7 +131,7 @@ def api_login(
     check_pin(request, body.pin)
     session = state.sessions.rotate(old, local=client_is_loopback(request))
     session.logged_in = True
-    set_cookie(response, session, state.https)
+    set_cookie(response, session, https(request))
     response.delete_cookie(PRELOGIN_COOKIE, path="/")
     return m.LoggedIn(logged_in=True, csrf=session.csrf)
 

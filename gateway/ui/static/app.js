@@ -1015,7 +1015,14 @@ function initLogin() {
   f.addEventListener("submit", async ev => {
     ev.preventDefault();
     try { await api("POST", "/api/login", { pin: $("#login-pin").value }); location.href = "/"; }
-    catch (e) { $(".form-error", f).textContent = e.message; }
+    catch (e) {
+      // The same words as the settings PIN pad: tries left, or the wait.
+      const d = e.data || {};
+      $("#login-pin").value = "";
+      $(".form-error", f).textContent = d.wait_seconds ? `Too many wrong PINs — try again in ${d.wait_seconds} s`
+        : d.tries_left !== undefined ? `Wrong PIN — ${d.tries_left} ${d.tries_left === 1 ? "try" : "tries"} left before a wait`
+        : e.message;
+    }
   });
 }
 
