@@ -32,19 +32,24 @@ log = logging.getLogger(__name__)
 # ring is bounded by bytes as well as by time, and frames that came with their
 # own JPEG (MJPEG grabbers, ~0.3 MB at 1080p) are kept as JPEG only.
 DEFAULT_BUFFER_BYTES = 768 * 1024 * 1024
+SMALL_BOX_BYTES = 2 * 1024 * 1024 * 1024
 
 
 def default_buffer_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
-    """A quarter of the machine's memory, at most 768 MiB: a 1 GB Pi keeps
-    256 MiB of recent frames and its capture service is never the one the
-    kernel kills for memory."""
+    """An eighth of the machine's memory on a box of 2 GiB or less, a quarter
+    above, at most 768 MiB. A 1 GB Pi 4 keeps 128 MiB of recent frames: 10 s
+    of 1080p MJPEG (kept as JPEG, ~0.3 MB a frame) or ~4.5 s of raw 640x480,
+    and capture + UI (160 MiB + the ring), the forwarder (64 MiB) and
+    Chromium still fit beside the system (docs/benchmarks.md, memory)."""
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemTotal:"):
-                return min(DEFAULT_BUFFER_BYTES, int(line.split()[1]) * 1024 // 4)
+                total = int(line.split()[1]) * 1024
+                share = total // 8 if total <= SMALL_BOX_BYTES else total // 4
+                return min(DEFAULT_BUFFER_BYTES, share)
     except (OSError, ValueError, IndexError):
         pass
-    return 256 * 1024 * 1024  # unknown machine: assume a small one
+    return 128 * 1024 * 1024  # unknown machine: assume a small one
 
 
 _NO_PIXELS: npt.NDArray[np.uint8] = np.zeros((0, 0, 3), np.uint8)

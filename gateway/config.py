@@ -156,7 +156,7 @@ class CaptureConfig(_Model):
     # drivers.trigger's own model, like a driver's options.
     trigger: dict[str, Any] | None = None
     # The ring of recent frames behind Record's "last seconds": how far back,
-    # and how much memory it may take (default: a quarter of RAM, ≤ 768 MiB;
+    # and how much memory it may take (default: drivers.stream.default_buffer_bytes;
     # MJPEG frames are kept as JPEG, ~0.3 MB each at 1080p, raw ones are not).
     buffer_seconds: float = Field(default=10.0, gt=0, le=120)
     buffer_mb: int | None = Field(default=None, ge=16, le=16384)
@@ -182,6 +182,9 @@ class DestinationConfig(_Model):
     port: Port
     storage_commitment: bool = False
     tls: TLSConfig | None = None
+    # Associations opened at once to this PACS for one batch (1: one at a
+    # time, what many PACS want; gateway/send/dimse.py).
+    associations: int = Field(default=1, ge=1, le=4)
 
     @property
     def peer(self) -> tuple[str, str]:
@@ -439,8 +442,10 @@ class ListenerLimitsConfig(_Model):
     idle_timeout_s: float = Field(default=30.0, gt=0)
     association_deadline_s: float = Field(default=3600.0, gt=0)
     max_pdu_mb: float = Field(default=4.0, ge=1, le=64)
-    # One received data set; a larger one aborts the association.
-    max_object_mb: float = Field(default=1024.0, gt=0)
+    # One received data set; a larger one aborts the association. pynetdicom
+    # holds a data set in memory while it arrives (and once more while it is
+    # queued): max_associations × max_object_mb × 2 is the port's memory bound.
+    max_object_mb: float = Field(default=512.0, gt=0)
 
 
 class PeerAllowed(_Model):
@@ -469,8 +474,9 @@ class CommitmentConfig(_Model):
     allowed: list[PeerAllowed] = Field(default_factory=list)
     # References one report may carry (we ask for one study at a time).
     max_references: int = Field(default=10000, ge=1)
+    # A report is small (10,000 references are ~1.5 MB): no need to take more.
     limits: ListenerLimitsConfig = Field(
-        default_factory=lambda: ListenerLimitsConfig(max_associations=4)
+        default_factory=lambda: ListenerLimitsConfig(max_associations=4, max_object_mb=16)
     )
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ tests/support/."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,15 @@ def chromium() -> Iterator[Any]:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def syslog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """The local syslog socket the audit trail writes to, read by the test."""
+    path = tmp_path / "dev-log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(10)
+    monkeypatch.setenv("DICOM_GATEWAY_AUDIT_SOCKET", str(path))
+    yield sock
+    sock.close()

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drivers.imagecodec import IMAGE_SUFFIXES
 from gateway.app.control import (
     MAX_FILES,
     MAX_SOCKET_PATH,
@@ -89,6 +88,12 @@ class ControlServer:
             return None
         if self.imports:
             shutil.rmtree(self.staging, ignore_errors=True)  # copies of an import cut short
+            # Loaded now, not on the first import's clock, and on this thread:
+            # imported on the server's own thread while `run` imports
+            # pynetdicom on the main one, pydicom's circular imports failed
+            # half-way ("partially initialized module") and `run --only
+            # capture,forwarder` with the inbound port died at start.
+            import gateway.acquire.importer  # noqa: F401
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -118,7 +123,6 @@ class ControlServer:
     def _serve(self) -> None:
         outbox = None
         if self.imports:
-            import gateway.acquire.importer  # noqa: F401 (now, not on the first import's clock)
             from gateway.queue.outbox import outbox_for
 
             outbox = outbox_for(self.config)
@@ -275,15 +279,17 @@ class _Replier:
             self.gone = True
 
 
-_STAGED_SUFFIXES = frozenset((*IMAGE_SUFFIXES, ".mp4", ".avi", ".mov", ".mkv", ".m4v"))
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 
 
 def _staged_name(index: int, name: str) -> str:
     """A staged file's name is ours: its index, and the suffix only when it
     is one of the formats we know (video decoders look at it); the client's
     name is kept apart, for the messages."""
+    from drivers.imagecodec import IMAGE_SUFFIXES  # OpenCV: only where imports run
+
     suffix = Path(name).suffix.lower()
-    return f"{index:05d}{suffix if suffix in _STAGED_SUFFIXES else ''}"
+    return f"{index:05d}{suffix if suffix in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES) else ''}"
 
 
 def _parse_header(header: dict[str, Any]) -> tuple[list[tuple[str, int, float]], dict[str, Any]]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
+from gateway.net.listener import Throttle, throttle_key
 from gateway.net.ul import Timeouts
 from gateway.ops import audit
 from gateway.ops.health import Health
@@ -24,25 +25,24 @@ def audit_refusals(port: str) -> Callable[[str, str, str], None]:
     """A refused association, object, UID or commitment report as a
     Security Alert (PS3.15 A.5.3.11) in the audit trail. Each audit message
     is itself queued on disk, so a flood is summarised: at most one record
-    per address and 60 s, and 120 a minute in all; the rest are counted
-    and the count is in the next record."""
+    per address, kind of refusal and 60 s, and 120 a minute in all; the
+    rest are counted and the count is in the next record."""
     lock = threading.Lock()
-    last: dict[str, float] = {}
+    per_address = Throttle(60.0)
     window: list[float] = []
-    skipped: dict[str, int] = {}
 
     def record(ae_title: str, address: str, reason: str) -> None:
         now = time.monotonic()
+        key = throttle_key(address, reason)
         with lock:
             window[:] = [t for t in window if now - t < 60]
-            if now - last.get(address, -1e9) < 60 or len(window) >= 120:
-                skipped[address] = skipped.get(address, 0) + 1
+            if len(window) >= 120:
+                per_address.skipped[key] = per_address.skipped.get(key, 0) + 1
                 return
-            last[address] = now
+            more = per_address.allow(key)
+            if more is None:
+                return
             window.append(now)
-            if len(last) > 4096:
-                last.clear()
-            more = skipped.pop(address, 0)
         text = f"{port}: {reason}" + (f" (and {more} more since the last record)" if more else "")
         audit.emit(lambda t: t.security_alert(ae_title or "unknown", address, text))
 

@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import re
 import selectors
 import socket
 import ssl
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import ListenerLimitsConfig, PeerAllowed
-from gateway.net.guarded import GuardedSocket, StreamLimits, reject_pdu
+from gateway.net.guarded import Breach, GuardedSocket, StreamLimits, abort_pdu, reject_pdu
 from gateway.net.tls import describe_tls_failure
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,35 @@ def certificate_cn(sock: socket.socket) -> str | None:
     return None
 
 
+def throttle_key(address: str, reason: str) -> str:
+    """Refusals counted together: one address, one kind of reason (its
+    words, without the numbers and names that vary), so a port probe
+    cannot hide the forged report that follows it."""
+    kind = re.sub(r"'[^']*'|\S*\d\S*", "", reason)[:40]
+    return f"{address} {kind}"
+
+
+class Throttle:
+    """One line per key and `every` seconds (a flood of refused connections
+    must not flood the journal or the audit trail); the rest are counted."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self.last: dict[str, float] = {}
+        self.skipped: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None: stay quiet; else how many were skipped since the last line."""
+        now = time.monotonic()
+        if now - self.last.get(key, -1e18) < self.every:
+            self.skipped[key] = self.skipped.get(key, 0) + 1
+            return None
+        if len(self.last) > 4096:
+            self.last.clear()
+        self.last[key] = now
+        return self.skipped.pop(key, 0)
+
+
 class RequestNotUnderstood(ValueError):
     """Bytes that are no A-ASSOCIATE-RQ we can read."""
 
@@ -183,6 +213,7 @@ class Gate:
         self.active_lock = threading.Lock()
         self.stopping = threading.Event()
         self.counter = itertools.count(1)
+        self.quiet = Throttle()
         self.thread = threading.Thread(target=self._run, name="listener-gate", daemon=True)
         self.listen_sock: socket.socket = server.socket
         self.listen_sock.setblocking(False)
@@ -198,19 +229,26 @@ class Gate:
             while not self.stopping.is_set():
                 if self.heartbeat is not None:
                     self.heartbeat()
-                events = self.selector.select(timeout=0.5)
-                # Those already waiting first: a flood of new connections
-                # must not starve a request that has arrived.
-                for key, _ in events:
-                    if key.data is not None and key.fd in self.pending:
-                        self._step(key.data)
-                if any(key.data is None for key, _ in events):
-                    self._accept()
-                self._expire()
+                try:
+                    self._round()
+                except Exception:  # the port must outlive any one connection
+                    log.exception("listener gate: unexpected error; serving on")
+                    time.sleep(0.1)
         finally:
             for p in list(self.pending.values()):
                 self._drop(p)
             self.selector.close()
+
+    def _round(self) -> None:
+        events = self.selector.select(timeout=0.5)
+        # Those already waiting first: a flood of new connections must not
+        # starve a request that has arrived.
+        for key, _ in events:
+            if key.data is not None and key.fd in self.pending:
+                self._step(key.data)
+        if any(key.data is None for key, _ in events):
+            self._accept()
+        self._expire()
 
     def _accept(self) -> None:
         for _ in range(64):  # a burst, without starving the pending ones
@@ -222,14 +260,20 @@ class Gate:
                 log.warning("listener could not accept a connection: %s", exc.strerror)
                 return
             if len(self.pending) >= self.limits.max_pending:
-                # The oldest that has sent nothing goes first: a peer that
-                # is sending its request is the one we want to hear.
+                # Full: first hear those whose bytes have arrived (a modality's
+                # request is in the kernel's buffer, not yet read by us)...
+                for key, _ in self.selector.select(timeout=0):
+                    if key.data is not None and key.fd in self.pending:
+                        self._step(key.data)
+            if len(self.pending) >= self.limits.max_pending:
+                # ...then the oldest that has sent nothing goes first: a peer
+                # that is sending its request is the one we want to hear.
                 oldest = min(self.pending.values(), key=lambda p: (bool(p.data), p.since))
-                log.warning(
-                    "%s:%d closed: too many connections waiting to ask for an association",
-                    *oldest.address[:2],
+                self._refuse(
+                    oldest,
+                    "",
+                    f"closed: {self.limits.max_pending} connections waiting to ask already",
                 )
-                self._drop(oldest)
             sock.setblocking(False)
             tls = self.ssl_context is not None
             if self.ssl_context is not None:
@@ -261,9 +305,11 @@ class Gate:
                     p.sock.do_handshake()
                 except ssl.SSLWantReadError:
                     return
-                except ssl.SSLWantWriteError:
+                except ssl.SSLWantWriteError:  # our send buffer is full: wait to write
+                    self.selector.modify(p.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, p)
                     return
                 p.handshaken = True
+                self.selector.modify(p.sock, selectors.EVENT_READ, p)
             while True:
                 try:
                     chunk = p.sock.recv(MAX_REQUEST_PDU + 6 - len(p.data))
@@ -345,20 +391,25 @@ class Gate:
         ae_title: str,
         reason: str,
         reject: tuple[int, int, int] | None = None,
+        *,
+        abort: bool = False,
     ) -> None:
         host, port = p.address[:2]
-        log.warning(
-            "association from %s at %s:%d refused: %s",
-            ae_title or "(no AE title)",
-            host,
-            port,
-            reason,
-        )
-        if reject is not None:
+        more = self.quiet.allow(throttle_key(host, reason))
+        if more is not None:
+            log.warning(
+                "association from %s at %s:%d refused: %s%s",
+                ae_title or "(no AE title)",
+                host,
+                port,
+                reason,
+                f" (and {more} more from {host} since the last line)" if more else "",
+            )
+        if reject is not None or abort:
             with contextlib.suppress(OSError, ValueError):
                 p.sock.setblocking(True)
                 p.sock.settimeout(1.0)
-                p.sock.sendall(reject_pdu(*reject))
+                p.sock.sendall(abort_pdu() if reject is None else reject_pdu(*reject))
         self._drop(p)
         if self.refused is not None:
             try:
@@ -369,13 +420,18 @@ class Gate:
     def _hand_over(self, p: _Pending, prefix: bytes) -> None:
         p.sock.setblocking(True)
         lim = self.limits
-        guarded = GuardedSocket(
-            p.sock,
-            prefix,
-            StreamLimits(lim.max_pdu, lim.max_dataset),
-            lim.idle_timeout_s,
-            time.monotonic() + lim.deadline_s,
-        )
+        try:
+            guarded = GuardedSocket(
+                p.sock,
+                prefix,
+                StreamLimits(lim.max_pdu, lim.max_dataset),
+                lim.idle_timeout_s,
+                time.monotonic() + lim.deadline_s,
+            )
+        except Breach as exc:  # what came right behind the request breaks a limit
+            self.slots.release()
+            self._refuse(p, "", f"association aborted: {exc}", abort=True)
+            return
         thread = threading.Thread(
             target=self._serve,
             args=(guarded, p.address),
@@ -384,7 +440,15 @@ class Gate:
         )
         with self.active_lock:
             self.active.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: refuse, keep the slot count right
+            with self.active_lock:
+                self.active.discard(thread)
+            self.slots.release()
+            with contextlib.suppress(OSError):
+                p.sock.close()
+            log.error("association from %s:%d dropped: no thread could be started", *p.address[:2])
 
     def _serve(self, sock: GuardedSocket, address: tuple[str, int]) -> None:
         try:

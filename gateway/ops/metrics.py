@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.dicom.video import clips_encoded
 from gateway.ops.certalarm import CertStatus
 from gateway.ops.clock import ClockStatus, clock_status, flagged_objects
 from gateway.queue.alarms import open_alarms
@@ -128,7 +128,10 @@ class GatewayCollector(Collector):
             "Clips encoded as H.264/HEVC by this process, by encoder (h264_v4l2m2m: hardware)",
             labels=["encoder"],
         )
-        for encoder, count in sorted(clips_encoded().items()):
+        # Read only where the video encoder was loaded: a process that never
+        # encoded a clip (the forwarder's) keeps pydicom and numpy out.
+        video = sys.modules.get("gateway.dicom.video")
+        for encoder, count in sorted((video.clips_encoded() if video else {}).items()):
             encoded.add_metric([encoder], count)
         yield encoded
         certs = GaugeMetricFamily(

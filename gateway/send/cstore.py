@@ -260,10 +260,8 @@ def write_store(
     whose response `read_store_response` then waits for."""
     message_id = conn.next_message_id()
     command = c_store_rq(message_id, sop.sop_class, sop.sop_instance)
-    head = struct.pack(
-        ">BBIIBB", P_DATA_TF, 0, 6 + len(command), 2 + len(command), job.context_id, 3
-    )
-    head += command
+    size = len(command)
+    head = struct.pack(PDV_HEADER, P_DATA_TF, 0, 6 + size, 2 + size, job.context_id, 3) + command
     if len(head) > HEADROOM:
         conn.sock.sendall(head)
         head = b""

@@ -5,6 +5,9 @@ re-encoded once when the PACS refuses it)."""
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,10 @@ from gateway.send.destination import LinkDown, Outcome, Report, Result
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
+# A second association only for a batch of at least this many objects each.
+MIN_PER_ASSOCIATION = 2
+# After a second association failed while the first worked: one at a time this long.
+SINGLE_FOR_S = 600
 
 
 @dataclass
@@ -47,12 +54,98 @@ class DimseSender:
     converting: Callable[[int, bool], None] = lambda object_id, started: None
     # A video object for a PACS without its syntax: to JPEG Baseline, or refused.
     convert_video: bool = True
+    _single_until: float = 0.0  # monotonic time until which one association only
 
     @property
     def label(self) -> str:
         return peer_label(self.dest)
 
     def send(self, batch: Sequence[Delivery], report: Report) -> None:
+        """The batch over one association, or split over up to
+        `dest.associations` at once (each object in exactly one part, so the
+        queue's claims stay exactly-once)."""
+        wanted = self.dest.associations if time.monotonic() >= self._single_until else 1
+        count = min(wanted, len(batch) // MIN_PER_ASSOCIATION)
+        if count <= 1:
+            self._send_one(batch, report, self.converting)
+        else:
+            self._send_parallel(_split(batch, count), report)
+
+    def _send_parallel(self, parts: list[list[Delivery]], report: Report) -> None:
+        """One thread per association; everything the forwarder is told
+        (outcomes, conversions) is told from this, the calling thread, which
+        owns the queue's connection."""
+        calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        failures: list[LinkDown | None] = [None] * len(parts)
+
+        def in_caller(fn: Callable[[], None]) -> None:
+            done = threading.Event()
+
+            def call() -> None:
+                try:
+                    fn()
+                finally:
+                    done.set()
+
+            calls.put(call)
+            done.wait()
+
+        def worker(index: int, part: list[Delivery]) -> None:
+            try:
+                self._send_one(
+                    part,
+                    lambda result: calls.put(lambda: report(result)),
+                    lambda oid, started: in_caller(lambda: self.converting(oid, started)),
+                )
+            except LinkDown as exc:
+                failures[index] = exc
+            except Exception as exc:  # a bug: its part stays queued, the others go on
+                log.error("association %d to %s failed", index + 1, self.label, exc_info=exc)
+                failures[index] = LinkDown(f"{self.label}: internal error: {exc}")
+            finally:
+                calls.put(None)
+
+        threads = [
+            threading.Thread(target=worker, args=(i, p), name=f"assoc-{i + 1}", daemon=True)
+            for i, p in enumerate(parts)
+        ]
+        for thread in threads:
+            thread.start()
+        problem: BaseException | None = None
+        running = len(threads)
+        while running:
+            call = calls.get()
+            if call is None:
+                running -= 1
+                continue
+            try:
+                call()
+            except BaseException as exc:  # told after every association has ended
+                problem = problem or exc
+        for thread in threads:
+            thread.join()
+        if problem is not None:
+            raise problem
+        if all(failures):
+            raise failures[0]  # type: ignore[misc]
+        if any(failures[1:]) and not failures[0]:
+            # The first association works but another did not: this peer
+            # wants one at a time (or cannot take more now). Its objects stay
+            # queued for the next round, sent over one association a while.
+            self._single_until = time.monotonic() + SINGLE_FOR_S
+            log.warning(
+                "%s: a second association failed (%s); one at a time for %d min",
+                self.label,
+                next(f for f in failures if f),
+                SINGLE_FOR_S // 60,
+            )
+
+    def _send_one(
+        self,
+        batch: Sequence[Delivery],
+        report: Report,
+        converting: Callable[[int, bool], None],
+    ) -> None:
         contexts, batch = _contexts(batch)
         try:
             conn = connect(self.calling_ae, self.dest, contexts, self.timeouts)
@@ -66,20 +159,25 @@ class DimseSender:
             conn.abort()
             raise LinkDown(f"{self.label}: {exc}") from None
         try:
-            self._pipeline(conn, reader, batch, report)
+            self._pipeline(conn, reader, batch, report, converting)
         finally:
             reader.close()
             conn.release()
 
     def _pipeline(
-        self, conn: ULConnection, reader: ReadAhead, batch: Sequence[Delivery], report: Report
+        self,
+        conn: ULConnection,
+        reader: ReadAhead,
+        batch: Sequence[Delivery],
+        report: Report,
+        converting: Callable[[int, bool], None],
     ) -> None:
         """One object's data set is written while the next is read ahead; the
         next is checked and its reading started while the peer answers the
         current one (the C-STORE-RSP wait is most of the gap between objects).
         Outcomes are reported in the batch's order."""
-        queue = list(batch)
-        ready = self._prepare(conn, reader, queue.pop(0)) if queue else None
+        todo = list(batch)
+        ready = self._prepare(conn, reader, todo.pop(0)) if todo else None
         while ready is not None:
             if not conn.open:
                 # The link broke: the rest were never attempted and go
@@ -89,16 +187,16 @@ class DimseSender:
             ready = None
             if isinstance(prepared, Result):
                 report(prepared)
-                ready = self._prepare(conn, reader, queue.pop(0)) if queue else None
+                ready = self._prepare(conn, reader, todo.pop(0)) if todo else None
                 continue
-            result, message_id = self._write(conn, reader, delivery, prepared)
-            if result is None and queue:
-                ready = self._prepare(conn, reader, queue.pop(0))
+            result, message_id = self._write(conn, reader, delivery, prepared, converting)
+            if result is None and todo:
+                ready = self._prepare(conn, reader, todo.pop(0))
             if result is None:
                 result = self._answer(conn, delivery, message_id)
             report(result)
-            if ready is None and queue and conn.open:
-                ready = self._prepare(conn, reader, queue.pop(0))
+            if ready is None and todo and conn.open:
+                ready = self._prepare(conn, reader, todo.pop(0))
 
     def _prepare(
         self, conn: ULConnection, reader: ReadAhead, delivery: Delivery
@@ -132,7 +230,12 @@ class DimseSender:
             return delivery, Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}")
 
     def _write(
-        self, conn: ULConnection, reader: ReadAhead, delivery: Delivery, prepared: Prepared
+        self,
+        conn: ULConnection,
+        reader: ReadAhead,
+        delivery: Delivery,
+        prepared: Prepared,
+        converting: Callable[[int, bool], None],
     ) -> tuple[Result | None, int]:
         """The object's C-STORE written: (None, its Message ID), or its
         outcome when it failed before a response could come."""
@@ -145,7 +248,7 @@ class DimseSender:
                 self.workdir,
                 self.progress,
                 self.memory_limit,
-                lambda started: self.converting(obj.id, started),
+                lambda started: converting(obj.id, started),
             )
         except FileProblem as exc:
             return Result(obj.id, Outcome.PERMANENT, f"queue file problem: {exc}"), 0
@@ -173,6 +276,18 @@ class DimseSender:
         log.error("sending object %d failed unexpectedly", object_id, exc_info=exc)
         reason = f"internal error sending this object: {type(exc).__name__}: {exc}"
         return Result(object_id, Outcome.TRANSIENT, reason, about_object=True)
+
+
+def _split(batch: Sequence[Delivery], count: int) -> list[list[Delivery]]:
+    """`count` parts of about equal bytes, each in the batch's order (the
+    oldest first in each)."""
+    parts: list[list[Delivery]] = [[] for _ in range(count)]
+    sizes = [0] * count
+    for delivery in batch:
+        i = sizes.index(min(sizes))
+        parts[i].append(delivery)
+        sizes[i] += delivery.object.size
+    return [p for p in parts if p]
 
 
 def _fallback(transfer_syntax: str) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ import ssl
 import threading
 from pathlib import Path
 
-import pytest
 from lxml import etree
 
 from gateway.config import parse_config
@@ -19,17 +18,6 @@ from gateway.ops.audit import AuditTrail
 from tests.support.audit import SCHEMA, event_code, parse_frame
 from tests.support.pki import PKI
 from tests.support.process import free_port
-
-
-@pytest.fixture
-def syslog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> socket.socket:
-    path = tmp_path / "dev-log"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(10)
-    monkeypatch.setenv("DICOM_GATEWAY_AUDIT_SOCKET", str(path))
-    yield sock
-    sock.close()
 
 
 def test_every_event_validates_and_reaches_the_syslog_socket(

@@ -5,7 +5,6 @@ again; only committed objects are ever purged."""
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from dataclasses import replace
@@ -17,9 +16,9 @@ import pytest
 from gateway.config import parse_config
 from gateway.net.ul import Timeouts
 from gateway.queue.model import QueueFull
-from gateway.send.commitment import PUSH_MODEL, CommitmentService
+from gateway.send.commitment import CommitmentService
 from gateway.send.forwarder import Forwarder
-from tests.support.commitment_pacs import CommitmentPACS
+from tests.support.commitment_pacs import CommitmentPACS, associate_as_pacs
 from tests.support.peers import queue_objects
 from tests.support.pki import PKI
 from tests.support.process import free_port, wait_for_port
@@ -183,9 +182,6 @@ def test_idle_connection_cannot_block_our_commitment_port(tmp_path: Path, pki: P
     a real PACS associates meanwhile, and the idle one is dropped."""
     import socket
 
-    from pynetdicom import AE
-    from pynetdicom.presentation import build_role
-
     listen = free_port()
     outbox = new_outbox(tmp_path / "q", ["pacs"], commitment=["pacs"])
     config = gateway(tmp_path, pki, free_port(), listen, handshake_timeout_s=1)
@@ -193,19 +189,7 @@ def test_idle_connection_cannot_block_our_commitment_port(tmp_path: Path, pki: P
     service.start_listener()
     idle = socket.create_connection(("127.0.0.1", listen), timeout=10)
     try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(pki.ca.cert)
-        ctx.load_cert_chain(pki.server.cert, pki.server.key)
-        ae = AE(ae_title="PACS")
-        ae.acse_timeout = 5
-        ae.add_requested_context(PUSH_MODEL)
-        assoc = ae.associate(
-            "127.0.0.1",
-            listen,
-            ae_title="EDGE1",
-            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
-            tls_args=(ctx, "localhost"),
-        )
+        assoc = associate_as_pacs(pki, listen, timeout=5)
         assert assoc.is_established
         assoc.release()
         assert idle.recv(1) == b""  # the silent client was hung up on

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,8 @@ from gateway.dicom.uids import new_uid
 from gateway.net.ul import Timeouts
 from gateway.queue.outbox import Outbox
 from gateway.send.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, CommitmentService
-from tests.support.hostile import associate_rq, read_pdu
+from tests.support.commitment_pacs import associate_as_pacs
+from tests.support.hostile import associate_rq, read_pdu, refused_with
 from tests.support.peers import SC, queue_objects
 from tests.support.pki import PKI
 from tests.support.process import free_port, wait_for_port
@@ -78,9 +77,6 @@ class Port:
     def report(self, tx: str, *, aet: str = "PACS", refs: int | None = None) -> int | None:
         """A pynetdicom PACS with a certificate from our CA sends a report;
         the status it gets, or None when it could not associate."""
-        from pynetdicom import AE
-        from pynetdicom.presentation import build_role
-
         ds = Dataset()
         ds.TransactionUID = tx
         items = []
@@ -90,19 +86,7 @@ class Port:
             item.ReferencedSOPInstanceUID = obj.sop_instance_uid
             items.append(item)
         ds.ReferencedSOPSequence = items
-        ae = AE(ae_title=aet)
-        ae.acse_timeout = ae.dimse_timeout = 10
-        ae.add_requested_context(PUSH_MODEL)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(self.pki.ca.cert)
-        ctx.load_cert_chain(self.pki.server.cert, self.pki.server.key)
-        assoc = ae.associate(
-            "127.0.0.1",
-            self.port,
-            ae_title="EDGE1",
-            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
-            tls_args=(ctx, "localhost"),
-        )
+        assoc = associate_as_pacs(self.pki, self.port, aet)
         if not assoc.is_established:
             return None
         try:
@@ -112,12 +96,7 @@ class Port:
             assoc.release()
 
     def refused_with(self, words: str, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(words in r[2] for r in self.refusals):
-                return True
-            time.sleep(0.05)
-        return False
+        return refused_with(self.refusals, words, timeout)
 
     def close(self) -> None:
         self.service.stop()

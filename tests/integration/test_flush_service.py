@@ -22,19 +22,10 @@ from tests.support.dcmtk import StoreSCP
 from tests.support.gateway import gateway_config, write_config
 from tests.support.peers import queue_objects
 from tests.support.pki import PKI
-from tests.support.process import GATEWAY, REPO, stop_process
+from tests.support.process import GATEWAY, REPO, imported_modules, stop_process
 
 # What `queue flush` must never load in its own process when a service runs.
 HEAVY = ("pydicom", "pynetdicom", "numpy", "cv2", "pydantic", "starlette")
-
-
-def _imported(importtime_stderr: str) -> set[str]:
-    """Top-level modules a process imported, from `python -X importtime`."""
-    names = set()
-    for line in importtime_stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    return names
 
 
 class Forwarder:
@@ -128,8 +119,8 @@ def test_flush_is_done_by_the_running_forwarder(
     assert len(storescp.received()) == 5
     # The service did it, and the command loaded none of the DICOM stack.
     assert forwarder.log().count("queue flush handed over by uid") == 2
-    assert not _imported(up.stderr) & set(HEAVY), _imported(up.stderr) & set(HEAVY)
-    assert "gateway" in _imported(up.stderr)  # the parse is not vacuous
+    assert not imported_modules(up.stderr) & set(HEAVY), imported_modules(up.stderr) & set(HEAVY)
+    assert "gateway" in imported_modules(up.stderr)  # the parse is not vacuous
 
     as_json = _flush(config, "--json")
     assert as_json.returncode == 0
@@ -156,4 +147,4 @@ def test_without_a_service_flush_sends_in_process_with_the_same_words(
     assert up.returncode == 0, up.stderr
     assert up.stdout.strip() == "sent 3, pending 0, failed 0"
     assert len(storescp.received()) == 3
-    assert "pydantic" in _imported(up.stderr)  # it really ran in-process
+    assert "pydantic" in imported_modules(up.stderr)  # it really ran in-process

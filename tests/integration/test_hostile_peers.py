@@ -6,6 +6,7 @@ allowed modality (DCMTK storescu) stores. Each asserts what was written
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
@@ -17,49 +18,31 @@ from typing import Any
 
 import pytest
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from gateway.acquire.inbound import InboundService
-from gateway.config import parse_config
 from gateway.queue.outbox import Outbox
 from tests.support.hostile import (
+    ALLOWED,
     EXPLICIT_LE,
     SECONDARY_CAPTURE,
     Crowd,
     associate_rq,
+    inbound_config,
     pdu_header,
     read_pdu,
+    refused_with,
 )
 from tests.support.peers import SC, small_object
 from tests.support.process import free_port, require_tool, wait_for_port
 from tests.support.queue import new_outbox
 
-ALLOWED = [{"ae_title": "MODALITY", "address": "127.0.0.1"}]
-
-
-def make_config(tmp_path: Path, port: int, **limits: Any) -> Any:
-    return parse_config(
-        {
-            "station": {"ae_title": "EDGE1"},
-            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
-            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
-            "inbound": {
-                "enabled": True,
-                "listen": f"127.0.0.1:{port}",
-                "allowed": ALLOWED,
-                "handshake_timeout_s": 2,
-                "limits": limits,
-            },
-        }
-    )
-
 
 class Running:
     def __init__(self, tmp_path: Path, **limits: Any) -> None:
         self.port = free_port()
-        self.config = make_config(tmp_path, self.port, **limits)
+        self.config = inbound_config(tmp_path, self.port, **limits)
         self.outbox: Outbox = new_outbox(self.config.queue.path, ["pacs"])
         self.refusals: list[tuple[str, str, str]] = []
         self.service = InboundService(
@@ -69,14 +52,7 @@ class Running:
         wait_for_port(self.port)
 
     def refused_with(self, words: str, timeout: float = 10.0) -> bool:
-        """A refusal naming `words` was reported (they arrive from the
-        association's thread as it ends)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(words in r[2] for r in self.refusals):
-                return True
-            time.sleep(0.05)
-        return False
+        return refused_with(self.refusals, words, timeout)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.config.queue.path.rglob("*") if p.is_file())
@@ -93,22 +69,17 @@ def inbound(tmp_path: Path) -> Any:
     running.close()
 
 
-def part10(command_uid: str, dataset_uid: str, study: str = "1.2.3.4") -> bytes:
+def part10(command_uid: str, dataset_uid: str) -> bytes:
     """A Part 10 file whose File Meta (what pynetdicom's C-STORE takes its
     command from) may name another SOP Instance UID than its data set."""
+    from pydicom import dcmread
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pydicom_config.disable_value_validation():
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = SC
+            ds = dcmread(DicomBytesIO(small_object()[1]))
             ds.file_meta.MediaStorageSOPInstanceUID = command_uid
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.SOPClassUID, ds.SOPInstanceUID = SC, dataset_uid
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, "1.2.3.4.1"
-            ds.PatientName, ds.PatientID, ds.Modality = "Hostile^Test", "H1", "OT"
-            ds.file_meta.ImplementationClassUID = "1.2.3.4.5"
-            ds.preamble = bytes(128)
+            ds.SOPInstanceUID = dataset_uid
             out = DicomBytesIO()
             # As given: pydicom would otherwise copy the data set's UID into the meta.
             ds.save_as(out, enforce_file_format=False, implicit_vr=False, little_endian=True)
@@ -261,6 +232,29 @@ def test_pdu_announcing_a_gigabyte_aborts_the_association(inbound: Running) -> N
     assert inbound.refused_with("PDU of 1073741824 bytes")
 
 
+def test_request_and_a_gigabyte_pdu_in_one_write_is_aborted(tmp_path: Path) -> None:
+    """The request and an oversized P-DATA header arriving together (read
+    by the gate at once) abort the association and free its slot."""
+    running = Running(tmp_path, max_associations=1)
+    try:
+        for _ in range(3):  # the one slot is free again each time
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+                rq = associate_rq("MODALITY", "EDGE1", [(SECONDARY_CAPTURE, [EXPLICIT_LE])])
+                sock.sendall(rq + pdu_header(0x04, 1 << 30))
+                answer = read_pdu(sock)
+                assert answer is not None and answer[0] == 0x07  # A-ABORT
+        assert running.refused_with("PDU of 1073741824 bytes")
+        assert pynetdicom_store(running.port, _small(tmp_path)) == 0
+    finally:
+        running.close()
+
+
+def _small(tmp_path: Path) -> Path:
+    path = tmp_path / "small.dcm"
+    path.write_bytes(small_object()[1])
+    return path
+
+
 def test_oversized_association_request_is_closed_unread(inbound: Running) -> None:
     """A 4 GiB A-ASSOCIATE-RQ is refused on its header: nothing is read."""
     with socket.create_connection(("127.0.0.1", inbound.port), timeout=10) as sock:
@@ -275,6 +269,7 @@ def test_unknown_peer_is_refused_at_the_request(inbound: Running) -> None:
         answer = read_pdu(sock)
         assert answer is not None and answer[0] == 0x03  # A-ASSOCIATE-RJ
         assert answer[1][1:4] == bytes([1, 1, 3])  # permanent, calling AE not recognised
+    assert inbound.refused_with("'INTRUDER' is not on the allow-list")  # reported after the RJ
     assert inbound.refusals[-1][:2] == ("INTRUDER", "127.0.0.1")
 
 
@@ -310,7 +305,7 @@ def test_association_count_is_bounded_and_freed(tmp_path: Path) -> None:
         assert all(a.is_established for a in held)
         third = ae.associate("127.0.0.1", running.port, ae_title="EDGE1")
         assert third.is_rejected
-        assert "slots are busy" in running.refusals[-1][2]
+        assert running.refused_with("slots are busy")
         for a in held:
             a.release()
         deadline = time.monotonic() + 10
@@ -415,7 +410,104 @@ def test_crowd_of_drippers_and_idle_connections_leaves_the_modality_storing(
         assert len(listener_threads) <= 3 * 8
     finally:
         crowd.stop()
+    print(
+        f"storescu under the crowd: {', '.join(f'{t:.2f}' for t in took)} s;"
+        f" crowd connects {crowd.connects}, closed by the listener {crowd.closed_by_listener}"
+    )
     assert len(inbound.outbox.objects()) == 5
     assert max(took) < 15, took
     assert crowd.closed_by_listener > 0  # the crowd was cut off, not served
     assert threading.active_count() <= threads_before + 3 * 8
+
+
+ONLY = "capture,forwarder"
+
+
+def _usage(pid: int) -> tuple[int, int]:
+    """Open file descriptors and threads of the process."""
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _frames(metrics_port: int) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith("dicom_gateway_frames_captured_total") or line.startswith(
+            "dicom_gateway_frames_captured "
+        ):
+            return float(line.split()[-1])
+    raise AssertionError("no frames counter in /metrics")
+
+
+def test_whole_service_keeps_capturing_and_storing_under_the_crowd(
+    tmp_path: Path, pki: Any, storescp: Any
+) -> None:
+    """`dicom-gateway run --only capture,forwarder`, one process (capture,
+    forwarder and the inbound port side by side — worse than the appliance,
+    where capture is a process of its own): under the crowd, the modality's
+    5 C-STOREs succeed and reach the PACS, and the test pattern's frame
+    rate stays within 20% of what it was before."""
+    import signal
+    import sys
+
+    from tests.support.gateway import gateway_config, write_config
+    from tests.support.process import REPO
+
+    storescp.start()
+    port, metrics = free_port(), free_port()
+    data = gateway_config(tmp_path, pki, storescp.port)
+    data["capture"]["options"]["fps"] = 20
+    data["inbound"] = {"enabled": True, "listen": f"127.0.0.1:{port}", "allowed": ALLOWED}
+    data["metrics"] = {"listen": f"127.0.0.1:{metrics}"}
+    data["forwarding"] = {"retry_base_s": 0.2, "retry_cap_s": 1.0}
+    path = write_config(tmp_path / "gateway.toml", data)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(path), "run", "--only", ONLY],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "service.log").open("wb"),
+    )
+    files = []
+    for i in range(5):
+        _uid, obj = small_object()
+        files.append(tmp_path / f"in{i}.dcm")
+        files[-1].write_bytes(obj)
+    crowd = None
+    try:
+        wait_for_port(port, proc)
+        wait_for_port(metrics, proc)
+        time.sleep(2)
+        start, t0 = _frames(metrics), time.monotonic()
+        time.sleep(6)
+        calm = (_frames(metrics) - start) / (time.monotonic() - t0)
+        fds, threads = _usage(proc.pid)
+        crowd = Crowd(port).start()
+        time.sleep(3)
+        start, t0 = _frames(metrics), time.monotonic()
+        for f in files:
+            result = storescu(port, f)
+            assert result.returncode == 0, result.stderr
+        time.sleep(max(0.0, 6 - (time.monotonic() - t0)))
+        under = (_frames(metrics) - start) / (time.monotonic() - t0)
+        fds_under, threads_under = _usage(proc.pid)
+        print(
+            f"capture: {calm:.1f} frames/s calm, {under:.1f} under the crowd;"
+            f" fds {fds} -> {fds_under}, threads {threads} -> {threads_under}"
+        )
+        # Bounded by the limits (64 waiting, 8 associations of 3 threads),
+        # not by the crowd's 330 connections.
+        assert fds_under <= fds + 64 + 8 + 16, (fds, fds_under)
+        assert threads_under <= threads + 3 * 8 + 4, (threads, threads_under)
+        assert under >= 0.8 * calm, (calm, under)
+        deadline = time.monotonic() + 30
+        while len(storescp.received()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(storescp.received()) == 5
+    finally:
+        if crowd is not None:
+            crowd.stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -84,7 +84,7 @@ def test_inbound_objects_are_queued_and_forwarded(
         # Unknown AE title: the association is rejected.
         stranger = storescu(port, "INTRUDER", files[0])
         assert stranger.returncode != 0
-        # Known AE title, but not from its listed address: refused per object.
+        # Known AE title, but not from its listed address: refused at the request.
         storescu(port, "FAR", files[0])
         assert len(outbox.objects()) == 3
         # A resend of something we hold is harmless and answered with success.

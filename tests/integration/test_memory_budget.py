@@ -28,7 +28,7 @@ from gateway.queue.outbox import outbox_for
 from tests.support.dcmtk import StoreSCP
 from tests.support.gateway import gateway_config, write_config
 from tests.support.pki import PKI
-from tests.support.process import GATEWAY, REPO, stop_process, wait_for_port
+from tests.support.process import GATEWAY, REPO, imported_modules, stop_process, wait_for_port
 
 MIB = 1 << 20
 FORWARDER_BUDGET = 64 * MIB
@@ -44,14 +44,6 @@ def _status(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no {key} for {pid}")
-
-
-def _imported(importtime_stderr: str) -> set[str]:
-    names = set()
-    for line in importtime_stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    return names
 
 
 def _mapped(pid: int) -> str:
@@ -173,7 +165,7 @@ def test_forwarder_within_64_mib_idle_and_sending_a_1_gb_cine(
             assert lib not in maps, f"{lib} is mapped into the forwarder"
     finally:
         stop_process(proc, timeout=20)
-    imported = _imported(err.read_text())
+    imported = imported_modules(err.read_text())
     assert "gateway" in imported and "ssl" in imported  # the parse is not vacuous
     assert not imported & set(NOT_IN_FORWARDER), imported & set(NOT_IN_FORWARDER)
 

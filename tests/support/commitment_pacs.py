@@ -96,24 +96,31 @@ class CommitmentPACS:
         return 0x0000, None
 
     def _report_on_new_association(self, report: Dataset, event_type: int) -> None:
-        from pynetdicom import AE
-        from pynetdicom.presentation import build_role
-
-        ae = AE(ae_title="PACS")
-        ae.add_requested_context(PUSH_MODEL)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(self.pki.ca.cert)
-        ctx.load_cert_chain(self.pki.server.cert, self.pki.server.key)
-        assoc = ae.associate(
-            "127.0.0.1",
-            self.gateway_port,
-            ae_title="EDGE1",
-            ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
-            tls_args=(ctx, "localhost"),
-        )
+        assoc = associate_as_pacs(self.pki, self.gateway_port)
         if assoc.is_established:
             assoc.send_n_event_report(report, event_type, PUSH_MODEL, PUSH_MODEL_INSTANCE)
             assoc.release()
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+def associate_as_pacs(pki: PKI, port: int, ae_title: str = "PACS", timeout: float = 10) -> Any:
+    """A PACS (certificate from our CA) associating to the gateway's
+    commitment port to send a report (SCP role of the push model)."""
+    from pynetdicom import AE
+    from pynetdicom.presentation import build_role
+
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = timeout
+    ae.add_requested_context(PUSH_MODEL)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki.ca.cert)
+    ctx.load_cert_chain(pki.server.cert, pki.server.key)
+    return ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title="EDGE1",
+        ext_neg=[build_role(PUSH_MODEL, scp_role=True)],
+        tls_args=(ctx, "localhost"),
+    )

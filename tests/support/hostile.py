@@ -11,12 +11,37 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig, parse_config
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+ALLOWED = [{"ae_title": "MODALITY", "address": "127.0.0.1"}]
+
+
+def inbound_config(tmp_path: Path, port: int, **limits: Any) -> GatewayConfig:
+    """The inbound port on loopback for MODALITY at 127.0.0.1, with `limits`."""
+    return parse_config(
+        {
+            "station": {"ae_title": "EDGE1"},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
+            "queue": {"path": str(tmp_path / "q"), "min_free_mb": 0},
+            "inbound": {
+                "enabled": True,
+                "listen": f"127.0.0.1:{port}",
+                "allowed": ALLOWED,
+                "handshake_timeout_s": 2,
+                "limits": limits,
+            },
+        }
+    )
 
 
 def _item(kind: int, body: bytes) -> bytes:
@@ -168,3 +193,14 @@ class Crowd:
         deadline = time.monotonic() + 10
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def refused_with(refusals: list[tuple[str, str, str]], words: str, timeout: float = 10.0) -> bool:
+    """A refusal `(AE title, address, reason)` naming `words` was reported
+    within `timeout` (they come from the listener's threads as they end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(words in r[2] for r in refusals):
+            return True
+        time.sleep(0.05)
+    return False

@@ -80,3 +80,14 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """Top-level modules a process imported, read from what `python -X
+    importtime` wrote to its stderr (the process's own account, lazy imports
+    included)."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names

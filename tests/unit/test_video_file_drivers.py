@@ -180,12 +180,15 @@ def test_stream_ring_is_bounded_by_bytes(tmp_path: Path) -> None:
 
 
 def test_frame_buffer_budget_follows_the_machine(tmp_path: Path) -> None:
-    """A quarter of RAM, at most 768 MiB: a 1 GB Pi keeps 256 MiB of frames."""
+    """An eighth of RAM up to 2 GiB, a quarter above, at most 768 MiB: a 1 GB
+    Pi keeps 128 MiB of frames, a 2.5 GB one 625 MiB."""
     from drivers.stream import DEFAULT_BUFFER_BYTES, default_buffer_bytes
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:        1000000 kB\nMemFree:  5 kB\n")
-    assert default_buffer_bytes(meminfo) == 1000000 * 1024 // 4
+    assert default_buffer_bytes(meminfo) == 1000000 * 1024 // 8
+    meminfo.write_text("MemTotal:        2500000 kB\n")
+    assert default_buffer_bytes(meminfo) == 2500000 * 1024 // 4
     meminfo.write_text("MemTotal:       24000000 kB\n")
     assert default_buffer_bytes(meminfo) == DEFAULT_BUFFER_BYTES
-    assert default_buffer_bytes(tmp_path / "missing") == 256 * 1024 * 1024
+    assert default_buffer_bytes(tmp_path / "missing") == 128 * 1024 * 1024

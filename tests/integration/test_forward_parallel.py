@@ -1,0 +1,131 @@
+"""A second association to the same PACS (`destinations.associations`): a
+batch split over two associations at once, each object sent exactly once;
+a PACS that takes one at a time refuses the second and everything still
+arrives, over one association from then on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from gateway.config import DestinationConfig
+from gateway.net.ul import Timeouts
+from gateway.send.forwarder import Forwarder
+from tests.support.dcmtk import StoreSCP
+from tests.support.peers import destination, mutual_tls, queue_objects
+from tests.support.pki import PKI
+from tests.support.process import free_port
+from tests.support.queue import new_outbox
+
+FAST = Timeouts(connect=3, acse=5, dimse=5, network=5)
+
+
+class CountingSCP:
+    """pynetdicom Storage SCP counting every object received and the most
+    associations open at once; `limit` associations at most (more are
+    rejected, as pynetdicom does: transient, local limit exceeded)."""
+
+    def __init__(self, pki: PKI, limit: int) -> None:
+        self.pki, self.limit = pki, limit
+        self.port = free_port()
+        self.received: Counter[str] = Counter()
+        self.open = 0
+        self.most = 0
+        self.lock = threading.Lock()
+        self.server: Any = None
+
+    def __enter__(self) -> CountingSCP:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title="PACS")
+        ae.maximum_associations = self.limit
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian])
+
+        def store(event: Any) -> int:
+            with self.lock:
+                self.received[str(event.request.AffectedSOPInstanceUID)] += 1
+            return 0
+
+        def opened(_event: Any) -> None:
+            with self.lock:
+                self.open += 1
+                self.most = max(self.most, self.open)
+
+        def closed(_event: Any) -> None:
+            with self.lock:
+                self.open -= 1
+
+        handlers = [
+            (evt.EVT_C_STORE, store),
+            (evt.EVT_ESTABLISHED, opened),
+            (evt.EVT_RELEASED, closed),
+            (evt.EVT_ABORTED, closed),
+        ]
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=mutual_tls(self.pki),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+def _dest(pki: PKI, port: int, associations: int) -> DestinationConfig:
+    return destination(pki, port).model_copy(update={"associations": associations})
+
+
+def test_two_associations_at_once_each_object_once(tmp_path: Path, pki: PKI) -> None:
+    with new_outbox(tmp_path / "q", ["pacs"]) as outbox, CountingSCP(pki, limit=4) as scp:
+        objs = queue_objects(outbox, 80)
+        fwd = Forwarder(outbox, [_dest(pki, scp.port, 2)], "EDGE1", timeouts=FAST)
+        report = fwd.flush(timeout=60)
+        assert report.sent == 80
+        assert scp.received == Counter({o.sop_instance_uid: 1 for o in objs})
+        assert scp.most == 2
+        assert {d.state.value for d in outbox.deliveries()} == {"sent"}
+
+
+def test_a_pacs_that_takes_one_at_a_time(
+    tmp_path: Path, pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    with new_outbox(tmp_path / "q", ["pacs"]) as outbox, CountingSCP(pki, limit=1) as scp:
+        objs = queue_objects(outbox, 20)
+        fwd = Forwarder(outbox, [_dest(pki, scp.port, 2)], "EDGE1", timeouts=FAST, retry_base=0.01)
+        with caplog.at_level(logging.WARNING):
+            report = fwd.flush(timeout=60)
+        assert report.sent == 20
+        assert scp.received == Counter({o.sop_instance_uid: 1 for o in objs})
+        assert scp.most == 1
+        assert "one at a time" in caplog.text
+        # From then on one association: a new batch goes without a refusal.
+        caplog.clear()
+        more = queue_objects(outbox, 6)
+        with caplog.at_level(logging.WARNING):
+            assert fwd.flush(timeout=60).sent == 6
+        assert "failed" not in caplog.text
+        assert all(scp.received[o.sop_instance_uid] == 1 for o in more)
+
+
+def test_dcmtk_storescp_forking_takes_both(tmp_path: Path, pki: PKI) -> None:
+    """DCMTK's storescp with --fork: one process per association."""
+    scp = StoreSCP(tmp_path / "pacs", pki.server, pki.ca.cert, extra=("--fork",)).start()
+    try:
+        with new_outbox(tmp_path / "q", ["pacs"]) as outbox:
+            objs = queue_objects(outbox, 16)
+            fwd = Forwarder(outbox, [_dest(pki, scp.port, 2)], "EDGE1", timeouts=FAST)
+            assert fwd.flush(timeout=60).sent == 16
+        names = sorted(p.name for p in scp.received())
+        assert len(names) == 16
+        assert all(any(o.sop_instance_uid in n for n in names) for o in objs)
+    finally:
+        scp.stop()
