@@ -126,6 +126,17 @@ def settings_problems(exc: ValidationError) -> tuple[str, dict[str, str]]:
     return "; ".join(lines[:3]), fields
 
 
+def _without_none(value: Any) -> Any:
+    """TOML has no null: a key the screen sends as None (a default it showed,
+    such as `capture.trigger`) is one not set, so it is left out of the file
+    (tomli_w raised on it, and Save answered 500)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value if v is not None]
+    return value
+
+
 class SettingsStore:
     """The screen's settings and PIN; `overlay` is where they are saved
     (None: into the configuration file at `path`)."""
@@ -178,7 +189,7 @@ class SettingsStore:
                 "no configuration file to save to; start the gateway with --config PATH"
             )
         try:
-            write_atomic(target, tomli_w.dumps(raw).encode("utf-8"))
+            write_atomic(target, tomli_w.dumps(_without_none(raw)).encode("utf-8"))
             os.chmod(target, mode)  # whatever the umask: never world-readable
         except OSError as exc:
             raise SettingsError(f"{target}: cannot save: {exc.strerror}") from None
