@@ -129,14 +129,6 @@ def _image_module(ds: Dataset, image: ImageInfo, image_type: list[str]) -> None:
     ds.BurnedInAnnotation = "YES"
 
 
-def _code_item(code: Code) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme
-    item.CodeMeaning = code.meaning
-    return item
-
-
 def _order_attributes(ds: Dataset, order: Order) -> None:
     """IHE Scheduled Workflow (RAD TF-2 4.8.4.1.3): what ties the image to the
     order, so the PACS files it under the right request."""
@@ -150,7 +142,7 @@ def _order_attributes(ds: Dataset, order: Order) -> None:
     if order.scheduled_protocol_codes:
         codes = []
         for code in order.scheduled_protocol_codes:
-            codes.append(_code_item(code))
+            codes.append(code.as_item())
         item.ScheduledProtocolCodeSequence = Sequence(codes)
     if order.accession_number:
         item.AccessionNumber = order.accession_number
@@ -327,7 +319,7 @@ def _build(iod: _Iod, frames: Clip, header: Header, coding: Coding, cine: Cine |
         region = header.anatomic_region
         if region is None:
             raise ModuleError("Anatomic Region Sequence: required for this IOD (station config)")
-        ds.AnatomicRegionSequence = Sequence([_code_item(region)])
+        ds.AnatomicRegionSequence = Sequence([region.as_item()])
         # Laterality (2C) only for a paired region; the configured one names
         # the region, and a station's single region is taken as unpaired.
         del ds.Laterality

@@ -7,7 +7,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 from gateway.dicom import uids
 from gateway.dicom.uids import new_uid
@@ -153,6 +156,17 @@ class Code:
         check_text("Code Value", self.value, 16)
         check_text("Coding Scheme Designator", self.scheme, 16)
         check_text("Code Meaning", self.meaning, 64)
+
+    def as_item(self) -> Dataset:
+        """The code as a sequence item: the one place its three attributes
+        are written (IODs, MPPS and discontinuation reasons use it)."""
+        from pydicom.dataset import Dataset
+
+        item = Dataset()
+        item.CodeValue = self.value
+        item.CodingSchemeDesignator = self.scheme
+        item.CodeMeaning = self.meaning
+        return item
 
 
 @dataclass(frozen=True)

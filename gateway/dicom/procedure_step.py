@@ -79,14 +79,6 @@ def _charset_value(value: str) -> str | list[str]:
     return value.split("\\") if "\\" in value else value
 
 
-def _code_item(code: Code) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme
-    item.CodeMeaning = code.meaning
-    return item
-
-
 def _date(value: datetime) -> str:
     return value.strftime("%Y%m%d")
 
@@ -115,7 +107,7 @@ def n_create(step: PerformedStep) -> Dataset:
         order.scheduled_procedure_step_description if order else ""
     )
     sched.ScheduledProtocolCodeSequence = Sequence(
-        [_code_item(c) for c in order.scheduled_protocol_codes] if order else []
+        [c.as_item() for c in order.scheduled_protocol_codes] if order else []
     )
     ds.ScheduledStepAttributesSequence = Sequence([sched])
     ds.PatientName = step.patient.name
@@ -141,7 +133,7 @@ def n_create(step: PerformedStep) -> Dataset:
     ds.Modality = step.modality
     ds.StudyID = step.study.study_id
     ds.PerformedProtocolCodeSequence = Sequence(
-        [_code_item(c) for c in order.scheduled_protocol_codes] if order else []
+        [c.as_item() for c in order.scheduled_protocol_codes] if order else []
     )
     ds.PerformedSeriesSequence = Sequence()
     return ds
@@ -197,7 +189,7 @@ def n_set_final(
         code = reason or Code(
             UNSPECIFIED_REASON, "DCM", DISCONTINUATION_REASONS[UNSPECIFIED_REASON]
         )
-        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence([_code_item(code)])
+        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence([code.as_item()])
         if comments:
             ds.CommentsOnThePerformedProcedureStep = comments[:10240]
     return ds
