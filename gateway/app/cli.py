@@ -5,10 +5,11 @@ problem the user can fix."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from gateway.paths import resolve_config_path
 
 if TYPE_CHECKING:  # the rest is imported by the commands that need it (see main)
     from drivers.base import Driver, Frame
+    from gateway.acquire.exam import Exam
+    from gateway.acquire.station import Station
     from gateway.acquire.subject import Subject
     from gateway.config import GatewayConfig
     from gateway.queue.outbox import Outbox
@@ -243,9 +246,27 @@ def _subject_options(args: argparse.Namespace) -> dict[str, str | None]:
     }
 
 
+@contextlib.contextmanager
+def _headless_exam(
+    config: GatewayConfig, subject: Subject, driver: Driver
+) -> Iterator[tuple[Station, Exam]]:
+    """The exam of `capture` (stills or a clip) on the configured driver:
+    what was captured stays queued whatever happens; the RIS hears the exam
+    was cut short, or (at the end) that it was completed."""
+    from gateway.acquire.station import Station
+
+    with _outbox(config) as outbox:
+        outbox.check_space()
+        with (
+            Station(config, outbox, driver.source, review=False) as station,
+            station.exam(subject, "capture") as exam,
+            driver,
+        ):
+            yield station, exam
+
+
 def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
     from drivers import create_driver
-    from gateway.acquire.station import Station
 
     subject = _exam_subject(args, config, "capture")
     driver = create_driver(config.capture.driver, config.capture.options)
@@ -263,31 +284,23 @@ def cmd_capture(args: argparse.Namespace, config: GatewayConfig) -> int:
     if args.clip is not None:
         return _capture_clip(args, config, subject, driver, rejected)
     captured: list[dict[str, Any]] = []
-    with _outbox(config) as outbox:
-        outbox.check_space()
-        # What was captured stays queued whatever happens; the RIS hears the
-        # exam was cut short, or (at the end) that it was completed.
-        with (
-            Station(config, outbox, driver.source, review=False) as station,
-            station.exam(subject, "capture") as exam,
-            driver,
-        ):
-            for frame in driver.frames(args.frames, rejected):
-                in_a_row = 0
-                queued = station.exams.capture(exam, frame)
-                captured.append(
-                    {
-                        "id": queued.id,
-                        "sop_instance_uid": queued.sop_instance_uid,
-                        "path": str(queued.path),
-                    }
+    with _headless_exam(config, subject, driver) as (station, exam):
+        for frame in driver.frames(args.frames, rejected):
+            in_a_row = 0
+            queued = station.exams.capture(exam, frame)
+            captured.append(
+                {
+                    "id": queued.id,
+                    "sop_instance_uid": queued.sop_instance_uid,
+                    "path": str(queued.path),
+                }
+            )
+            if not args.json:
+                print(
+                    f"captured {len(captured)}/{args.frames}: queue object {queued.id} "
+                    f"({queued.sop_instance_uid})",
+                    flush=True,
                 )
-                if not args.json:
-                    print(
-                        f"captured {len(captured)}/{args.frames}: queue object {queued.id} "
-                        f"({queued.sop_instance_uid})",
-                        flush=True,
-                    )
     if args.json:
         print(
             json.dumps(
@@ -312,37 +325,30 @@ def _capture_clip(
     """`capture --clip SECONDS`: one clip of that long from the driver, as
     `capture.clip_compression` says (H.264 encoded while it is read)."""
     from gateway.acquire.capture import DEFAULT_CLIP_FPS, ClipWriter
-    from gateway.acquire.station import Station
 
-    with _outbox(config) as outbox:
-        outbox.check_space()
-        with (
-            Station(config, outbox, driver.source, review=False) as station,
-            station.exam(subject, "capture") as exam,
-            driver,
-        ):
-            codec = station.capturer.clip_codec
-            # The driver's rate where it has one (the H.264 level depends on it).
-            fps = getattr(driver.options, "fps", None) or DEFAULT_CLIP_FPS
-            writer = ClipWriter(codec, float(fps)) if codec is not None else None
-            frames: list[Frame] = []
-            first: float | None = None
-            try:
-                for frame in driver.frames(None, rejected):
-                    first = frame.timestamp if first is None else first
-                    if frame.timestamp - first >= args.clip:
-                        break
-                    if writer is not None:
-                        writer.add(frame)
-                    else:
-                        frames.append(frame)
+    with _headless_exam(config, subject, driver) as (station, exam):
+        codec = station.capturer.clip_codec
+        # The driver's rate where it has one (the H.264 level depends on it).
+        fps = getattr(driver.options, "fps", None) or DEFAULT_CLIP_FPS
+        writer = ClipWriter(codec, float(fps)) if codec is not None else None
+        frames: list[Frame] = []
+        first: float | None = None
+        try:
+            for frame in driver.frames(None, rejected):
+                first = frame.timestamp if first is None else first
+                if frame.timestamp - first >= args.clip:
+                    break
                 if writer is not None:
-                    queued = station.exams.capture_recorded(exam, writer)
+                    writer.add(frame)
                 else:
-                    queued = station.exams.capture_clip(exam, frames)
-            finally:
-                if writer is not None:
-                    writer.close()
+                    frames.append(frame)
+            if writer is not None:
+                queued = station.exams.capture_recorded(exam, writer)
+            else:
+                queued = station.exams.capture_clip(exam, frames)
+        finally:
+            if writer is not None:
+                writer.close()
     count = len(writer.timestamps) if writer is not None else len(frames)
     how = writer.encoder if writer is not None else config.capture.clip_compression
     if args.json:
