@@ -403,18 +403,24 @@ def cmd_import(args: argparse.Namespace, config: GatewayConfig) -> int:
     return 0
 
 
-def _import_via_service(args: argparse.Namespace) -> int | None:
-    from gateway.app.control import import_via_service
-    from gateway.paths import queue_path_of
-
-    queue = queue_path_of(resolve_config_path(args.config))
-    handed = import_via_service(queue, args.paths, _subject_options(args), args.json)
+def _service_answer(handed: tuple[int, str | None] | None) -> int | None:
+    """The running service's answer to a handed-over command: its exit
+    status, its error said on stderr; None when no service took it."""
     if handed is None:
         return None
     status, error = handed
     if error:
         print(f"dicom-gateway: {error}", file=sys.stderr)
     return status
+
+
+def _import_via_service(args: argparse.Namespace) -> int | None:
+    from gateway.app.control import import_via_service
+    from gateway.paths import queue_path_of
+
+    queue = queue_path_of(resolve_config_path(args.config))
+    handed = import_via_service(queue, args.paths, _subject_options(args), args.json)
+    return _service_answer(handed)
 
 
 def cmd_queue(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -523,12 +529,7 @@ def _flush_via_service(args: argparse.Namespace) -> int | None:
 
     queue = queue_path_of(resolve_config_path(args.config))
     handed = flush_via_service(queue, args.timeout, args.json)
-    if handed is None:
-        return None
-    status, error = handed
-    if error:
-        print(f"dicom-gateway: {error}", file=sys.stderr)
-    return status
+    return _service_answer(handed)
 
 
 def cmd_run(args: argparse.Namespace, config: GatewayConfig) -> int:
