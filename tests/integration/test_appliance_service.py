@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -311,17 +312,32 @@ def test_tls_failure_to_a_peer_is_audited_as_a_security_alert(tmp_path: Path, pk
     assert impostor.received() == []
 
 
+def _fixed_port() -> int:
+    """A free port outside the kernel's ephemeral range, as an appliance's are."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def test_the_two_services_each_serve_their_own_metrics_port(
     tmp_path: Path, pki: PKI, storescp: StoreSCP
 ) -> None:
     """The units run capture+UI and the forwarder as two processes from one
     configuration: each serves its own port, neither logs a bind error."""
     storescp.start()
-    ports = {"capture,ui": free_port(), "forwarder": free_port()}
+    # Below the ephemeral range: the forwarder's outgoing connections,
+    # made while the other process starts, cannot take one of these first.
+    ports = {"capture,ui": _fixed_port(), "forwarder": _fixed_port()}
     data = gateway_config(
         tmp_path,
         pki,
         storescp.port,
+        ui={"listen": f"127.0.0.1:{_fixed_port()}"},
         metrics={
             "listen": f"127.0.0.1:{ports['capture,ui']}",
             "forwarder_listen": f"127.0.0.1:{ports['forwarder']}",
@@ -340,7 +356,11 @@ def test_the_two_services_each_serve_their_own_metrics_port(
     try:
         loops = {}
         for only, port in ports.items():
-            wait_for_port(port, procs[only], timeout=60)
+            try:
+                wait_for_port(port, procs[only], timeout=60)
+            except RuntimeError:
+                err = procs[only].communicate(timeout=30)[1]
+                raise AssertionError(f"run --only {only} exited: {err[-3000:]}") from None
             deadline = time.monotonic() + 30
             while True:
                 _, body = _get(f"http://127.0.0.1:{port}/health")
