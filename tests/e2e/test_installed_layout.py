@@ -105,7 +105,7 @@ class Staged:
 @pytest.fixture(scope="module")
 def staged() -> Iterator[Staged]:
     if os.geteuid() != 0:
-        pytest.skip("staging an installed layout needs root (make install-system)")
+        pytest.fail("staging an installed layout needs root (make install-system): run as root")
     for tool in ("systemd-sysusers", "systemd-tmpfiles", "setpriv", "make"):
         require_tool(tool)
     # Outside pytest's 0700 tmp tree: the service users must reach their files.

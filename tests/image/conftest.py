@@ -23,7 +23,8 @@ PIN = "471108"
 # Guest time the watchdog must hold with every loop running (10 min; shorter
 # only by choice, e.g. IMAGE_WATCHDOG_MINUTES=3 while working on the image).
 WATCHDOG_MINUTES = float(os.environ.get("IMAGE_WATCHDOG_MINUTES", "10"))
-POWER_CUTS = int(os.environ.get("IMAGE_POWER_CUTS", "3"))
+# At least one: the power-cut check is never turned off, only made shorter.
+POWER_CUTS = max(1, int(os.environ.get("IMAGE_POWER_CUTS", "3")))
 
 
 @dataclass

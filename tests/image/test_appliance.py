@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
 
 from tests.image.conftest import AE_TITLE, PIN, POWER_CUTS, WATCHDOG_MINUTES, Appliance
 from tests.image.vm import VM
@@ -320,7 +319,6 @@ def _capture_until_cut(vm: VM, patient: str, acked: list[str], cut_after: int) -
     assert len(acked) - start >= cut_after
 
 
-@pytest.mark.skipif(POWER_CUTS < 1, reason="IMAGE_POWER_CUTS=0 chosen")
 def test_power_cuts_lose_no_acknowledged_object(appliance: Appliance) -> None:
     vm = appliance.vm
     acked: list[str] = []
