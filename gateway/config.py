@@ -324,6 +324,10 @@ class StowDestinationConfig(_Model):
     http_auth: HttpAuthConfig | None = None
     batch_max_objects: int = Field(default=100, ge=1, le=10000)
     batch_max_mb: int = Field(default=64, ge=1, le=65536)
+    # Requests in flight at once, each on its own keep-alive connection: while
+    # the archive stores one request's instances the next body is uploaded
+    # (gateway/send/stow.py). 1 for an archive that wants one at a time.
+    connections: int = Field(default=2, ge=1, le=4)
     # Content-Length by default (every server takes it); chunked for servers
     # or proxies that want it.
     chunked: bool = False

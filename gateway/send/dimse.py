@@ -5,8 +5,6 @@ re-encoded once when the PACS refuses it)."""
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from gateway.send.cstore import (
     store_prepared,
 )
 from gateway.send.destination import LinkDown, Outcome, Report, Result
+from gateway.send.parallel import Relay, run_on_threads
 
 log = logging.getLogger(__name__)
 
@@ -72,60 +71,27 @@ class DimseSender:
             self._send_parallel(_split(batch, count), report)
 
     def _send_parallel(self, parts: list[list[Delivery]], report: Report) -> None:
-        """One thread per association; everything the forwarder is told
-        (outcomes, conversions) is told from this, the calling thread, which
-        owns the queue's connection."""
-        calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        failures: list[LinkDown | None] = [None] * len(parts)
+        """One thread per association (gateway.send.parallel): outcomes and
+        conversions are told from the calling thread, which owns the queue."""
 
-        def in_caller(fn: Callable[[], None]) -> None:
-            done = threading.Event()
-
-            def call() -> None:
-                try:
-                    fn()
-                finally:
-                    done.set()
-
-            calls.put(call)
-            done.wait()
-
-        def worker(index: int, part: list[Delivery]) -> None:
-            try:
+        def worker(part: list[Delivery]) -> Callable[[Relay], None]:
+            def run(relay: Relay) -> None:
                 self._send_one(
                     part,
-                    lambda result: calls.put(lambda: report(result)),
-                    lambda oid, started: in_caller(lambda: self.converting(oid, started)),
+                    lambda result: relay.post(lambda: report(result)),
+                    lambda oid, started: relay.call(lambda: self.converting(oid, started)),
                 )
-            except LinkDown as exc:
-                failures[index] = exc
-            except Exception as exc:  # a bug: its part stays queued, the others go on
-                log.error("association %d to %s failed", index + 1, self.label, exc_info=exc)
-                failures[index] = LinkDown(f"{self.label}: internal error: {exc}")
-            finally:
-                calls.put(None)
 
-        threads = [
-            threading.Thread(target=worker, args=(i, p), name=f"assoc-{i + 1}", daemon=True)
-            for i, p in enumerate(parts)
-        ]
-        for thread in threads:
-            thread.start()
-        problem: BaseException | None = None
-        running = len(threads)
-        while running:
-            call = calls.get()
-            if call is None:
-                running -= 1
+            return run
+
+        failures: list[LinkDown | None] = []
+        for index, exc in enumerate(run_on_threads([worker(p) for p in parts], "assoc")):
+            if exc is None or isinstance(exc, LinkDown):
+                failures.append(exc)
                 continue
-            try:
-                call()
-            except BaseException as exc:  # told after every association has ended
-                problem = problem or exc
-        for thread in threads:
-            thread.join()
-        if problem is not None:
-            raise problem
+            # A bug: its part stays queued, the others went on.
+            log.error("association %d to %s failed", index + 1, self.label, exc_info=exc)
+            failures.append(LinkDown(f"{self.label}: internal error: {exc}"))
         if all(failures):
             raise failures[0]  # type: ignore[misc]
         if any(failures[1:]) and not failures[0]:

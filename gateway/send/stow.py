@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import ssl
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +41,7 @@ from gateway.queue.model import Delivery
 from gateway.send.cstore import FileProblem, check_queued_file
 from gateway.send.destination import Confirmation, LinkDown, Outcome, Ref, Report, Result
 from gateway.send.http_auth import AuthError, HttpAuth, auth_for, describe_http_error
+from gateway.send.parallel import Relay, run_on_threads
 from gateway.send.stow_answer import MAX_ANSWER, Answer, parse_answer, reconcile
 from gateway.send.stow_body import BodyFileChanged, BodyPart, MultipartBody
 
@@ -67,13 +70,17 @@ class _Broken(Exception):
 
 @dataclass
 class Archive:
-    """One DICOMweb service: the HTTPS client (one keep-alive connection,
-    made when first needed), its authentication and its time-outs."""
+    """One DICOMweb service: the HTTPS client (up to `dest.connections`
+    keep-alive connections, made when first needed; httpx's pool is
+    thread-safe), its authentication and its time-outs."""
 
     dest: StowDestinationConfig
     _client: httpx.Client | None = field(default=None, repr=False)
     _token_client: httpx.Client | None = field(default=None, repr=False)
     auth: HttpAuth | None = field(default=None, repr=False)
+    # Requests on parallel connections share one credential: it is read and
+    # refreshed by one of them at a time.
+    _auth_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.auth = auth_for(self.dest.http_auth, self._oauth_client)
@@ -85,14 +92,16 @@ class Archive:
     def url(self, path: str) -> str:
         return self.dest.url.rstrip("/") + path
 
-    def _new_client(self, ssl_context: ssl.SSLContext) -> httpx.Client:
+    def _new_client(self, ssl_context: ssl.SSLContext, connections: int = 1) -> httpx.Client:
         d = self.dest
         return httpx.Client(
             verify=ssl_context,
             trust_env=True,  # HTTPS_PROXY / NO_PROXY; trust stays ours (an SSLContext)
             follow_redirects=False,
             limits=httpx.Limits(
-                max_connections=1, max_keepalive_connections=1, keepalive_expiry=d.idle_timeout_s
+                max_connections=connections,
+                max_keepalive_connections=connections,
+                keepalive_expiry=d.idle_timeout_s,
             ),
             timeout=httpx.Timeout(
                 connect=d.connect_timeout_s,
@@ -111,7 +120,7 @@ class Archive:
 
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = self._new_client(self._context(self.dest.tls))
+            self._client = self._new_client(self._context(self.dest.tls), self.dest.connections)
         return self._client
 
     def _oauth_client(self) -> httpx.Client:
@@ -135,7 +144,8 @@ class Archive:
         if self.auth is None:
             return {}
         try:
-            return {"Authorization": self.auth.header()}
+            with self._auth_lock:
+                return {"Authorization": self.auth.header()}
         except AuthError as exc:
             raise LinkDown(f"{self.label}: {exc}") from None
 
@@ -197,7 +207,8 @@ class Archive:
         if self.auth is None:
             return False
         try:
-            return self.auth.refresh()
+            with self._auth_lock:
+                return self.auth.refresh()
         except AuthError as exc:
             raise LinkDown(f"{self.label}: {exc}") from None
 
@@ -249,24 +260,67 @@ class StowSender:
         self.archive.close()
 
     def send(self, batch: Sequence[Delivery], report: Report) -> None:
-        for chunk in self._chunks(batch):
-            if not self._send_chunk(chunk, report):
-                return  # the link broke: the rest go back as they were
+        """The batch in requests; with `dest.connections` > 1 that many are in
+        flight at once, each connection taking the next request when its own
+        is answered. A broken link ends the round for all: what was not
+        answered goes back as it was."""
+        chunks = self._chunks(batch)
+        connections = min(self.dest.connections, len(chunks))
+        if connections <= 1:
+            for chunk in chunks:
+                if not self._send_chunk(chunk, report):
+                    return  # the link broke: the rest go back as they were
+            return
+        todo: queue.SimpleQueue[list[Delivery]] = queue.SimpleQueue()
+        for chunk in chunks:
+            todo.put(chunk)
+        stop = threading.Event()
 
-    def _chunks(self, batch: Sequence[Delivery]) -> Iterator[list[Delivery]]:
+        def worker(relay: Relay) -> None:
+            def told(result: Result) -> None:
+                relay.post(lambda: report(result))
+
+            while not stop.is_set():
+                try:
+                    chunk = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    if not self._send_chunk(chunk, told):
+                        stop.set()
+                except BaseException:
+                    stop.set()
+                    raise
+
+        errors = run_on_threads([worker] * connections, "stow")
+        for exc in errors:
+            if isinstance(exc, LinkDown):
+                raise exc
+        for exc in errors:
+            if exc is not None:
+                raise exc
+
+    def _chunks(self, batch: Sequence[Delivery]) -> list[list[Delivery]]:
+        """Requests bounded by `batch_max_objects` and `batch_max_mb`, and at
+        least as many as there are connections to keep busy (when the batch
+        has that many objects)."""
+        per_request = self.dest.batch_max_objects
+        if self.dest.connections > 1 and len(batch) > 1:
+            share = -(-len(batch) // self.dest.connections)  # ceiling
+            per_request = max(1, min(per_request, share))
         limit = self.dest.batch_max_mb * 1024 * 1024
+        chunks: list[list[Delivery]] = []
         chunk: list[Delivery] = []
         size = 0
         for delivery in batch:
-            if chunk and (
-                len(chunk) >= self.dest.batch_max_objects or size + delivery.object.size > limit
-            ):
-                yield chunk
+            if chunk and (len(chunk) >= per_request or size + delivery.object.size > limit):
+                chunks.append(chunk)
                 chunk, size = [], 0
             chunk.append(delivery)
             size += delivery.object.size
         if chunk:
-            yield chunk
+            chunks.append(chunk)
+        return chunks
 
     def _send_chunk(self, chunk: Sequence[Delivery], report: Report) -> bool:
         """One request; False when the link broke and the round should end."""

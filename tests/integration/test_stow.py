@@ -82,6 +82,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[Arch
 def _proxy_reset(archive: Archive) -> None:
     p = archive.proxy
     p.mode, p.target, p.require_token = "pass", None, False
+    p.hold_s, p.most_at_once = 0.0, 0
     p.requests.clear()
     if archive.nginx.proc is None or archive.nginx.proc.poll() is not None:
         archive.nginx.start()
@@ -151,9 +152,13 @@ def test_chunked_bodies_and_the_batch_bounds(tmp_path: Path, pki: PKI, archive: 
         report = forwarder(outbox, dest).flush(timeout=60)
         assert report.sent == 5
         posts = [path for method, path, _ in archive.proxy.requests if method == "POST"]
-        assert len(posts) == 3  # 2 + 2 + 1, the middle one holding both studies
-        assert posts[0] == "/dicom-web/studies/1.2.826.0.1.3680043.10.19.2"
-        assert posts[1] == "/dicom-web/studies"
+        # 2 + 2 + 1, the middle one holding both studies; two connections
+        # at once, so in either order.
+        assert sorted(posts) == [
+            "/dicom-web/studies",
+            "/dicom-web/studies/1.2.826.0.1.3680043.10.19.2",
+            "/dicom-web/studies/1.2.826.0.1.3680043.10.19.3",
+        ]
         assert_equal_over_wado(archive, a + b)
 
 
@@ -185,6 +190,62 @@ def test_server_going_away_mid_body_loses_nothing(
         archive.nginx.start()
         assert fwd.flush(timeout=120).sent == 1
         assert_equal_over_wado(archive, [cine])
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+def test_requests_in_flight_at_once_each_reconciled(
+    tmp_path: Path, pki: PKI, archive: Archive, connections: int
+) -> None:
+    """`connections = 2`: two requests in flight at once (the archive holds
+    each a moment, as while it stores), each answer reconciled with its own
+    objects: the one instance refused in one request is failed, the rest
+    stored. With 1, never two at once."""
+    proxy = archive.proxy
+    with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
+        objects = queue_objects(outbox, 8, study=f"1.2.826.0.1.3680043.10.19.20.{connections}")
+        bad = objects[5]
+        proxy.mode, proxy.target, proxy.reason = "fail-one", bad.sop_instance_uid, 0xC000
+        proxy.hold_s = 0.5
+        dest = stow(archive, pki, route="faults", batch_max_objects=2, connections=connections)
+        report = forwarder(outbox, dest).flush(timeout=60)
+        assert (report.sent, report.failed, report.retried) == (7, 1, 0)
+        assert proxy.most_at_once == connections
+        assert len([m for m, _, _ in proxy.requests if m == "POST"]) == 4
+        got = states(outbox)
+        assert got.pop(bad.sop_instance_uid) == "failed"
+        assert set(got.values()) == {"sent"}
+        assert_equal_over_wado(archive, [o for o in objects if o is not bad])
+
+
+def test_link_lost_with_two_requests_in_flight_loses_nothing(
+    tmp_path: Path, pki: PKI, archive: Archive
+) -> None:
+    """Both connections mid-body when the archive goes away: neither
+    request's objects are marked stored, all stay queued and go later."""
+    study = "1.2.826.0.1.3680043.10.19.21"
+    with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
+        cines = [queue_cine(outbox, 60, study) for _ in range(2)]  # ≈ 55 MB each
+        fwd = forwarder(outbox, stow(archive, pki, connections=2))
+        done: list[Any] = []
+        sender = threading.Thread(target=lambda: done.append(fwd.send_batch(fwd.destinations[0])))
+        sender.start()
+        deadline = time.monotonic() + 60
+
+        def both_started() -> bool:
+            return len([n for n in archive.nginx.buffered_bodies() if n >= 8 << 20]) == 2
+
+        while not both_started() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert both_started(), f"two bodies never in flight: {archive.nginx.buffered_bodies()}"
+        archive.nginx.kill()
+        sender.join(timeout=120)
+        report = done[0]
+        assert (report.sent, report.failed) == (0, 0) and report.retried == 2
+        assert set(states(outbox).values()) == {"pending"}
+        assert not any(archive.orthanc.has(c.sop_instance_uid) for c in cines)
+        archive.nginx.start()
+        assert fwd.flush(timeout=120).sent == 2
+        assert_equal_over_wado(archive, cines)
 
 
 def test_503_keeps_every_object_queued(tmp_path: Path, pki: PKI, archive: Archive) -> None:
@@ -230,7 +291,8 @@ def test_one_instance_refused_is_permanent_with_its_reason(
         bad = objects[2]
         archive.proxy.mode, archive.proxy.target = mode, bad.sop_instance_uid
         archive.proxy.reason = reason
-        report = forwarder(outbox, stow(archive, pki, route="faults")).flush(timeout=60)
+        dest = stow(archive, pki, route="faults", connections=1)
+        report = forwarder(outbox, dest).flush(timeout=60)
         assert (report.sent, report.failed) == (3, 1)
         assert [s for _, _, s in archive.proxy.requests] == [status]
         got = states(outbox)
@@ -286,7 +348,7 @@ def test_401_until_the_oauth2_token_is_refreshed(
     caplog.set_level(logging.DEBUG)
     with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
         first = queue_objects(outbox, 2, study="1.2.826.0.1.3680043.10.19.10")
-        fwd = forwarder(outbox, stow(archive, pki, route="faults", http_auth=auth))
+        fwd = forwarder(outbox, stow(archive, pki, route="faults", http_auth=auth, connections=1))
         assert fwd.flush(timeout=60).sent == 2
         assert proxy.issued == issued + 1
         second = queue_objects(outbox, 2, study="1.2.826.0.1.3680043.10.19.10")
@@ -426,11 +488,12 @@ def test_https_proxy_and_no_proxy_are_honoured(
         monkeypatch.delenv("no_proxy", raising=False)
         with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
             objects = queue_objects(outbox, 2, study="1.2.826.0.1.3680043.10.19.14")
-            assert forwarder(outbox, stow(archive, pki)).flush(timeout=60).sent == 2
+            dest = stow(archive, pki, connections=1)  # one tunnel to count
+            assert forwarder(outbox, dest).flush(timeout=60).sent == 2
             assert proxy.tunnels == [f"localhost:{archive.nginx.port}"]
             monkeypatch.setenv("NO_PROXY", "localhost")
             more = queue_objects(outbox, 1, study="1.2.826.0.1.3680043.10.19.14")
-            assert forwarder(outbox, stow(archive, pki)).flush(timeout=60).sent == 1
+            assert forwarder(outbox, dest).flush(timeout=60).sent == 1
             assert len(proxy.tunnels) == 1
             assert_equal_over_wado(archive, objects + more)
     finally:

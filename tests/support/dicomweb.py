@@ -228,12 +228,16 @@ class Nginx:
 
     def buffered_body_bytes(self) -> int:
         """How much of a request body nginx has taken in so far (its temp file)."""
-        total = 0
+        return max(self.buffered_bodies(), default=0)
+
+    def buffered_bodies(self) -> list[int]:
+        """The size of each request body nginx is taking in now (its temp files)."""
+        sizes = []
         for dirpath, _, files in os.walk(self.root / "body"):
             for name in files:
                 with contextlib.suppress(FileNotFoundError):
-                    total = max(total, os.stat(os.path.join(dirpath, name)).st_size)
-        return total
+                    sizes.append(os.stat(os.path.join(dirpath, name)).st_size)
+        return sizes
 
     def client(self) -> httpx.Client:
         """A test-side client through nginx (our CA, our client certificate)."""
@@ -316,6 +320,12 @@ class FaultProxy:
     issued: int = 0
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # method, path, status
     sunk_bytes: int = 0
+    # Each POST held this long before it is answered (an archive storing), and
+    # the most POSTs seen in flight at once.
+    hold_s: float = 0.0
+    most_at_once: int = 0
+    _at_once: int = 0
+    _count_lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> FaultProxy:
@@ -399,6 +409,20 @@ class FaultProxy:
             head += data[: 65536 - len(head)]
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        if h.command != "POST" or h.path == "/token":
+            self._handle_one(h)
+            return
+        with self._count_lock:
+            self._at_once += 1
+            self.most_at_once = max(self.most_at_once, self._at_once)
+        try:
+            time.sleep(self.hold_s)
+            self._handle_one(h)
+        finally:
+            with self._count_lock:
+                self._at_once -= 1
+
+    def _handle_one(self, h: BaseHTTPRequestHandler) -> None:
         if h.path == "/token":
             self._token(h)
             return
