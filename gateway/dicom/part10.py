@@ -24,6 +24,9 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 PREAMBLE = 128
 # The File Meta group of any file we queue is small; a larger one is damage.
 MAX_META = 1 << 16
+# The first read: preamble, DICM and a File Meta group of usual size (a few
+# hundred bytes); a longer group is read again at its length.
+_FIRST_READ = 4096
 
 
 class Part10Error(ValueError):
@@ -51,19 +54,27 @@ def read_header(path: Path) -> Part10:
     """Preamble, DICM, then the File Meta group (its length first, as every
     conformant writer puts it), walked with bounds: a truncated or corrupt
     file is a Part10Error, never a guess."""
+    # os-level calls: open, fstat, one pread (the preamble and a File Meta
+    # group of usual size), close; the forwarder does this for every object.
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(PREAMBLE + 4 + 12)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, _FIRST_READ, 0)
             if len(head) < PREAMBLE + 4 or head[PREAMBLE : PREAMBLE + 4] != b"DICM":
                 raise Part10Error(f"{path.name} is not a DICOM Part 10 file")
-            first = head[PREAMBLE + 4 :]
+            first = head[PREAMBLE + 4 : PREAMBLE + 4 + 12]
             if len(first) < 12 or first[:6] != b"\x02\x00\x00\x00UL":
                 raise Part10Error(f"{path.name} has no File Meta group length")
             (meta_len,) = struct.unpack_from("<I", first, 8)
             if meta_len > MAX_META:
                 raise Part10Error(f"{path.name} has a corrupt File Meta group")
-            meta_bytes = f.read(meta_len)
+            start = PREAMBLE + 4 + 12
+            meta_bytes = head[start : start + meta_len]
+            if len(meta_bytes) < meta_len and len(head) == _FIRST_READ:
+                meta_bytes = os.pread(fd, meta_len, start)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise Part10Error(f"cannot read {path}: {exc.strerror}") from None
     if len(meta_bytes) < meta_len:

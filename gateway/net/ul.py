@@ -518,6 +518,13 @@ class ULConnection:
             raise ULError("peer answered with a response that does not match our request")
         return response
 
+    def _wait_at_most(self, timeout: float) -> None:
+        """The socket's time-out, set only when it changes: each setting is a
+        system call, twice per object otherwise (the DIMSE and network
+        time-outs are often the same)."""
+        if self.sock.gettimeout() != timeout:
+            self.sock.settimeout(timeout)
+
     def read_command(self, timeout: float) -> dict[int, bytes]:
         """The next command set from the peer (a data set after it is dropped)."""
         return self.read_message(timeout).command
@@ -525,7 +532,7 @@ class ULConnection:
     def read_message(self, timeout: float) -> Message:
         """The next complete DIMSE message; every socket wait bounded by `timeout`
         (a time-out surfaces as TimeoutError)."""
-        self.sock.settimeout(timeout)
+        self._wait_at_most(timeout)
         parts: list[bytes] = []
         command: dict[int, bytes] | None = None
         size = 0
@@ -552,7 +559,7 @@ class ULConnection:
                 parts.append(value)
                 if control & 0x02:
                     break
-        self.sock.settimeout(self.timeouts.network)
+        self._wait_at_most(self.timeouts.network)
         if command_us(command, 0x0800) == NO_DATA_SET:
             return Message(context_id, command, None)
         return Message(context_id, command, b"".join(parts))

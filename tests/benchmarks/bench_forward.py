@@ -7,6 +7,9 @@ Capture objects of 800×600 RGB random pixels (≈1.44 MB each); (b) `cine`, 5
 Ultrasound Multi-frame objects of 120 frames 640×480 RGB (≈110 MB each). The
 objects are put into a real outbox; storescu sends that outbox's `objects/`
 directory, ours flushes the outbox (its rows are reset to pending between runs).
+Every figure also against a second receiver, `storescp --fork`, which serves
+associations in parallel as most PACS do: storescu (one association, as it
+always is) against ours with `destinations.associations = 2`.
 
 Environment: BENCH_PAIRS (default 5), BENCH_SC_COUNT (300), BENCH_CINE_COUNT (5).
 """
@@ -148,7 +151,9 @@ def storescu_cmd(pki: dict[str, Path], port: int, directory: Path) -> list[str]:
     ]
 
 
-def write_gateway_config(path: Path, pki: dict[str, Path], port: int, queue: Path) -> Path:
+def write_gateway_config(
+    path: Path, pki: dict[str, Path], port: int, queue: Path, associations: int = 1
+) -> Path:
     data = {
         "station": {"ae_title": "EDGE1"},
         "destinations": [
@@ -157,6 +162,7 @@ def write_gateway_config(path: Path, pki: dict[str, Path], port: int, queue: Pat
                 "ae_title": "PACS",
                 "host": "localhost",
                 "port": port,
+                "associations": associations,
                 "tls": {
                     "ca": str(pki["ca"]),
                     "cert": str(pki["client_cert"]),
@@ -359,10 +365,31 @@ def compare(
     pipe_port = free_port()
     pipe = start_tls_pipe(pki, pipe_port)
     config = write_gateway_config(workdir / f"{kind}.toml", pki, port, queue)
+    # A PACS that serves associations in parallel (storescp --fork, one
+    # process per association), as most do: storescu against it, and ours
+    # with `destinations.associations = 2`.
+    fork_port = free_port()
+    fork_scp = start_storescp(pki, fork_port, ["--ignore", "--fork"])
+    config2 = write_gateway_config(
+        workdir / f"{kind}-2.toml", pki, fork_port, queue, associations=2
+    )
     env = {"TCP_NODELAY": "1"}
 
     def theirs() -> Run:
         return measured(storescu_cmd(pki, port, queue / "objects"), env)
+
+    def theirs_fork() -> Run:
+        return measured(storescu_cmd(pki, fork_port, queue / "objects"), env)
+
+    def ours_warm2() -> Run:
+        reset_queue(queue)
+        return delivered_all(warm_ours(config2, env), queue, count, "two associations")
+
+    def ours_handed2() -> Run:
+        reset_queue(queue, due_at=1e12)
+        with ForwarderService(config2, queue) as service:
+            run = service.flush(env)
+        return delivered_all(run, queue, count, "queue flush handed, two associations")
 
     def ours_cli() -> Run:
         reset_queue(queue)
@@ -391,10 +418,20 @@ def compare(
         "dicom-gateway queue flush handed to the running `run --only forwarder` "
         "(the command's start-up included; CPU: the command's plus the service's)"
     )
+    warm2 = Comparison(name=f"{name}_service_2assoc", dataset=dataset, reference=reference)
+    handed2 = Comparison(name=f"{name}_flush_service_2assoc", dataset=dataset, reference=reference)
+    warm2.extra["ours"] = (
+        "the service's forwarder, already running, destinations.associations = 2 "
+        "(start-up excluded)"
+    )
+    handed2.extra["ours"] = (
+        "dicom-gateway queue flush handed to the running `run --only forwarder`, "
+        "destinations.associations = 2 (the command's start-up included)"
+    )
     tls = negotiated(config)
     limit: list[Run] = []
     try:
-        for _ in range(pairs):  # storescu, ours ×3, the TLS pipe, …
+        for _ in range(pairs):  # storescu, ours ×3, the TLS pipe, storescu (fork), ours ×2
             ref = theirs()
             for comp in (cli, warm, handed):
                 comp.theirs.append(ref)
@@ -402,11 +439,15 @@ def compare(
             warm.ours.append(ours_warm())
             handed.ours.append(ours_handed())
             limit.append(measured(tls_pipe_cmd(pki, pipe_port, queue / "objects"), env))
+            ref = theirs_fork()
+            for comp in (warm2, handed2):
+                comp.theirs.append(ref)
+            warm2.ours.append(ours_warm2())
+            handed2.ours.append(ours_handed2())
     finally:
-        scp.terminate()
-        scp.wait(timeout=10)
-        pipe.terminate()
-        pipe.wait(timeout=10)
+        for proc in (scp, fork_scp, pipe):
+            proc.terminate()
+            proc.wait(timeout=10)
     mb = total / 1e6
     pipe_wall = statistics.median(r.wall for r in limit)
 
@@ -424,7 +465,7 @@ def compare(
             "(tests/benchmarks/tls_pipe.py), started like storescu"
         )
 
-    for comp in (warm, handed, cli):
+    for comp in (warm, handed, cli, warm2, handed2):
         summary = comp.summary()
         summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
         summary["ours_median_MB_per_s"] = mb / summary["ours_median_wall_s"]
@@ -434,7 +475,9 @@ def compare(
         summary["cpu_ratio_ours_over_reference"] = (
             summary["ours_median_cpu_s"] / summary["reference_median_cpu_s"]
         )
-        summary["receiver"] = "TCP_NODELAY=1 storescp --ignore -pdu 131072 +tls"
+        summary["receiver"] = "TCP_NODELAY=1 storescp --ignore -pdu 131072 +tls" + (
+            " --fork (an association per process)" if comp is warm2 or comp is handed2 else ""
+        )
         summary["tls_negotiated_by_ours"] = tls
         against_limit(summary, summary["ours_median_wall_s"])
         summary["throughput_ratio_reference_over_tls_pipe"] = (

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,11 @@ def compare(kind: str, count: int, pairs: int, work: Path, pki: PKI) -> None:
     total = sum(p.stat().st_size for p in files)
     body = work / f"{kind}.body"
     build_body(files, body)
+    # The fairest by-hand rival of two connections: the files split in two
+    # bodies, posted by two curls at once.
+    halves = [work / f"{kind}.half{i}.body" for i in range(2)]
+    for i, half in enumerate(halves):
+        build_body(files[i::2], half)
     orthanc = Orthanc(work / f"orthanc-{kind}").start()
     nginx = Nginx(work / f"nginx-{kind}", pki, orthanc.port, free_port()).start()
     url = nginx.url()
@@ -166,6 +172,10 @@ def compare(kind: str, count: int, pairs: int, work: Path, pki: PKI) -> None:
             raise RuntimeError("queue flush did not send everything; run discarded")
         return stored_all(run, "queue flush")
 
+    def two_curls() -> Run:
+        empty(orthanc)
+        return stored_all(run_parallel([curl_cmd(pki, url, h) for h in halves]), "two curls")
+
     def dicomweb_client() -> Run:
         empty(orthanc)
         return stored_all(run_command(dwc_cmd, env=dwc_env, timeout=900), "dicomweb-client")
@@ -186,20 +196,33 @@ def compare(kind: str, count: int, pairs: int, work: Path, pki: PKI) -> None:
         "dicomweb-client " + _version("dicomweb_client"),
         extra={"reference_how": "store_instances(all datasets), one request, body in memory"},
     )
+    vs_two = Comparison(
+        f"stow_{kind}_vs_two_curls",
+        dataset,
+        tool_version(["curl", "--version"]),
+        extra={
+            "reference_how": "two curl -T at once, each posting half the files "
+            "(bodies built once): not a target, the by-hand rival of two connections"
+        },
+    )
     try:
         for _ in range(pairs):
             vs_curl.theirs.append(curl())
             mine = ours()
-            vs_curl.ours.append(mine)
-            vs_dwc.ours.append(mine)
+            for comp in (vs_curl, vs_dwc, vs_two):
+                comp.ours.append(mine)
             vs_dwc.theirs.append(dicomweb_client())
+            vs_two.theirs.append(two_curls())
     finally:
         nginx.stop()
         orthanc.stop()
     mb = total / 1e6
-    for comp in (vs_curl, vs_dwc):
+    for comp in (vs_curl, vs_dwc, vs_two):
         summary: dict[str, Any] = comp.summary()
-        summary["ours"] = "dicom-gateway queue flush (a new process: start-up included)"
+        summary["ours"] = (
+            "dicom-gateway queue flush (a new process: start-up included), "
+            "destinations.connections = 2 (the default)"
+        )
         summary["throughput_ratio_median_ours_over_reference"] = 1 / summary["median_ratio"]
         summary["throughput_ratio_min"] = 1 / summary["max_ratio"]
         summary["throughput_ratio_max"] = 1 / summary["min_ratio"]
@@ -207,7 +230,18 @@ def compare(kind: str, count: int, pairs: int, work: Path, pki: PKI) -> None:
         summary["reference_median_MB_per_s"] = mb / summary["reference_median_wall_s"]
         report(summary)
     shutil.rmtree(queue)
-    body.unlink()
+    for path in (body, *halves):
+        path.unlink()
+
+
+def run_parallel(commands: list[list[str]]) -> Run:
+    """Commands started together, each as `run_command` starts one: the wall
+    time until the last has ended, their CPU summed and the largest peak RSS."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(commands)) as pool:
+        runs = list(pool.map(lambda c: run_command(c, timeout=900), commands))
+    wall = time.perf_counter() - start
+    return Run(wall, sum(r.cpu for r in runs), max(r.max_rss_mib for r in runs))
 
 
 def _version(module: str) -> str:

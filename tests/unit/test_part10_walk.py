@@ -60,3 +60,25 @@ def test_damage_is_an_error(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw[: at + 64]))
     with pytest.raises(Part10Error):
         read_top_level_value(header, PATIENT_ID)
+
+
+@pytest.mark.parametrize("private_bytes", [0, 3000, 9000])
+def test_header_of_a_file_meta_group_of_any_length(tmp_path: Path, private_bytes: int) -> None:
+    """The header is read in one go when the File Meta group is of usual size
+    and at its own length when it is longer (a large Private Information)."""
+    path = tmp_path / "a.dcm"
+    _, data = small_object()
+    path.write_bytes(data)
+    ds = pydicom.dcmread(path)
+    if private_bytes:
+        ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+        ds.file_meta.PrivateInformation = b"P" * private_bytes
+    ds.save_as(path, enforce_file_format=True)
+    header = read_header(path)
+    assert header.sop_instance == ds.SOPInstanceUID
+    assert header.transfer_syntax == ds.file_meta.TransferSyntaxUID
+    assert header.size == path.stat().st_size
+    assert header.dataset_offset > 144 + private_bytes
+    path.write_bytes(path.read_bytes()[: 144 + private_bytes // 2])  # cut inside the group
+    with pytest.raises(Part10Error, match="truncated|no File Meta"):
+        read_header(path)
