@@ -80,5 +80,5 @@ def test_header_of_a_file_meta_group_of_any_length(tmp_path: Path, private_bytes
     assert header.size == path.stat().st_size
     assert header.dataset_offset > 144 + private_bytes
     path.write_bytes(path.read_bytes()[: 144 + private_bytes // 2])  # cut inside the group
-    with pytest.raises(Part10Error, match="truncated|no File Meta"):
+    with pytest.raises(Part10Error, match=r"truncated|no File Meta"):
         read_header(path)
