@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := dcmtk dicom3tools libsystemd-dev pkg-config lrzsz stunnel4 chromium \
                 systemd shellcheck cage xwayland orthanc orthanc-dicomweb nginx curl fuse3 \
-                ffmpeg
+                ffmpeg cpio
 PYTEST_ARGS ?=
 BENCH ?=
 

@@ -28,15 +28,15 @@ def sender_for(
     converting: Callable[[int, bool], None] = lambda object_id, started: None,
     convert_video: bool = True,
 ) -> Sender:
-    """The sender for a destination's protocol. For C-STORE: `progress` is
-    called while it writes (the forwarder's heartbeat: a long object on a slow
-    link is not a stuck loop), a conversion stays within `memory_limit` and is
+    """The sender for a destination's protocol. `progress` is called while it
+    writes (the forwarder's heartbeat: a long object on a slow link is not a
+    stuck loop). For C-STORE: a conversion stays within `memory_limit` and is
     bracketed by `converting` (recorded durably: an object the forwarder dies
     on twice is set aside)."""
     if isinstance(dest, StowDestinationConfig):
         from gateway.send.stow import StowSender
 
-        return StowSender(dest)
+        return StowSender(dest, progress=progress)
     return DimseSender(
         dest,
         calling_ae,

@@ -27,7 +27,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -247,6 +247,9 @@ def _link_refusal(label: str, answer: Answer, auth: HttpAuth | None) -> str | No
 @dataclass
 class StowSender:
     dest: StowDestinationConfig
+    # Called for every MiB of body sent (the forwarder's heartbeat: a long
+    # body on a slow field link is not a stuck loop).
+    progress: Callable[[], None] = lambda: None
     archive: Archive = field(init=False)
 
     def __post_init__(self) -> None:
@@ -343,6 +346,7 @@ class StowSender:
         deadline = self.archive.deadline_for(body.length)
 
         def check() -> None:
+            self.progress()
             if time.monotonic() > deadline:
                 raise _Deadline()
 

@@ -248,6 +248,22 @@ def test_link_lost_with_two_requests_in_flight_loses_nothing(
         assert_equal_over_wado(archive, cines)
 
 
+def test_the_heartbeat_goes_on_while_a_long_body_is_sent(
+    tmp_path: Path, pki: PKI, archive: Archive
+) -> None:
+    """A long body on a slow field link is not a stuck loop: the forwarder's
+    heartbeat (the service's watchdog) is beaten as the body goes, about
+    once per MiB, not only once the archive has answered."""
+    archive.proxy.mode = "sink"
+    with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
+        queue_cine(outbox, 30, "1.2.826.0.1.3680043.10.19.22")  # ≈ 28 MB
+        fwd = forwarder(outbox, stow(archive, pki, route="faults"))
+        beats: list[float] = []
+        fwd.heartbeat = lambda: beats.append(time.monotonic())
+        assert fwd.flush(timeout=120).sent == 1
+        assert len(beats) >= 20, len(beats)
+
+
 def test_503_keeps_every_object_queued(tmp_path: Path, pki: PKI, archive: Archive) -> None:
     archive.proxy.mode = "unavailable"
     with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
