@@ -182,6 +182,20 @@ class DeliveriesMixin(OutboxBase):
             )
         return cur.rowcount
 
+    def due_now(self, destination: str) -> int:
+        """Every delivery to `destination` still waiting out a back-off
+        becomes due now (the link to it is back: the waits were the link's).
+        Attempts are kept, so an object that fails by itself is still set
+        aside after failing the same way twice."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE deliveries SET next_attempt_at = 0, updated_at = ?"
+                " WHERE destination = ? AND state = 'pending' AND next_attempt_at > ?",
+                (now, destination, now),
+            )
+        return cur.rowcount
+
     def next_due(self, destination: str) -> float | None:
         row = self._db.execute(
             "SELECT MIN(next_attempt_at) FROM deliveries"

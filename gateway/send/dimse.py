@@ -85,7 +85,9 @@ class DimseSender:
             return run
 
         failures: list[LinkDown | None] = []
-        for index, exc in enumerate(run_on_threads([worker(p) for p in parts], "assoc")):
+        for index, exc in enumerate(
+            run_on_threads([worker(p) for p in parts], "assoc", waiting=self.progress)
+        ):
             if exc is None or isinstance(exc, LinkDown):
                 failures.append(exc)
                 continue

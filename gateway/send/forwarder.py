@@ -180,6 +180,13 @@ class Forwarder:
             current.report.error = reason
             log.warning("%s; %d object(s) stay queued", reason, current.report.retried)
         else:
+            if state.reachable is not True and current.report.sent:
+                # Back after an outage (or first contact since start): what
+                # waits out a back-off from the outage goes now, not over
+                # the next minutes.
+                waiting = self.outbox.due_now(dest.name)
+                if waiting:
+                    log.info("%s reachable: %d waiting object(s) due now", dest.name, waiting)
             state.reachable = True
         finally:
             self._commit_sent(current, force=True)

@@ -38,13 +38,23 @@ class Relay:
         done.wait()
 
 
+# How often the calling thread says it is alive while its workers wait on
+# the network (each wait there bounded by the destination's time-outs).
+WAITING_EVERY_S = 5.0
+
+
 def run_on_threads(
-    workers: Sequence[Callable[[Relay], None]], name: str
+    workers: Sequence[Callable[[Relay], None]],
+    name: str,
+    waiting: Callable[[], None] = lambda: None,
+    every: float = WAITING_EVERY_S,
 ) -> list[BaseException | None]:
     """Each worker on its own thread, given the one Relay; the calling thread
-    runs what they post until every worker has ended. Returns what each
-    worker raised (None: it ended normally). An exception from a posted call
-    is raised here once every worker has ended, so no thread is left behind."""
+    runs what they post until every worker has ended, and calls `waiting`
+    (the forwarder's heartbeat) every `every` seconds that nothing came.
+    Returns what each worker raised (None: it ended normally). An exception
+    from a posted call is raised here once every worker has ended, so no
+    thread is left behind."""
     relay = Relay()
     errors: list[BaseException | None] = [None] * len(workers)
 
@@ -65,7 +75,11 @@ def run_on_threads(
     problem: BaseException | None = None
     running = len(threads)
     while running:
-        call = relay._calls.get()
+        try:
+            call = relay._calls.get(timeout=every)
+        except queue.Empty:
+            waiting()
+            continue
         if call is None:
             running -= 1
             continue

@@ -265,15 +265,10 @@ class StowSender:
     def send(self, batch: Sequence[Delivery], report: Report) -> None:
         """The batch in requests; with `dest.connections` > 1 that many are in
         flight at once, each connection taking the next request when its own
-        is answered. A broken link ends the round for all: what was not
-        answered goes back as it was."""
+        is answered (the link broke: the rest go back as they were, for
+        every connection)."""
         chunks = self._chunks(batch)
-        connections = min(self.dest.connections, len(chunks))
-        if connections <= 1:
-            for chunk in chunks:
-                if not self._send_chunk(chunk, report):
-                    return  # the link broke: the rest go back as they were
-            return
+        connections = max(1, min(self.dest.connections, len(chunks)))
         todo: queue.SimpleQueue[list[Delivery]] = queue.SimpleQueue()
         for chunk in chunks:
             todo.put(chunk)
@@ -295,7 +290,9 @@ class StowSender:
                     stop.set()
                     raise
 
-        errors = run_on_threads([worker] * connections, "stow")
+        # Even one connection runs on its own thread: this one goes on
+        # beating while the archive takes its time to answer.
+        errors = run_on_threads([worker] * connections, "stow", waiting=self.progress)
         for exc in errors:
             if isinstance(exc, LinkDown):
                 raise exc

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,30 @@ def test_pacs_down_then_up(tmp_path: Path, pki: PKI) -> None:
         assert sorted(scp.received) == sorted(o.sop_instance_uid for o in objs)
         stats = outbox.stats()["pacs"]
         assert stats["pending"] == 0 and stats["sent"] == 3 and stats["last_success"]
+
+
+def test_pacs_back_after_an_outage_the_waiting_objects_go_at_once(tmp_path: Path, pki: PKI) -> None:
+    """Objects that waited out an outage with a long back-off are due as soon
+    as one object gets through again, not minutes later."""
+    with new_outbox(tmp_path / "q", ["pacs"]) as outbox:
+        old = queue_objects(outbox, 3)
+        scp = StoreSCPy(tls=mutual_tls(pki))
+        dest = destination(pki, scp.port)
+        fwd = Forwarder(outbox, [dest], "EDGE1", timeouts=FAST, retry_base=600, retry_cap=600)
+        assert fwd.send_batch(dest).retried == 3  # down: each waits 10 min
+        due = outbox.next_due("pacs")
+        assert due is not None and due > time.time() + 300
+        scp.start()
+        try:
+            new = queue_objects(outbox, 1)  # captured after: due now
+            first = fwd.send_batch(dest)
+            assert first.sent == 1
+            again = fwd.send_batch(dest)  # the three no longer wait
+            assert again.sent == 3
+        finally:
+            scp.stop()
+        assert sorted(scp.received) == sorted(o.sop_instance_uid for o in old + new)
+        assert set(states(outbox).values()) == {"sent"}
 
 
 def test_backoff_grows_with_jitter_and_cap() -> None:

@@ -14,6 +14,7 @@ object goes to a sink behind nginx, not into Orthanc's database).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import select
@@ -220,29 +221,28 @@ def test_requests_in_flight_at_once_each_reconciled(
 def test_link_lost_with_two_requests_in_flight_loses_nothing(
     tmp_path: Path, pki: PKI, archive: Archive
 ) -> None:
-    """Both connections mid-body when the archive goes away: neither
-    request's objects are marked stored, all stay queued and go later."""
+    """Both requests in flight (their bodies taken in, the archive not yet
+    answering) when the archive goes away: neither request's objects are
+    marked stored, all stay queued and go later."""
     study = "1.2.826.0.1.3680043.10.19.21"
+    archive.proxy.hold_s = 5.0  # no answer before the link goes
     with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
         cines = [queue_cine(outbox, 60, study) for _ in range(2)]  # ≈ 55 MB each
-        fwd = forwarder(outbox, stow(archive, pki, connections=2))
+        fwd = forwarder(outbox, stow(archive, pki, route="faults", connections=2))
         done: list[Any] = []
         sender = threading.Thread(target=lambda: done.append(fwd.send_batch(fwd.destinations[0])))
         sender.start()
         deadline = time.monotonic() + 60
-
-        def both_started() -> bool:
-            return len([n for n in archive.nginx.buffered_bodies() if n >= 8 << 20]) == 2
-
-        while not both_started() and time.monotonic() < deadline:
+        while archive.proxy.in_flight < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert both_started(), f"two bodies never in flight: {archive.nginx.buffered_bodies()}"
+        assert archive.proxy.in_flight == 2, "two requests never in flight"
         archive.nginx.kill()
         sender.join(timeout=120)
         report = done[0]
         assert (report.sent, report.failed) == (0, 0) and report.retried == 2
         assert set(states(outbox).values()) == {"pending"}
         assert not any(archive.orthanc.has(c.sop_instance_uid) for c in cines)
+        archive.proxy.hold_s = 0.0
         archive.nginx.start()
         assert fwd.flush(timeout=120).sent == 2
         assert_equal_over_wado(archive, cines)
@@ -262,6 +262,25 @@ def test_the_heartbeat_goes_on_while_a_long_body_is_sent(
         fwd.heartbeat = lambda: beats.append(time.monotonic())
         assert fwd.flush(timeout=120).sent == 1
         assert len(beats) >= 20, len(beats)
+
+
+def test_the_heartbeat_goes_on_while_the_archive_takes_its_time(
+    tmp_path: Path, pki: PKI, archive: Archive
+) -> None:
+    """An archive that takes 9 s to answer (storing a large request, say):
+    the forwarder beats meanwhile (every 5 s), so the watchdog does not
+    restart a service that is only waiting within its time-outs."""
+    archive.proxy.hold_s = 9.0
+    with new_outbox(tmp_path / "q", ["cloud"]) as outbox:
+        queue_objects(outbox, 2, study="1.2.826.0.1.3680043.10.19.23")
+        fwd = forwarder(outbox, stow(archive, pki, route="faults", connections=1))
+        beats: list[float] = [time.monotonic()]
+        fwd.heartbeat = lambda: beats.append(time.monotonic())
+        assert fwd.flush(timeout=120).sent == 2
+        beats.append(time.monotonic())
+        gaps = [b - a for a, b in itertools.pairwise(beats)]
+        assert sum(gaps) >= 9, gaps
+        assert max(gaps) < 7, gaps
 
 
 def test_503_keeps_every_object_queued(tmp_path: Path, pki: PKI, archive: Archive) -> None:

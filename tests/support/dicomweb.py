@@ -228,16 +228,12 @@ class Nginx:
 
     def buffered_body_bytes(self) -> int:
         """How much of a request body nginx has taken in so far (its temp file)."""
-        return max(self.buffered_bodies(), default=0)
-
-    def buffered_bodies(self) -> list[int]:
-        """The size of each request body nginx is taking in now (its temp files)."""
-        sizes = []
+        total = 0
         for dirpath, _, files in os.walk(self.root / "body"):
             for name in files:
                 with contextlib.suppress(FileNotFoundError):
-                    sizes.append(os.stat(os.path.join(dirpath, name)).st_size)
-        return sizes
+                    total = max(total, os.stat(os.path.join(dirpath, name)).st_size)
+        return total
 
     def client(self) -> httpx.Client:
         """A test-side client through nginx (our CA, our client certificate)."""
@@ -352,6 +348,12 @@ class FaultProxy:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+    @property
+    def in_flight(self) -> int:
+        """POSTs taken and not yet answered."""
+        with self._count_lock:
+            return self._at_once
 
     def revoke(self) -> None:
         self.tokens.clear()
