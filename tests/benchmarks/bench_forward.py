@@ -381,29 +381,19 @@ def compare(
     def theirs_fork() -> Run:
         return measured(storescu_cmd(pki, fork_port, queue / "objects"), env)
 
-    def ours_warm2() -> Run:
-        reset_queue(queue)
-        return delivered_all(warm_ours(config2, env), queue, count, "two associations")
-
-    def ours_handed2() -> Run:
-        reset_queue(queue, due_at=1e12)
-        with ForwarderService(config2, queue) as service:
-            run = service.flush(env)
-        return delivered_all(run, queue, count, "queue flush handed, two associations")
-
     def ours_cli() -> Run:
         reset_queue(queue)
         return delivered_all(measured(ours_cmd(config), env), queue, count, "queue flush")
 
-    def ours_warm() -> Run:
+    def ours_warm(cfg: Path = config) -> Run:
         reset_queue(queue)
-        return delivered_all(warm_ours(config, env), queue, count, "the service's forwarder")
+        return delivered_all(warm_ours(cfg, env), queue, count, f"the forwarder ({cfg.name})")
 
-    def ours_handed() -> Run:
+    def ours_handed(cfg: Path = config) -> Run:
         reset_queue(queue, due_at=1e12)
-        with ForwarderService(config, queue) as service:
+        with ForwarderService(cfg, queue) as service:
             run = service.flush(env)
-        return delivered_all(run, queue, count, "queue flush handed to the service")
+        return delivered_all(run, queue, count, f"queue flush handed over ({cfg.name})")
 
     dataset = f"{kind}: {count} objects, {total / 1e6:.0f} MB, TLS 1.3 mutual auth, loopback"
     reference = tool_version(["storescu", "--version"])
@@ -442,8 +432,8 @@ def compare(
             ref = theirs_fork()
             for comp in (warm2, handed2):
                 comp.theirs.append(ref)
-            warm2.ours.append(ours_warm2())
-            handed2.ours.append(ours_handed2())
+            warm2.ours.append(ours_warm(config2))
+            handed2.ours.append(ours_handed(config2))
     finally:
         for proc in (scp, fork_scp, pipe):
             proc.terminate()
