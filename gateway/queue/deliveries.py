@@ -182,17 +182,19 @@ class DeliveriesMixin(OutboxBase):
             )
         return cur.rowcount
 
-    def due_now(self, destination: str) -> int:
-        """Every delivery to `destination` still waiting out a back-off
-        becomes due now (the link to it is back: the waits were the link's).
-        Attempts are kept, so an object that fails by itself is still set
+    def due_now(self, destination: str, waiting_since: float) -> int:
+        """Every delivery to `destination` waiting out a back-off it was given
+        before `waiting_since` becomes due now (the link to it is back: those
+        waits were the link's). One refused just now keeps its back-off, and
+        attempts are kept, so an object that fails by itself is still set
         aside after failing the same way twice."""
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE deliveries SET next_attempt_at = 0, updated_at = ?"
-                " WHERE destination = ? AND state = 'pending' AND next_attempt_at > ?",
-                (now, destination, now),
+                " WHERE destination = ? AND state = 'pending' AND next_attempt_at > ?"
+                " AND updated_at < ?",
+                (now, destination, now, waiting_since),
             )
         return cur.rowcount
 

@@ -163,6 +163,7 @@ class Forwarder:
         return report
 
     def _send_batch(self, dest: Destination, now: float | None) -> SendReport:
+        started = time.time()
         batch = self.outbox.claim(dest.name, BATCH, now=now)
         current = _Round(dest, last_errors={d.object.id: d.last_error for d in batch})
         if not batch:
@@ -184,7 +185,7 @@ class Forwarder:
                 # Back after an outage (or first contact since start): what
                 # waits out a back-off from the outage goes now, not over
                 # the next minutes.
-                waiting = self.outbox.due_now(dest.name)
+                waiting = self.outbox.due_now(dest.name, waiting_since=started)
                 if waiting:
                     log.info("%s reachable: %d waiting object(s) due now", dest.name, waiting)
             state.reachable = True

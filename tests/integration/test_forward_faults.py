@@ -168,12 +168,16 @@ def test_pacs_down_then_up(tmp_path: Path, pki: PKI) -> None:
         assert stats["pending"] == 0 and stats["sent"] == 3 and stats["last_success"]
 
 
-def test_pacs_back_after_an_outage_the_waiting_objects_go_at_once(tmp_path: Path, pki: PKI) -> None:
+def test_pacs_back_after_an_outage_the_waiting_objects_go_at_once(
+    tmp_path: Path, pki: PKI
+) -> None:
     """Objects that waited out an outage with a long back-off are due as soon
-    as one object gets through again, not minutes later."""
+    as one object gets through again, not minutes later; one the PACS
+    refuses for now (0xA700) in that same round keeps its back-off."""
     with new_outbox(tmp_path / "q", ["pacs"]) as outbox:
         old = queue_objects(outbox, 3)
-        scp = StoreSCPy(tls=mutual_tls(pki))
+        busy: set[str] = set()
+        scp = StoreSCPy(tls=mutual_tls(pki), status_for=lambda u: 0xA700 if u in busy else 0)
         dest = destination(pki, scp.port)
         fwd = Forwarder(outbox, [dest], "EDGE1", timeouts=FAST, retry_base=600, retry_cap=600)
         assert fwd.send_batch(dest).retried == 3  # down: each waits 10 min
@@ -181,15 +185,19 @@ def test_pacs_back_after_an_outage_the_waiting_objects_go_at_once(tmp_path: Path
         assert due is not None and due > time.time() + 300
         scp.start()
         try:
-            new = queue_objects(outbox, 1)  # captured after: due now
+            new = queue_objects(outbox, 2)  # captured after: due now
+            busy.add(new[1].sop_instance_uid)
             first = fwd.send_batch(dest)
-            assert first.sent == 1
-            again = fwd.send_batch(dest)  # the three no longer wait
-            assert again.sent == 3
+            assert (first.sent, first.retried) == (1, 1)
+            again = fwd.send_batch(dest)  # the three no longer wait; the refused one does
+            assert (again.sent, again.retried) == (3, 0)
         finally:
             scp.stop()
-        assert sorted(scp.received) == sorted(o.sop_instance_uid for o in old + new)
-        assert set(states(outbox).values()) == {"sent"}
+        assert sorted(scp.received) == sorted(o.sop_instance_uid for o in [*old, new[0]])
+        refused = outbox.delivery(new[1].id, "pacs")
+        assert refused is not None and refused.state is DeliveryState.PENDING
+        assert refused.next_attempt_at > time.time() + 300  # its own wait stands
+        assert refused.attempts == 1
 
 
 def test_backoff_grows_with_jitter_and_cap() -> None:
