@@ -168,9 +168,7 @@ def test_pacs_down_then_up(tmp_path: Path, pki: PKI) -> None:
         assert stats["pending"] == 0 and stats["sent"] == 3 and stats["last_success"]
 
 
-def test_pacs_back_after_an_outage_the_waiting_objects_go_at_once(
-    tmp_path: Path, pki: PKI
-) -> None:
+def test_pacs_back_after_an_outage_the_waiting_objects_go_at_once(tmp_path: Path, pki: PKI) -> None:
     """Objects that waited out an outage with a long back-off are due as soon
     as one object gets through again, not minutes later; one the PACS
     refuses for now (0xA700) in that same round keeps its back-off."""
