@@ -39,6 +39,30 @@ def is_damage(exc: sqlite3.Error) -> bool:
     return code is not None and (code & 0xFF) in _DAMAGE_CODES
 
 
+BUSY_TIMEOUT = 30.0
+_SQLITE_BUSY = 5
+
+
+def _into_wal(db: sqlite3.Connection) -> str:
+    """`PRAGMA journal_mode=WAL`, waiting for the lock as every other
+    statement does.
+
+    Switching a new file into WAL needs its exclusive lock, and SQLite
+    answers SQLITE_BUSY at once, without the busy handler, when another
+    process opens the same new file at that moment (the capture and forwarder
+    services at the first boot: one of them failed its start). So the switch
+    is retried here until the connection's own busy time-out."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is None or code & 0xFF != _SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def open_durable(path: Path) -> sqlite3.Connection:
     """Open `path` in WAL mode with synchronous=FULL, or raise.
 
@@ -54,9 +78,11 @@ def open_durable(path: Path) -> sqlite3.Connection:
         with contextlib.suppress(OSError):
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o660))
     try:
-        db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        db = sqlite3.connect(
+            path, isolation_level=None, timeout=BUSY_TIMEOUT, check_same_thread=False
+        )
         db.row_factory = sqlite3.Row
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _into_wal(db)
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         sync = db.execute("PRAGMA synchronous").fetchone()[0]
