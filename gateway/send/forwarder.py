@@ -22,6 +22,7 @@ from gateway.config import Destination, GatewayConfig
 from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.ul import Timeouts
 from gateway.queue.db import QueueError
+from gateway.queue.deliveries import backoff_delay
 from gateway.queue.model import DeliveryState
 from gateway.queue.outbox import Outbox
 from gateway.queue.report import SendReport
@@ -86,6 +87,11 @@ class Forwarder:
     status: dict[str, DestinationStatus] = field(default_factory=dict)
     retry_base: float = 5.0  # seconds before the first retry (doubles, with jitter)
     retry_cap: float = 300.0  # never wait longer than this between tries
+    # While a destination is down, one waiting object tries the link at least
+    # this often, whatever the objects' own back-offs: those grow with each
+    # failed round of a long outage, and a PACS that is back must not wait
+    # out the longest of them.
+    probe_cap: float = 30.0
     # Listeners (audit, metrics): called with the object IDs just recorded as
     # sent, and with each batch's report. Their failures never stop sending.
     on_sent: list[Callable[[Destination, list[int]], None]] = field(default_factory=list)
@@ -101,6 +107,8 @@ class Forwarder:
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
     _looping: bool = False
+    _probe_at: dict[str, float] = field(default_factory=dict)  # monotonic
+    _link_failures: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, outbox: Outbox, config: GatewayConfig) -> Forwarder:
@@ -164,11 +172,15 @@ class Forwarder:
 
     def _send_batch(self, dest: Destination, now: float | None) -> SendReport:
         started = time.time()
+        state = self.status[dest.name]
         batch = self.outbox.claim(dest.name, BATCH, now=now)
+        if not batch and state.reachable is not True and self._probe_due(dest.name):
+            # Down, or not tried since start, and every object waits out a
+            # back-off: the one due soonest tries the link now.
+            batch = self.outbox.claim(dest.name, 1, now=float("inf"))
         current = _Round(dest, last_errors={d.object.id: d.last_error for d in batch})
         if not batch:
             return current.report
-        state = self.status[dest.name]
         try:
             self.senders[dest.name].send(batch, lambda result: self._record(current, result))
         except LinkDown as exc:
@@ -177,6 +189,8 @@ class Forwarder:
                 if delivery.object.id not in current.decided:
                     state.next_try = self._retry(delivery.object.id, dest.name, reason)
                     current.report.retried += 1
+            probe = self._link_down(dest.name)
+            state.next_try = min(state.next_try or probe, probe)
             state.reachable, state.last_error = False, reason
             current.report.error = reason
             log.warning("%s; %d object(s) stay queued", reason, current.report.retried)
@@ -189,6 +203,7 @@ class Forwarder:
                 if waiting:
                     log.info("%s reachable: %d waiting object(s) due now", dest.name, waiting)
             state.reachable = True
+            self._link_failures.pop(dest.name, None)
         finally:
             self._commit_sent(current, force=True)
             # Whatever ended the round, no claim outlives it: rows still in
@@ -198,6 +213,21 @@ class Forwarder:
             state.last_success = time.time()
             state.last_error = current.report.error
         return current.report
+
+    def _probe_due(self, destination: str) -> bool:
+        due = time.monotonic() >= self._probe_at.get(destination, 0.0)
+        if due:  # nothing waiting makes the next look a probe's interval away
+            self._probe_at[destination] = time.monotonic() + min(self.retry_cap, self.probe_cap)
+        return due
+
+    def _link_down(self, destination: str) -> float:
+        """Another failed round on a link: the next probe of it backs off
+        (doubling, jittered) up to `probe_cap`. Returns its wall-clock time."""
+        failures = self._link_failures.get(destination, 0) + 1
+        self._link_failures[destination] = failures
+        delay = backoff_delay(failures, self.retry_base, min(self.retry_cap, self.probe_cap))
+        self._probe_at[destination] = time.monotonic() + delay
+        return time.time() + delay
 
     def _record(self, current: _Round, result: Result) -> None:
         """One object's outcome, as its sender reported it."""

@@ -198,6 +198,35 @@ def test_pacs_back_after_an_outage_the_waiting_objects_go_at_once(tmp_path: Path
         assert refused.attempts == 1
 
 
+def test_pacs_back_after_a_long_outage_is_tried_within_the_probe_interval(
+    tmp_path: Path, pki: PKI
+) -> None:
+    """Every object waits out a long back-off from the outage and nothing new
+    is captured: the link is still tried every `probe_cap` seconds with one
+    of them, and once that one gets through the rest go too."""
+    with new_outbox(tmp_path / "q", ["pacs"]) as outbox:
+        objs = queue_objects(outbox, 3)
+        scp = StoreSCPy(tls=mutual_tls(pki))
+        dest = destination(pki, scp.port)
+        fwd = Forwarder(
+            outbox, [dest], "EDGE1", timeouts=FAST, retry_base=600, retry_cap=600, probe_cap=0.3
+        )
+        assert fwd.send_batch(dest).retried == 3  # down: each waits 10 min
+        time.sleep(0.35)
+        assert fwd.send_batch(dest).retried == 1  # still down: one tried the link
+        next_try = fwd.status["pacs"].next_try
+        assert next_try is not None and next_try < time.time() + 1  # the probe's, not 10 min
+        assert fwd.send_batch(dest).retried == 0  # not before the probe's time
+        scp.start()
+        try:
+            time.sleep(0.35)
+            assert fwd.send_batch(dest).sent == 1  # the probe gets through
+            assert fwd.send_batch(dest).sent == 2  # and the waits are over
+        finally:
+            scp.stop()
+        assert sorted(scp.received) == sorted(o.sop_instance_uid for o in objs)
+
+
 def test_backoff_grows_with_jitter_and_cap() -> None:
     from gateway.queue.deliveries import backoff_delay
 
