@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from gateway.queue.base import OutboxBase
 from gateway.queue.db import claim_lease, claimer_alive, this_process
-from gateway.queue.model import Delivery
+from gateway.queue.model import Delivery, DeliveryState
 
 # The forwarder dying this many times while converting one object sets it aside.
 POISON_CRASHES = 2
@@ -29,17 +30,17 @@ class DeliveriesMixin(OutboxBase):
         now = time.time() if now is None else now
         with self._tx() as db:
             rows = db.execute(
-                "SELECT object_id FROM deliveries WHERE destination = ? AND state = 'pending'"
-                " AND next_attempt_at <= ? ORDER BY next_attempt_at, object_id LIMIT ?",
+                f"{self._JOIN} WHERE d.destination = ? AND d.state = 'pending'"
+                " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.object_id LIMIT ?",
                 (destination, now, limit),
             ).fetchall()
-            ids = [r[0] for r in rows]
+            me, lease = this_process(), claim_lease(now)
             db.executemany(
                 "UPDATE deliveries SET state = 'in_flight', claimed_by = ?, updated_at = ?,"
                 " claim_until = ? WHERE object_id = ? AND destination = ?",
-                [(this_process(), now, claim_lease(now), i, destination) for i in ids],
+                [(me, now, lease, r["object_id"], destination) for r in rows],
             )
-        return [d for i in ids if (d := self.delivery(i, destination)) is not None]
+        return [replace(self._delivery(r), state=DeliveryState.IN_FLIGHT) for r in rows]
 
     def mark_sent(self, object_id: int, destination: str) -> None:
         self.mark_sent_many([object_id], destination)
