@@ -18,7 +18,7 @@ IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 qemu-system-arm qemu-user-stati
                       arch-test socat
 BASE ?= raspios
 ARCH ?= amd64
-.PHONY: help deps venv test lint typecheck demo bench soak fuzz clean install-system image image-deps \
+.PHONY: help deps venv compile test lint typecheck demo bench soak fuzz clean install-system image image-deps \
         image-test
 
 help: ## show this help
@@ -44,7 +44,13 @@ $(STAMP): pyproject.toml | deps
 
 venv: deps $(STAMP) ## create the virtual environment with the gateway and test tools
 
-test: venv ## run the tests, ruff and mypy (what CI runs)
+# Byte-compiled once, as pip compiles the installed wheel: a shell that sets
+# PYTHONDONTWRITEBYTECODE would otherwise compile every module at each start
+# of every process the tests and benchmarks run (stale files are not used).
+compile: venv ## byte-compile the sources, as pip does for the installed wheel
+	$(BIN)/python -m compileall -q gateway drivers tests >/dev/null
+
+test: venv compile ## run the tests, ruff and mypy (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check gateway drivers tests
@@ -57,7 +63,7 @@ lint: venv ## ruff and mypy only
 demo: venv ## end-to-end demo on loopback: test pattern → queue → TLS C-STORE
 	$(BIN)/dicom-gateway demo
 
-bench: venv ## benchmarks against DCMTK (never part of make test)
+bench: venv compile ## benchmarks against DCMTK (never part of make test)
 	$(BIN)/python -m tests.benchmarks $(BENCH)
 
 soak: venv ## the whole service for 30 min (SOAK_MINUTES) + 2,000 power cuts (never part of make test)

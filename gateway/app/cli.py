@@ -7,25 +7,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.ops.logs import setup_logging
 from gateway.paths import resolve_config_path
 
-if TYPE_CHECKING:  # the rest is imported by the commands that need it (see main)
+# Nothing more at start-up: `queue flush` and `import` handed to the running
+# service load no logging and no DICOM stack (bench_forward's hand-over
+# figure starts a Python for each). The rest is imported where it is needed.
+if TYPE_CHECKING:
     from drivers.base import Driver, Frame
     from gateway.acquire.exam import Exam
     from gateway.acquire.station import Station
     from gateway.acquire.subject import Subject
     from gateway.config import GatewayConfig
     from gateway.queue.outbox import Outbox
-
-log = logging.getLogger("gateway")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -65,7 +65,35 @@ class CommandError(Exception):
         self.status = status
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, sized the same way without importing shutil (and with
+    it bz2 and lzma) at every command's start: the width serves --help only."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        if kwargs.get("width") is None:
+            kwargs["width"] = _columns() - 2
+        super().__init__(prog, **kwargs)
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size's answer: $COLUMNS, the terminal, or 80."""
+    with contextlib.suppress(KeyError, ValueError):
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if (
+            sys.__stdout__ is not None
+            and (columns := os.get_terminal_size(sys.__stdout__.fileno()).columns) > 0
+        ):
+            return columns
+    return 80
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> Any:  # one line, like every other error
         raise CommandError(f"{self.prog}: {message}", EXIT_USAGE)
 
@@ -577,6 +605,8 @@ def _parts(value: str) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace, config: GatewayConfig) -> int:
+    import logging
+
     from gateway.app.demo import run_demo
 
     if not args.verbose:  # the demo narrates; the service's INFO log would drown it
@@ -691,7 +721,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CommandError(
                 f"--clip must be more than 0 and at most {MAX_CLIP_SECONDS:g} seconds", EXIT_USAGE
             )
-        setup_logging(args.verbose)
         if args.command == "import":
             handed = _import_via_service(args)
             if handed is not None:
@@ -700,6 +729,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             handed = _flush_via_service(args)
             if handed is not None:
                 return handed
+        from gateway.ops.logs import setup_logging
+
+        setup_logging(args.verbose)
         from gateway.config import ConfigError, GatewayConfig, load_config
 
         try:

@@ -76,21 +76,40 @@ class DeliveriesMixin(OutboxBase):
         cap: float = 300.0,
     ) -> float:
         """Back to pending with a back-off; returns when it is due again."""
+        return self.mark_retry_many([object_id], destination, error, delay, base=base, cap=cap)
+
+    def mark_retry_many(
+        self,
+        object_ids: Sequence[int],
+        destination: str,
+        error: str,
+        delay: float | None = None,
+        *,
+        base: float = 5.0,
+        cap: float = 300.0,
+    ) -> float:
+        """Each back to pending with its own back-off, in one durable commit
+        (a round of 200 lost to a broken link was 200 fsyncs: seconds on an
+        SD card). Returns when the first is due again."""
+        now = time.time()
+        updates = []
         with self._tx() as db:
-            row = db.execute(
-                "SELECT attempts FROM deliveries WHERE object_id = ? AND destination = ?",
-                (object_id, destination),
-            ).fetchone()
-            attempts = (row[0] if row else 0) + 1
-            due = time.time() + (backoff_delay(attempts, base, cap) if delay is None else delay)
-            db.execute(
+            for object_id in object_ids:
+                row = db.execute(
+                    "SELECT attempts FROM deliveries WHERE object_id = ? AND destination = ?",
+                    (object_id, destination),
+                ).fetchone()
+                attempts = (row[0] if row else 0) + 1
+                due = now + (backoff_delay(attempts, base, cap) if delay is None else delay)
+                updates.append((attempts, due, error, now, object_id, destination))
+            db.executemany(
                 "UPDATE deliveries SET state = 'pending', attempts = ?, next_attempt_at = ?,"
                 " last_error = ?, claimed_by = NULL, claim_until = NULL,"
                 " converting_since = NULL, updated_at = ?"
                 " WHERE object_id = ? AND destination = ?",
-                (attempts, due, error, time.time(), object_id, destination),
+                updates,
             )
-        return due
+        return min((u[1] for u in updates), default=now)
 
     def reset_stale_claims(self) -> int:
         """Every claim not held by a live instance of its holder (another

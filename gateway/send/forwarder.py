@@ -185,12 +185,12 @@ class Forwarder:
             self.senders[dest.name].send(batch, lambda result: self._record(current, result))
         except LinkDown as exc:
             reason = str(exc)
-            for delivery in batch:
-                if delivery.object.id not in current.decided:
-                    state.next_try = self._retry(delivery.object.id, dest.name, reason)
-                    current.report.retried += 1
-            probe = self._link_down(dest.name)
-            state.next_try = min(state.next_try or probe, probe)
+            rest = [d.object.id for d in batch if d.object.id not in current.decided]
+            first = self.outbox.mark_retry_many(
+                rest, dest.name, reason, base=self.retry_base, cap=self.retry_cap
+            )
+            current.report.retried += len(rest)
+            state.next_try = min(first, self._link_down(dest.name))
             state.reachable, state.last_error = False, reason
             current.report.error = reason
             log.warning("%s; %d object(s) stay queued", reason, current.report.retried)

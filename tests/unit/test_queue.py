@@ -98,6 +98,26 @@ def test_recover_cleans_leftovers_of_a_crash(tmp_path: Path) -> None:
         assert "missing" in (lost.last_error or "")
 
 
+def test_a_round_lost_to_the_link_goes_back_in_one_commit_each_with_its_own_backoff(
+    tmp_path: Path,
+) -> None:
+    with new_outbox(tmp_path, ["a"]) as outbox:
+        ids = [add_object(outbox, f"1.2.{n}") for n in range(3)]
+        outbox.mark_retry(ids[0], "a", "link down", delay=0)  # one attempt already
+        claimed = outbox.claim("a")
+        assert [d.state for d in claimed] == [DeliveryState.IN_FLIGHT] * 3
+        before = time.time()
+        first = outbox.mark_retry_many(ids, "a", "link down", base=100, cap=1000)
+        rows = [outbox.delivery(i, "a") for i in ids]
+        assert all(r is not None and r.state is DeliveryState.PENDING for r in rows)
+        assert [r.attempts for r in rows if r] == [2, 1, 1]
+        assert rows[0] and rows[0].next_attempt_at >= before + 100  # 2nd attempt: 100–200 s
+        assert all(r and before + 50 <= r.next_attempt_at for r in rows)
+        assert first == min(r.next_attempt_at for r in rows if r)
+        assert outbox.claim("a") == []
+        assert outbox.mark_retry_many([], "a", "nothing") <= time.time()
+
+
 def test_retry_backoff_and_operator_retry(tmp_path: Path) -> None:
     with new_outbox(tmp_path, ["a"]) as outbox:
         oid = add_object(outbox, "1.2.3")
