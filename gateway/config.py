@@ -182,9 +182,11 @@ class DestinationConfig(_Model):
     port: Port
     storage_commitment: bool = False
     tls: TLSConfig | None = None
-    # Associations opened at once to this PACS for one batch (1: one at a
-    # time, what many PACS want; gateway/send/dimse.py).
-    associations: int = Field(default=1, ge=1, le=4)
+    # Associations opened at once to this PACS for one batch, each taking
+    # the next object when free (gateway/send/dimse.py): a second one gets
+    # past a receiver that stores on one core. A PACS that refuses it, or
+    # serves one at a time, gets one for 10 min; 1 for one that wants one.
+    associations: int = Field(default=2, ge=1, le=4)
 
     @property
     def peer(self) -> tuple[str, str]:

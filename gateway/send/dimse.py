@@ -5,9 +5,11 @@ re-encoded once when the PACS refuses it)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import DestinationConfig
@@ -37,8 +39,10 @@ log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
 # A second association only for a batch of at least this many objects each.
 MIN_PER_ASSOCIATION = 2
-# After a second association failed while the first worked: one at a time this long.
+# After a second association failed while the first worked, or opened only
+# once the batch was all taken after this many seconds: one at a time this long.
 SINGLE_FOR_S = 600
+SERIAL_EVIDENCE_S = 2.0
 
 
 @dataclass
@@ -60,46 +64,55 @@ class DimseSender:
         return peer_label(self.dest)
 
     def send(self, batch: Sequence[Delivery], report: Report) -> None:
-        """The batch over one association, or split over up to
-        `dest.associations` at once (each object in exactly one part, so the
-        queue's claims stay exactly-once)."""
+        """The batch over one association, or shared by up to
+        `dest.associations` at once: each takes the batch's next object when
+        it is free (each object in exactly one, so the queue's claims stay
+        exactly-once, and one that is slow to open or breaks leaves the rest
+        to the others)."""
+        contexts, batch = _contexts(batch)
         wanted = self.dest.associations if time.monotonic() >= self._single_until else 1
         count = min(wanted, len(batch) // MIN_PER_ASSOCIATION)
+        work = _Work(deque(batch))
         if count <= 1:
-            self._send_one(batch, report, self.converting)
+            self._send_one(contexts, work, report, self.converting)
         else:
-            self._send_parallel(_split(batch, count), report)
+            self._send_parallel(contexts, work, count, report)
 
-    def _send_parallel(self, parts: list[list[Delivery]], report: Report) -> None:
+    def _send_parallel(
+        self, contexts: list[Proposed], work: _Work, count: int, report: Report
+    ) -> None:
         """One thread per association (gateway.send.parallel): outcomes and
         conversions are told from the calling thread, which owns the queue."""
+        took: list[int] = [0] * count
 
-        def worker(part: list[Delivery]) -> Callable[[Relay], None]:
+        def worker(index: int) -> Callable[[Relay], None]:
             def run(relay: Relay) -> None:
-                self._send_one(
-                    part,
+                took[index] = self._send_one(
+                    contexts,
+                    work,
                     lambda result: relay.post(lambda: report(result)),
                     lambda oid, started: relay.call(lambda: self.converting(oid, started)),
                 )
 
             return run
 
+        started = time.monotonic()
         failures: list[LinkDown | None] = []
         for index, exc in enumerate(
-            run_on_threads([worker(p) for p in parts], "assoc", waiting=self.progress)
+            run_on_threads([worker(i) for i in range(count)], "assoc", waiting=self.progress)
         ):
             if exc is None or isinstance(exc, LinkDown):
                 failures.append(exc)
                 continue
-            # A bug: its part stays queued, the others went on.
+            # A bug: what it had taken stays queued, the others went on.
             log.error("association %d to %s failed", index + 1, self.label, exc_info=exc)
             failures.append(LinkDown(f"{self.label}: internal error: {exc}"))
         if all(failures):
             raise failures[0]  # type: ignore[misc]
-        if any(failures[1:]) and not failures[0]:
-            # The first association works but another did not: this peer
-            # wants one at a time (or cannot take more now). Its objects stay
-            # queued for the next round, sent over one association a while.
+        if any(failures):
+            # One association works but another did not: this peer wants one
+            # at a time (or cannot take more now). The one that worked took
+            # the whole batch; one association for a while.
             self._single_until = time.monotonic() + SINGLE_FOR_S
             log.warning(
                 "%s: a second association failed (%s); one at a time for %d min",
@@ -107,14 +120,26 @@ class DimseSender:
                 next(f for f in failures if f),
                 SINGLE_FOR_S // 60,
             )
+        elif 0 in took and time.monotonic() - started >= SERIAL_EVIDENCE_S:
+            # Every association opened, but one only after the others had
+            # taken everything, over seconds: a PACS that serves one
+            # association at a time (the second waited in its listen queue).
+            self._single_until = time.monotonic() + SINGLE_FOR_S
+            log.info(
+                "%s serves one association at a time; one at a time for %d min",
+                self.label,
+                SINGLE_FOR_S // 60,
+            )
 
     def _send_one(
         self,
-        batch: Sequence[Delivery],
+        contexts: list[Proposed],
+        work: _Work,
         report: Report,
         converting: Callable[[int, bool], None],
-    ) -> None:
-        contexts, batch = _contexts(batch)
+    ) -> int:
+        """One association taking objects from `work` until none is left or
+        its link breaks. Returns how many it took."""
         try:
             conn = connect(self.calling_ae, self.dest, contexts, self.timeouts)
         except PeerError as exc:
@@ -127,7 +152,7 @@ class DimseSender:
             conn.abort()
             raise LinkDown(f"{self.label}: {exc}") from None
         try:
-            self._pipeline(conn, reader, batch, report, converting)
+            return self._pipeline(conn, reader, work, report, converting)
         finally:
             reader.close()
             conn.release()
@@ -136,35 +161,45 @@ class DimseSender:
         self,
         conn: ULConnection,
         reader: ReadAhead,
-        batch: Sequence[Delivery],
+        work: _Work,
         report: Report,
         converting: Callable[[int, bool], None],
-    ) -> None:
+    ) -> int:
         """One object's data set is written while the next is read ahead; the
         next is checked and its reading started while the peer answers the
         current one (the C-STORE-RSP wait is most of the gap between objects).
-        Outcomes are reported in the batch's order."""
-        todo = list(batch)
-        ready = self._prepare(conn, reader, todo.pop(0)) if todo else None
+        Outcomes are reported in the order taken. Returns how many it took."""
+        took = 0
+
+        def take() -> tuple[Delivery, Prepared | Result] | None:
+            nonlocal took
+            delivery = work.take()
+            if delivery is None:
+                return None
+            took += 1
+            return self._prepare(conn, reader, delivery)
+
+        ready = take()
         while ready is not None:
             if not conn.open:
-                # The link broke: the rest were never attempted and go
-                # back as they were; the next round reconnects.
+                # The link broke: what it took and did not send goes back,
+                # for another association or, as it was, to the next round.
+                work.give_back(ready[0])
                 break
             delivery, prepared = ready
             ready = None
             if isinstance(prepared, Result):
                 report(prepared)
-                ready = self._prepare(conn, reader, todo.pop(0)) if todo else None
+                ready = take()
                 continue
             result, message_id = self._write(conn, reader, delivery, prepared, converting)
-            if result is None and todo:
-                ready = self._prepare(conn, reader, todo.pop(0))
             if result is None:
+                ready = take()
                 result = self._answer(conn, delivery, message_id)
             report(result)
-            if ready is None and todo and conn.open:
-                ready = self._prepare(conn, reader, todo.pop(0))
+            if ready is None and conn.open:
+                ready = take()
+        return took
 
     def _prepare(
         self, conn: ULConnection, reader: ReadAhead, delivery: Delivery
@@ -246,16 +281,20 @@ class DimseSender:
         return Result(object_id, Outcome.TRANSIENT, reason, about_object=True)
 
 
-def _split(batch: Sequence[Delivery], count: int) -> list[list[Delivery]]:
-    """`count` parts of about equal bytes, each in the batch's order (the
-    oldest first in each)."""
-    parts: list[list[Delivery]] = [[] for _ in range(count)]
-    sizes = [0] * count
-    for delivery in batch:
-        i = sizes.index(min(sizes))
-        parts[i].append(delivery)
-        sizes[i] += delivery.object.size
-    return [p for p in parts if p]
+@dataclass
+class _Work:
+    """The batch's objects, taken in order by whichever association is free."""
+
+    todo: deque[Delivery]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> Delivery | None:
+        with self.lock:
+            return self.todo.popleft() if self.todo else None
+
+    def give_back(self, delivery: Delivery) -> None:
+        with self.lock:
+            self.todo.appendleft(delivery)
 
 
 def _fallback(transfer_syntax: str) -> tuple[str, ...]:

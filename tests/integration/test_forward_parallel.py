@@ -1,7 +1,9 @@
-"""A second association to the same PACS (`destinations.associations`): a
-batch split over two associations at once, each object sent exactly once;
-a PACS that takes one at a time refuses the second and everything still
-arrives, over one association from then on."""
+"""A second association to the same PACS (`destinations.associations`, 2 by
+default): two associations share a batch, each taking the next object when
+it is free, each object sent exactly once; one that breaks leaves the rest to
+the other; a PACS that takes one at a time (refusing the second, or serving
+it only once the first is done) gets everything, over one association from
+then on."""
 
 from __future__ import annotations
 
@@ -31,8 +33,12 @@ class CountingSCP:
     associations open at once; `limit` associations at most (more are
     rejected, as pynetdicom does: transient, local limit exceeded)."""
 
-    def __init__(self, pki: PKI, limit: int) -> None:
+    def __init__(self, pki: PKI, limit: int, abort_after: int = 0) -> None:
         self.pki, self.limit = pki, limit
+        # The first association to receive this many objects is aborted by
+        # us at the next one, before its response (0: none is).
+        self.abort_after = abort_after
+        self.per_association: Counter[int] = Counter()
         self.port = free_port()
         self.received: Counter[str] = Counter()
         self.open = 0
@@ -51,6 +57,13 @@ class CountingSCP:
         def store(event: Any) -> int:
             with self.lock:
                 self.received[str(event.request.AffectedSOPInstanceUID)] += 1
+                seen = self.per_association[id(event.assoc)]
+                self.per_association[id(event.assoc)] += 1
+                abort = self.abort_after and seen == self.abort_after
+                if abort:
+                    self.abort_after = 0
+            if abort:
+                event.assoc.abort()
             return 0
 
         def opened(_event: Any) -> None:
@@ -126,6 +139,61 @@ def test_dcmtk_storescp_forking_takes_both(tmp_path: Path, pki: PKI) -> None:
             assert fwd.flush(timeout=60).sent == 16
         names = sorted(p.name for p in scp.received())
         assert len(names) == 16
+        assert all(any(o.sop_instance_uid in n for n in names) for o in objs)
+    finally:
+        scp.stop()
+
+
+def test_an_association_that_breaks_leaves_the_rest_to_the_other(tmp_path: Path, pki: PKI) -> None:
+    """The PACS aborts one association at its 4th object, before answering:
+    that object is retried later; the one it had already read ahead goes to
+    the other association, which sends everything else in the same round."""
+    with (
+        new_outbox(tmp_path / "q", ["pacs"]) as outbox,
+        CountingSCP(pki, limit=4, abort_after=3) as scp,
+    ):
+        objs = queue_objects(outbox, 40)
+        dest = _dest(pki, scp.port, 2)
+        fwd = Forwarder(outbox, [dest], "EDGE1", timeouts=FAST, retry_base=30)
+        report = fwd.send_batch(fwd.destinations[0])
+        assert (report.sent, report.retried, report.failed) == (39, 1, 0)
+        states = Counter(d.state.value for d in outbox.deliveries())
+        assert states == Counter({"sent": 39, "pending": 1})
+        # Each sent object arrived once; the aborted one arrived without an answer.
+        assert set(scp.received) == {o.sop_instance_uid for o in objs}
+        assert sorted(scp.received.values()) == [1] * 40
+
+
+def test_dcmtk_storescp_serving_one_at_a_time(
+    tmp_path: Path, pki: PKI, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DCMTK's storescp without --fork takes the second association only once
+    the first is released: the first sends the whole batch, nothing waits out
+    a time-out, and the next batches go over one association."""
+    import time
+
+    from gateway.send import dimse
+
+    monkeypatch.setattr(dimse, "SERIAL_EVIDENCE_S", 0.0)  # the batch here is short
+    timeouts = Timeouts(connect=20, acse=20, dimse=20, network=20)
+    scp = StoreSCP(tmp_path / "pacs", pki.server, pki.ca.cert).start()
+    try:
+        with new_outbox(tmp_path / "q", ["pacs"]) as outbox:
+            objs = queue_objects(outbox, 30)
+            fwd = Forwarder(outbox, [destination(pki, scp.port)], "EDGE1", timeouts=timeouts)
+            started = time.monotonic()
+            with caplog.at_level(logging.INFO):
+                assert fwd.flush(timeout=60).sent == 30
+            assert time.monotonic() - started < timeouts.connect
+            assert "serves one association at a time" in caplog.text
+            assert "failed" not in caplog.text
+            sender = fwd.senders["pacs"]
+            assert isinstance(sender, dimse.DimseSender)
+            assert sender._single_until > time.monotonic()
+            queue_objects(outbox, 6)
+            assert fwd.flush(timeout=60).sent == 6
+        names = sorted(p.name for p in scp.received())
+        assert len(names) == 36
         assert all(any(o.sop_instance_uid in n for n in names) for o in objs)
     finally:
         scp.stop()
