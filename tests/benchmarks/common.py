@@ -98,6 +98,9 @@ class Comparison:
             "reference_median_wall_s": statistics.median(r.wall for r in self.theirs),
             "reference_median_cpu_s": statistics.median(r.cpu for r in self.theirs),
             "reference_peak_rss_mib": max(r.max_rss_mib for r in self.theirs),
+            # Every run, in the order they ran: a median is only as good as its spread.
+            "ours_walls_s": [round(r.wall, 3) for r in self.ours],
+            "reference_walls_s": [round(r.wall, 3) for r in self.theirs],
             **self.extra,
             "machine": machine(),
         }
