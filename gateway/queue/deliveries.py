@@ -17,6 +17,13 @@ from gateway.queue.model import Delivery, DeliveryState
 POISON_CRASHES = 2
 
 
+# While a destination is down, the forwarder tries its link at least this
+# often (or every `retry_cap_s`, if lower), whatever the objects' own
+# back-offs (gateway.send.forwarder); a status shown from the queue rows alone
+# (the UI in its own process) bounds its "next try" by it.
+PROBE_CAP_S = 30.0
+
+
 def backoff_delay(attempts: int, base: float = 5.0, cap: float = 300.0) -> float:
     """Exponential back-off with full jitter (so a fleet does not retry in step)."""
     ceiling = min(cap, base * 2 ** max(0, attempts - 1))

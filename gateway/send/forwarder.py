@@ -22,7 +22,7 @@ from gateway.config import Destination, GatewayConfig
 from gateway.dicom.transcode import DEFAULT_MEMORY_LIMIT
 from gateway.net.ul import Timeouts
 from gateway.queue.db import QueueError
-from gateway.queue.deliveries import backoff_delay
+from gateway.queue.deliveries import PROBE_CAP_S, backoff_delay
 from gateway.queue.model import DeliveryState
 from gateway.queue.outbox import Outbox
 from gateway.queue.report import SendReport
@@ -91,7 +91,7 @@ class Forwarder:
     # this often, whatever the objects' own back-offs: those grow with each
     # failed round of a long outage, and a PACS that is back must not wait
     # out the longest of them.
-    probe_cap: float = 30.0
+    probe_cap: float = PROBE_CAP_S
     # Listeners (audit, metrics): called with the object IDs just recorded as
     # sent, and with each batch's report. Their failures never stop sending.
     on_sent: list[Callable[[Destination, list[int]], None]] = field(default_factory=list)

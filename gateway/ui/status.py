@@ -20,6 +20,7 @@ from typing import Any
 
 from drivers.stream import FrameStream
 from gateway.config import GatewayConfig, mpps_peer
+from gateway.queue.deliveries import PROBE_CAP_S
 from gateway.queue.outbox import Outbox
 from gateway.ris.worklist import LinkState
 from gateway.send.forwarder import DestinationStatus
@@ -84,7 +85,15 @@ class StatusBoard:
         status = DestinationStatus(name)
         if row is not None and row["attempts"] > 0 and row["last_error"]:
             status.reachable, status.last_error = False, row["last_error"]
-            status.next_try = row["next_attempt_at"]
+            # The forwarder tries the link at least every probe interval
+            # after its last failed round, however long the rows' back-offs.
+            (last_round,) = self.outbox._db.execute(
+                "SELECT MAX(updated_at) FROM deliveries WHERE destination = ?"
+                " AND state = 'pending' AND attempts > 0",
+                (name,),
+            ).fetchone()
+            probe = min(PROBE_CAP_S, self.config.forwarding.retry_cap_s)
+            status.next_try = min(row["next_attempt_at"], (last_round or 0.0) + probe)
         return status
 
     def _failures(self) -> list[dict[str, Any]]:

@@ -557,10 +557,14 @@ def test_status_reports_queue_and_link(tmp_path: Path, pki: PKI) -> None:
         rig.post(f"/api/exams/{exam_id}/capture")
         rig.post(f"/api/exams/{exam_id}/finish")
         obj = rig.outbox.objects()[0]
-        rig.outbox.mark_retry(obj.id, "pacs", "PACS (localhost): connection refused")
+        # Its own back-off is 10 min; the forwarder tries the link within 30 s.
+        failed_at = time.time()
+        due = rig.outbox.mark_retry(obj.id, "pacs", "PACS (localhost): connection refused", 600)
+        assert due >= failed_at + 599
         app_state(rig.client.app).board.ttl = 0  # type: ignore[arg-type]
         status = rig.client.get("/api/status").json()
         assert status["links"][0]["state"] == "down"
+        assert failed_at < status["links"][0]["next_try"] <= time.time() + 30
         text = status["messages"][0]["text"]
         assert re.match(r"PACS unreachable since \d\d:\d\d — 1 image waiting, next try ", text)
         assert status["links"][0]["since"] is not None
