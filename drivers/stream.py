@@ -70,7 +70,9 @@ class StreamStats:
 
 
 def _frame_bytes(frame: Frame) -> int:
-    return int(frame.pixels.nbytes) + (len(frame.jpeg) if frame.jpeg else 0)
+    """What a frame costs the ring: its pixels and the device's own encoded
+    bytes (JPEG, or an H.264 access unit kept beside its decoded view)."""
+    return int(frame.pixels.nbytes) + len(frame.jpeg or b"") + len(frame.h264 or b"")
 
 
 def _compact(frame: Frame) -> Frame:

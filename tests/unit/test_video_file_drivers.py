@@ -179,6 +179,37 @@ def test_stream_ring_is_bounded_by_bytes(tmp_path: Path) -> None:
         stream.stop()
 
 
+def test_stream_ring_counts_a_devices_h264_bytes() -> None:
+    """A UVC camera's H.264 access units are kept beside their decoded view:
+    the ring's byte budget counts both (a key frame can outweigh its pixels)."""
+    import dataclasses
+
+    from drivers.base import Frame
+    from drivers.testpattern import TestPatternDriver
+
+    unit = 4 * 32 * 32 * 3  # each access unit 4× the frame's pixels
+
+    class H264Pattern(TestPatternDriver):
+        def read(self) -> Frame:
+            frame = super().read()
+            if frame.index >= 20:
+                raise EndOfStream("done")
+            return dataclasses.replace(frame, h264=bytes(unit), keyframe=True)
+
+    driver = H264Pattern.from_options({"width": 32, "height": 32, "realtime": False})
+    stream = FrameStream(driver, buffer_seconds=60, buffer_bytes=5 * 5 * 32 * 32 * 3).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not stream.stats().ended and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stream.stats().frames == 20
+        clip = stream.clip(decode=False)
+        assert [f.index for f in clip] == [15, 16, 17, 18, 19]
+        assert all(len(f.h264 or b"") == unit for f in clip)
+    finally:
+        stream.stop()
+
+
 def test_frame_buffer_budget_follows_the_machine(tmp_path: Path) -> None:
     """An eighth of RAM up to 2 GiB, a quarter above, at most 768 MiB: a 1 GB
     Pi keeps 128 MiB of frames, a 2.5 GB one 625 MiB."""
