@@ -11,16 +11,39 @@ read, which pynetdicom takes as the transport closing (its Evt17)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 P_DATA_TF = 0x04
 KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
+# Set on the thread that reads an association's socket once it breaches.
+_breached = threading.local()
+
+
+class QuietBreaches(logging.Filter):
+    """pynetdicom logs ERROR lines for the read a breach fails ("Connection
+    closed before the entire PDU was received", then the reason); the
+    listener says it once, as a warning naming the peer. Without this a
+    hostile peer on the LAN writes ERRORs to the journal at will."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(_breached, "reason", None) is None
+
+
+def quiet_breaches() -> None:
+    """Install `QuietBreaches` on pynetdicom's DUL logger (once)."""
+    logger = logging.getLogger("pynetdicom.dul")
+    if not any(isinstance(f, QuietBreaches) for f in logger.filters):
+        logger.addFilter(QuietBreaches())
 
 
 def abort_pdu(source: int = 2, reason: int = 0) -> bytes:
@@ -181,6 +204,7 @@ class GuardedSocket:
         return self.sock.send(data)
 
     def _fail(self, reason: str) -> None:
+        _breached.reason = reason  # this thread's association: pynetdicom's errors are ours
         if self.breach is None:
             self.breach = reason
             with contextlib.suppress(OSError, ValueError):

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import ListenerLimitsConfig, PeerAllowed
-from gateway.net.guarded import Breach, GuardedSocket, StreamLimits, abort_pdu, reject_pdu
+from gateway.net.guarded import (
+    Breach,
+    GuardedSocket,
+    StreamLimits,
+    abort_pdu,
+    quiet_breaches,
+    reject_pdu,
+)
 from gateway.net.tls import describe_tls_failure
 
 log = logging.getLogger(__name__)
@@ -533,6 +540,7 @@ def start_server(
     # pynetdicom's own count of associations includes the thread it is
     # asked from: ours bounds them, its own must not refuse one of ours.
     ae.maximum_associations = limits.max_associations + 1
+    quiet_breaches()
     server = ae.make_server(address, evt_handlers=list(evt_handlers))
     server.socket.listen(256)  # socketserver's 5 overflows under a flood
     gate = Gate(server, ssl_context, limits, admit, refused, heartbeat)

@@ -6,6 +6,7 @@ allowed modality (DCMTK storescu) stores. Each asserts what was written
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -221,15 +222,28 @@ def _raw_associated(port: int, calling: str = "MODALITY") -> socket.socket:
     return sock
 
 
-def test_pdu_announcing_a_gigabyte_aborts_the_association(inbound: Running) -> None:
+def test_pdu_announcing_a_gigabyte_aborts_the_association(
+    inbound: Running, caplog: pytest.LogCaptureFixture
+) -> None:
     sock = _raw_associated(inbound.port)
-    with sock:
+    with caplog.at_level(logging.WARNING), sock:
         sock.sendall(pdu_header(0x04, 1 << 30) + bytes(64))
         answer = read_pdu(sock)
         assert answer is not None and answer[0] == 0x07  # A-ABORT
         assert read_pdu(sock) is None  # and closed
+        deadline = time.monotonic() + 5
+        while not any("aborted" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the listener did not log the abort"
+            time.sleep(0.02)
+        time.sleep(0.2)  # pynetdicom's threads have seen the closed transport
     assert inbound.outbox.objects() == []
     assert inbound.refused_with("PDU of 1073741824 bytes")
+    # One warning, ours, naming the peer and the reason; no ERROR from
+    # pynetdicom for the read the breach failed (a hostile peer must not
+    # write ERRORs to the journal at will).
+    assert [r.levelname for r in caplog.records if r.name.startswith("pynetdicom")] == []
+    ours = [r.getMessage() for r in caplog.records if r.name == "gateway.net.listener"]
+    assert len(ours) == 1 and "PDU of 1073741824 bytes" in ours[0]
 
 
 def test_request_and_a_gigabyte_pdu_in_one_write_is_aborted(tmp_path: Path) -> None:
