@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.config import DestinationConfig
 from gateway.net.ul import Timeouts
+from gateway.queue.model import QueuedObject
 from gateway.send.forwarder import Forwarder
 from tests.support.dcmtk import StoreSCP
 from tests.support.peers import destination, mutual_tls, queue_objects
@@ -97,6 +100,13 @@ def _dest(pki: PKI, port: int, associations: int) -> DestinationConfig:
     return destination(pki, port).model_copy(update={"associations": associations})
 
 
+def _stored_once(scp: StoreSCP, objs: Sequence[QueuedObject], files: int) -> None:
+    """storescp wrote `files` files, one of them for each of `objs`."""
+    names = sorted(p.name for p in scp.received())
+    assert len(names) == files
+    assert all(any(o.sop_instance_uid in n for n in names) for o in objs)
+
+
 def test_two_associations_at_once_each_object_once(tmp_path: Path, pki: PKI) -> None:
     with new_outbox(tmp_path / "q", ["pacs"]) as outbox, CountingSCP(pki, limit=4) as scp:
         objs = queue_objects(outbox, 80)
@@ -137,9 +147,7 @@ def test_dcmtk_storescp_forking_takes_both(tmp_path: Path, pki: PKI) -> None:
             objs = queue_objects(outbox, 16)
             fwd = Forwarder(outbox, [_dest(pki, scp.port, 2)], "EDGE1", timeouts=FAST)
             assert fwd.flush(timeout=60).sent == 16
-        names = sorted(p.name for p in scp.received())
-        assert len(names) == 16
-        assert all(any(o.sop_instance_uid in n for n in names) for o in objs)
+        _stored_once(scp, objs, 16)
     finally:
         scp.stop()
 
@@ -170,8 +178,6 @@ def test_dcmtk_storescp_serving_one_at_a_time(
     """DCMTK's storescp without --fork takes the second association only once
     the first is released: the first sends the whole batch, nothing waits out
     a time-out, and the next batches go over one association."""
-    import time
-
     from gateway.send import dimse
 
     monkeypatch.setattr(dimse, "SERIAL_EVIDENCE_S", 0.0)  # the batch here is short
@@ -192,8 +198,6 @@ def test_dcmtk_storescp_serving_one_at_a_time(
             assert sender._single_until > time.monotonic()
             queue_objects(outbox, 6)
             assert fwd.flush(timeout=60).sent == 6
-        names = sorted(p.name for p in scp.received())
-        assert len(names) == 36
-        assert all(any(o.sop_instance_uid in n for n in names) for o in objs)
+        _stored_once(scp, objs, 36)
     finally:
         scp.stop()
